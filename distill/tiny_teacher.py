@@ -1,0 +1,74 @@
+"""The parts of the built-in tiny teacher: a genuine diffusers `WanPipeline` over the toy world's vocabulary.
+
+Word-level tokenizer over the toy vocabulary, a tiny UMT5 encoder, a tiny `AutoencoderKLWan` and a tiny
+`WanTransformer3DModel`. `scripts/train_tiny_teacher.py` trains the VAE and the DiT; the text encoder stays at its
+seeded random initialisation (a frozen random transformer still gives every caption distinct, contextual
+embeddings, and the DiT's cross-attention learns to read them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+
+from distill.toyworld import vocabulary
+
+SPECIAL = ["<pad>", "</s>", "<unk>"]
+
+
+@dataclass
+class TinyWanSpec:
+    """Sizes of the tiny teacher (defaults: about 2 M parameters in all, a few MB in fp32)."""
+
+    text_dim: int = 32
+    text_layers: int = 2
+    text_heads: int = 4
+    vae_base_dim: int = 8
+    vae_z_dim: int = 16
+    dit_heads: int = 4
+    dit_head_dim: int = 32
+    dit_ffn: int = 384
+    dit_layers: int = 6
+    flow_shift: float = 3.0
+    extra_words: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
+    vocab = {tok: i for i, tok in enumerate([*SPECIAL, *words])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Sequence([normalizers.Lowercase(), normalizers.Replace(",", " "),
+                                           normalizers.Replace(".", " ")])
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", vocab["</s>"])])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                   model_max_length=512, padding_side="right")
+
+
+def build_components(spec: TinyWanSpec, seed: int = 0) -> dict:
+    """Fresh (untrained) components of a tiny WanPipeline, seeded."""
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer(vocabulary() + list(spec.extra_words))
+    text_encoder = UMT5EncoderModel(UMT5Config(
+        vocab_size=len(tokenizer), d_model=spec.text_dim, d_kv=spec.text_dim // spec.text_heads,
+        d_ff=spec.text_dim * 2, num_layers=spec.text_layers, num_heads=spec.text_heads,
+        relative_attention_num_buckets=8, dropout_rate=0.0, pad_token_id=0, eos_token_id=1,
+        decoder_start_token_id=0))
+    z = spec.vae_z_dim
+    vae = AutoencoderKLWan(base_dim=spec.vae_base_dim, z_dim=z, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
+                           temperal_downsample=[False, True, True], latents_mean=[0.0] * z, latents_std=[1.0] * z)
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=spec.dit_heads, attention_head_dim=spec.dit_head_dim,
+        in_channels=z, out_channels=z, text_dim=spec.text_dim, freq_dim=64, ffn_dim=spec.dit_ffn,
+        num_layers=spec.dit_layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6,
+        rope_max_seq_len=1024)
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                        num_train_timesteps=1000, flow_shift=spec.flow_shift)
+    return {"tokenizer": tokenizer, "text_encoder": text_encoder, "vae": vae, "transformer": transformer,
+            "scheduler": scheduler}

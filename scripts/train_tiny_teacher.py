@@ -1,0 +1,297 @@
+#!/usr/bin/env python
+"""Make the built-in tiny teacher (`builtin:tiny-wan`): a genuine diffusers WanPipeline trained on the toy world.
+
+    python scripts/train_tiny_teacher.py --out teachers/builtin/tiny-wan      # or: make teacher
+
+Stages, each checkpointed under --work so that a killed run continues where it stopped (re-run the command):
+  1. vae      train the tiny AutoencoderKLWan on toy clips (L1 + MSE + a small KL)
+  2. latents  encode the training clips; per-channel latent mean/std go into the VAE config as Wan expects
+  3. dit      train the tiny WanTransformer3DModel with the flow-matching objective (v = noise - x0), 10% caption
+              dropout to the empty prompt (for CFG), EMA of the weights
+  4. export   save the pipeline with save_pretrained (safetensors) plus distill_teacher.json (sampler defaults)
+  5. report   sample held-out prompts at 50 UniPC steps and 4 Euler steps, read the clips back with the toy-world
+              reader, write docs/tiny-teacher.json and the frame grid docs/tiny-teacher-grid.png
+
+Seeded and CPU-first; pass --device cuda to use a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from distill import toyworld  # noqa: E402
+from distill.tiny_teacher import TinyWanSpec, build_components  # noqa: E402
+
+MAX_SEQ = 64  # text length the tiny teacher is trained and sampled with (recorded in distill_teacher.json)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def atomic_save(tensors: dict, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
+    os.replace(tmp, path)
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def to_pixels(video: np.ndarray) -> torch.Tensor:
+    """uint8 [B, T, H, W, 3] -> float [B, 3, T, H, W] in [-1, 1]."""
+    return torch.from_numpy(video).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+
+
+def batch_of_clips(rng: np.random.Generator, n: int, frames: int) -> np.ndarray:
+    attrs = toyworld.train_attributes()
+    clips = []
+    for _ in range(n):
+        a = attrs[rng.integers(len(attrs))]
+        clip = toyworld.render(a, int(rng.integers(2**31)))
+        start = int(rng.integers(0, toyworld.FRAMES - frames + 1))
+        clips.append(clip[start:start + frames])
+    return np.stack(clips)
+
+
+# --- stage 1: VAE -----------------------------------------------------------------------------------------------
+def train_vae(vae, args, work: Path) -> None:
+    ckpt, state_path = work / "vae.safetensors", work / "vae_state.pt"
+    opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
+    step = 0
+    if state_path.exists():
+        vae.load_state_dict(load_file(ckpt))
+        state = torch.load(state_path, weights_only=True)
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+        log(f"vae: resumed at step {step}")
+    rng = np.random.default_rng([args.seed, 1, step])
+    vae.train()
+    t0 = time.time()
+    while step < args.vae_steps:
+        lr = args.vae_lr * (0.1 if step >= 0.8 * args.vae_steps else 1.0)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        x = to_pixels(batch_of_clips(rng, args.vae_batch, args.vae_frames)).to(args.device)
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample()).sample
+        kl = post.kl().mean() / x[0].numel()
+        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + args.vae_kl * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if step % 50 == 0 or step == args.vae_steps:
+            log(f"vae step {step}/{args.vae_steps} loss {loss.item():.4f} ({(time.time() - t0) / 50:.2f}s/step)")
+            t0 = time.time()
+        if step % args.save_every == 0 or step == args.vae_steps:
+            atomic_save(vae.state_dict(), ckpt)
+            atomic_torch_save({"opt": opt.state_dict(), "step": step}, state_path)
+    vae.eval()
+
+
+# --- stage 2: latents -------------------------------------------------------------------------------------------
+@torch.no_grad()
+def encode_dataset(vae, args, work: Path) -> dict:
+    path = work / "latents.safetensors"
+    if path.exists():
+        return load_file(path)
+    examples = toyworld.sample_examples("train", args.n_clips, args.seed + 2)
+    captions = sorted({a.caption() for a in toyworld.train_attributes()})
+    index = {c: i for i, c in enumerate(captions)}
+    latents, ids = [], []
+    for i in range(0, len(examples), 16):
+        chunk = examples[i:i + 16]
+        x = to_pixels(np.stack([toyworld.render(a, s) for a, s in chunk])).to(args.device)
+        latents.append(vae.encode(x).latent_dist.mode().cpu())
+        ids += [index[a.caption()] for a, _ in chunk]
+        if (i // 16) % 20 == 0:
+            log(f"latents: {i + len(chunk)}/{len(examples)}")
+    z = torch.cat(latents)
+    mean = z.mean(dim=(0, 2, 3, 4))
+    std = z.std(dim=(0, 2, 3, 4))
+    out = {"latents": z, "caption_ids": torch.tensor(ids), "mean": mean, "std": std}
+    atomic_save(out, path)
+    (work / "captions.json").write_text(json.dumps(captions))
+    return out
+
+
+# --- stage 3: DiT -----------------------------------------------------------------------------------------------
+@torch.no_grad()
+def text_embeddings(tokenizer, text_encoder, captions: list[str]) -> torch.Tensor:
+    """Embeddings exactly as WanPipeline makes them: UMT5 states up to the real length, zeros after."""
+    tok = tokenizer(captions, padding="max_length", max_length=MAX_SEQ, truncation=True, add_special_tokens=True,
+                    return_attention_mask=True, return_tensors="pt")
+    states = text_encoder(tok.input_ids, tok.attention_mask).last_hidden_state
+    return states * tok.attention_mask[..., None]
+
+
+def train_dit(transformer, embeds, null_embed, data, args, work: Path):
+    ckpt, state_path = work / "dit.safetensors", work / "dit_state.pt"
+    ema = {k: v.detach().clone() for k, v in transformer.state_dict().items()}
+    opt = torch.optim.AdamW(transformer.parameters(), lr=args.dit_lr, weight_decay=0.01, betas=(0.9, 0.99))
+    step = 0
+    if state_path.exists():
+        weights = load_file(ckpt)
+        transformer.load_state_dict({k[4:]: v for k, v in weights.items() if k.startswith("net.")})
+        ema = {k[4:]: v for k, v in weights.items() if k.startswith("ema.")}
+        state = torch.load(state_path, weights_only=True)
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+        log(f"dit: resumed at step {step}")
+    z = ((data["latents"] - data["mean"].view(1, -1, 1, 1, 1)) / data["std"].view(1, -1, 1, 1, 1)).to(args.device)
+    ids = data["caption_ids"].to(args.device)
+    embeds, null_embed = embeds.to(args.device), null_embed.to(args.device)
+    gen = torch.Generator(args.device)
+    transformer.train()
+    t0, running = time.time(), 0.0
+    while step < args.dit_steps:
+        gen.manual_seed(args.seed * 1_000_003 + step)  # the batch is a function of the step: exact resume
+        warm = min(1.0, (step + 1) / 200)
+        lr = args.dit_lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.dit_steps)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        pick = torch.randint(len(z), (args.dit_batch,), generator=gen, device=args.device)
+        x0 = z[pick]
+        cond = embeds[ids[pick]]
+        drop = torch.rand(args.dit_batch, generator=gen, device=args.device) < args.caption_dropout
+        cond = torch.where(drop[:, None, None], null_embed.expand_as(cond), cond)
+        t = torch.sigmoid(torch.randn(args.dit_batch, generator=gen, device=args.device))  # logit-normal (SD3)
+        noise = torch.randn(x0.shape, generator=gen, device=args.device)
+        tt = t.view(-1, 1, 1, 1, 1)
+        xt = (1 - tt) * x0 + tt * noise
+        v = transformer(hidden_states=xt, timestep=t * 1000, encoder_hidden_states=cond, return_dict=False)[0]
+        loss = F.mse_loss(v, noise - x0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
+        opt.step()
+        step += 1
+        with torch.no_grad():
+            decay = min(args.ema, (1 + step) / (10 + step))
+            for k, p in transformer.state_dict().items():
+                ema[k].mul_(decay).add_(p.detach(), alpha=1 - decay) if p.is_floating_point() else ema[k].copy_(p)
+        running += loss.item()
+        if step % 100 == 0 or step == args.dit_steps:
+            log(f"dit step {step}/{args.dit_steps} loss {running / 100:.4f} lr {lr:.2e} "
+                f"({(time.time() - t0) / 100:.2f}s/step)")
+            t0, running = time.time(), 0.0
+        if step % args.save_every == 0 or step == args.dit_steps:
+            weights = {**{f"net.{k}": v for k, v in transformer.state_dict().items()},
+                       **{f"ema.{k}": v for k, v in ema.items()}}
+            atomic_save(weights, ckpt)
+            atomic_torch_save({"opt": opt.state_dict(), "step": step}, state_path)
+    transformer.load_state_dict(ema)
+    transformer.eval()
+
+
+# --- stage 4: export --------------------------------------------------------------------------------------------
+def export(parts: dict, data: dict, spec: TinyWanSpec, out: Path) -> None:
+    from diffusers import AutoencoderKLWan, WanPipeline
+
+    vae = parts["vae"]
+    config = dict(vae.config)
+    config["latents_mean"] = [round(float(v), 6) for v in data["mean"]]
+    config["latents_std"] = [round(float(v), 6) for v in data["std"]]
+    config = {k: v for k, v in config.items() if not k.startswith("_")}
+    vae_final = AutoencoderKLWan.from_config(config)
+    vae_final.load_state_dict(vae.state_dict())
+    pipe = WanPipeline(tokenizer=parts["tokenizer"], text_encoder=parts["text_encoder"], vae=vae_final,
+                       transformer=parts["transformer"], scheduler=parts["scheduler"])
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    defaults = {
+        "sampler": {"name": "unipc", "steps": 50, "guidance": 5.0, "shift": spec.flow_shift},
+        "video": {"frames": toyworld.FRAMES, "height": toyworld.HEIGHT, "width": toyworld.WIDTH, "fps": 8},
+        "negative_prompt": "",
+        "max_sequence_length": MAX_SEQ,
+    }
+    (tmp / "distill_teacher.json").write_text(json.dumps(defaults, indent=2) + "\n")
+    (tmp / "README.md").write_text(
+        "# tiny-wan\n\nThe built-in toy-world teacher of `distill` (`builtin:tiny-wan`): a diffusers WanPipeline.\n"
+        "Made by `python scripts/train_tiny_teacher.py --out teachers/builtin/tiny-wan`; see docs/tiny-teacher.md.\n"
+        f"Sample with max_sequence_length={MAX_SEQ}, 17 frames at 64x64.\n")
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("teachers/builtin/tiny-wan"))
+    p.add_argument("--work", type=Path, default=Path("runs/tiny-teacher-work"), help="checkpoints for resume")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--vae-steps", type=int, default=700)
+    p.add_argument("--vae-batch", type=int, default=8)
+    p.add_argument("--vae-frames", type=int, default=5, help="clip length the VAE trains on (4k+1)")
+    p.add_argument("--vae-lr", type=float, default=1e-3)
+    p.add_argument("--vae-kl", type=float, default=1e-4)
+    p.add_argument("--n-clips", type=int, default=2400)
+    p.add_argument("--dit-steps", type=int, default=4000)
+    p.add_argument("--dit-batch", type=int, default=32)
+    p.add_argument("--dit-lr", type=float, default=6e-4)
+    p.add_argument("--caption-dropout", type=float, default=0.1)
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--save-every", type=int, default=250)
+    p.add_argument("--docs", type=Path, default=Path("docs"), help="where the report stage writes")
+    p.add_argument("--skip-report", action="store_true")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.work.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+
+    spec = TinyWanSpec()
+    parts = build_components(spec, seed=args.seed)
+    for name in ("text_encoder", "vae", "transformer"):
+        parts[name].to(args.device)
+    parts["text_encoder"].eval().requires_grad_(False)
+
+    log("stage 1/5: vae")
+    train_vae(parts["vae"], args, args.work)
+    parts["vae"].requires_grad_(False)
+    log("stage 2/5: latents")
+    data = encode_dataset(parts["vae"], args, args.work)
+    log(f"latent mean {data['mean'].mean():.3f} std {data['std'].mean():.3f} over {len(data['latents'])} clips")
+    log("stage 3/5: dit")
+    captions = json.loads((args.work / "captions.json").read_text())
+    embeds = text_embeddings(parts["tokenizer"], parts["text_encoder"], captions)
+    null_embed = text_embeddings(parts["tokenizer"], parts["text_encoder"], [""])
+    train_dit(parts["transformer"], embeds, null_embed, data, args, args.work)
+    log("stage 4/5: export")
+    for name in ("text_encoder", "vae", "transformer"):
+        parts[name].to("cpu")
+    export(parts, data, spec, args.out)
+    train_minutes = (time.time() - started) / 60
+    log(f"exported {args.out} ({sum(f.stat().st_size for f in args.out.rglob('*') if f.is_file()) / 1e6:.1f} MB) "
+        f"after {train_minutes:.1f} min")
+    (args.work / "timing.json").write_text(json.dumps({"train_minutes_this_invocation": train_minutes}))
+    if not args.skip_report:
+        log("stage 5/5: report")
+        from scripts.tiny_teacher_report import write_report
+
+        write_report(str(args.out), args.docs, device=args.device)
+    log(f"done in {(time.time() - started) / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()

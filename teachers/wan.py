@@ -1,0 +1,201 @@
+"""The diffusers Wan 2.1 / 2.2 text-to-video teacher: `WanTransformer3DModel` (and, for Wan 2.2 A14B, its low-noise
+expert `transformer_2`), `AutoencoderKLWan`, and the pipeline's UMT5 text encoder and tokenizer."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import WanPipeline
+from diffusers.utils.torch_utils import randn_tensor
+
+from teachers import samplers
+from teachers.resolve import resolve
+from teachers.schedule import NUM_TRAIN_TIMESTEPS
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class Cond:
+    """Text conditioning for a batch: per-prompt embeddings, and those of the negative prompt (for CFG)."""
+
+    prompt_embeds: torch.Tensor  # [B, L, D]
+    negative_embeds: torch.Tensor | None  # [B, L, D]
+
+    def to(self, device) -> "Cond":
+        neg = None if self.negative_embeds is None else self.negative_embeds.to(device)
+        return Cond(self.prompt_embeds.to(device), neg)
+
+    def __getitem__(self, index) -> "Cond":
+        neg = None if self.negative_embeds is None else self.negative_embeds[index]
+        return Cond(self.prompt_embeds[index], neg)
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def seed_list(seed: int | list[int], n: int) -> list[int]:
+    """One seed per clip: a list is taken as is; an int s gives s, s+1, ... so clip i is reproducible alone."""
+    if isinstance(seed, int):
+        return [seed + i for i in range(n)]
+    if len(seed) != n:
+        raise ValueError(f"got {len(seed)} seeds for {n} prompts; give one seed per prompt, or a single int")
+    return list(seed)
+
+
+def video_factors(folder: Path) -> tuple[int, int, tuple[int, ...]]:
+    """(temporal VAE factor, spatial VAE factor, DiT patch size) read from a checkpoint's configs, no weights."""
+    vae = json.loads((folder / "vae" / "config.json").read_text())
+    transformer = json.loads((folder / "transformer" / "config.json").read_text())
+    return (vae.get("scale_factor_temporal") or 4, vae.get("scale_factor_spatial") or 8,
+            tuple(transformer.get("patch_size", (1, 2, 2))))
+
+
+def check_video_size(frames: int, height: int, width: int, temporal: int, spatial: int, patch) -> None:
+    """Refuse a clip size the Wan VAE and DiT cannot take, naming the value and what would be accepted."""
+    if frames < 1 or (frames - 1) % temporal:
+        lo = (max(frames, 1) - 1) // temporal * temporal + 1
+        raise ValueError(f"frames={frames} is not {temporal}k+1 (the Wan VAE compresses time {temporal}x); "
+                         f"use for example {lo} or {lo + temporal}")
+    for name, value, p in (("height", height, patch[1]), ("width", width, patch[2])):
+        m = spatial * p
+        if value <= 0 or value % m:
+            raise ValueError(f"{name}={value} is not divisible by {m} (VAE factor {spatial} x patch {p}); "
+                             f"use for example {max(m, value // m * m)} or {(value // m + 1) * m}")
+
+
+class WanTeacher:
+    """A 50-step flow-matching spacetime DiT teacher loaded from a diffusers Wan folder."""
+
+    def __init__(self, pipe: WanPipeline, folder: Path, device: torch.device, max_sequence_length: int = 512):
+        self.pipe = pipe
+        self.folder = folder
+        self.device = device
+        self.max_sequence_length = max_sequence_length
+        self.transformer = pipe.transformer
+        self.transformer_2 = getattr(pipe, "transformer_2", None)
+        self.vae = pipe.vae
+        self.scheduler_config = dict(pipe.scheduler.config)
+        boundary = pipe.config.get("boundary_ratio")
+        self.boundary_t = None if boundary is None or self.transformer_2 is None else float(boundary)
+        self.expand_timesteps = bool(pipe.config.get("expand_timesteps", False))
+        self.vae_scale_temporal = pipe.vae_scale_factor_temporal
+        self.vae_scale_spatial = pipe.vae_scale_factor_spatial
+        self.patch_size = tuple(self.transformer.config.patch_size)
+        z = self.vae.config.z_dim
+        self._latents_mean = torch.tensor(self.vae.config.latents_mean, dtype=torch.float32).view(1, z, 1, 1, 1)
+        self._latents_std = torch.tensor(self.vae.config.latents_std, dtype=torch.float32).view(1, z, 1, 1, 1)
+
+    @classmethod
+    def from_pretrained(cls, source: str, dtype: str = "float32", device: str = "auto", revision: str | None = None,
+                        max_sequence_length: int = 512) -> "WanTeacher":
+        folder = resolve(source, revision)
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype {dtype!r} is not one of {list(DTYPES)}")
+        # The VAE stays in fp32: it is small next to the DiT, and fp32 keeps decoded colours exact.
+        pipe = WanPipeline.from_pretrained(folder, dtype={"default": DTYPES[dtype], "vae": torch.float32})
+        dev = pick_device(device)
+        pipe.to(dev)
+        pipe.set_progress_bar_config(disable=True)
+        for module in (pipe.transformer, getattr(pipe, "transformer_2", None), pipe.vae, pipe.text_encoder):
+            if module is not None:
+                module.eval().requires_grad_(False)
+        return cls(pipe, folder, dev, max_sequence_length)
+
+    # --- shapes -------------------------------------------------------------------------------------------------
+    def check_video_size(self, frames: int, height: int, width: int) -> None:
+        check_video_size(frames, height, width, self.vae_scale_temporal, self.vae_scale_spatial, self.patch_size)
+
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        self.check_video_size(frames, height, width)
+        return (self.vae.config.z_dim, (frames - 1) // self.vae_scale_temporal + 1,
+                height // self.vae_scale_spatial, width // self.vae_scale_spatial)
+
+    # --- text ---------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, prompts: list[str], negative: str | list[str] | None = "") -> Cond:
+        """UMT5 embeddings of the prompts and, unless `negative` is None, of the negative prompt(s)."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompts:
+            raise ValueError("empty prompt list: give at least one prompt")
+        empty = [i for i, p in enumerate(prompts) if not isinstance(p, str) or not p.strip()]
+        if empty:
+            raise ValueError(f"prompts at positions {empty} are empty; every prompt needs text")
+        pos, neg = self.pipe.encode_prompt(
+            prompt=prompts, negative_prompt=negative, do_classifier_free_guidance=negative is not None,
+            max_sequence_length=self.max_sequence_length, device=self.device)
+        dtype = self.transformer.dtype
+        return Cond(pos.to(dtype), None if neg is None else neg.to(dtype))
+
+    # --- the velocity field -------------------------------------------------------------------------------------
+    def _forward(self, model, x: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
+        timestep = (t.to(torch.float64) * NUM_TRAIN_TIMESTEPS).to(torch.float32)
+        if self.expand_timesteps:  # Wan 2.2 TI2V: one timestep per latent patch
+            p_t, p_h, p_w = self.patch_size
+            n = (x.shape[2] // p_t) * (x.shape[3] // p_h) * (x.shape[4] // p_w)
+            timestep = timestep[:, None].expand(-1, n)
+        out = model(hidden_states=x.to(model.dtype), timestep=timestep, encoder_hidden_states=embeds,
+                    return_dict=False)[0]
+        return out
+
+    def _velocity_one_model(self, model, x, t, cond: Cond, guidance: float) -> torch.Tensor:
+        if guidance > 1.0 and cond.negative_embeds is not None:
+            # Conditional and unconditional halves in one batched forward.
+            both = self._forward(model, torch.cat([x, x]), torch.cat([t, t]),
+                                 torch.cat([cond.prompt_embeds, cond.negative_embeds]))
+            v_cond, v_uncond = both.chunk(2)
+            return v_uncond + guidance * (v_cond - v_uncond)
+        return self._forward(model, x, t, cond.prompt_embeds)
+
+    def velocity(self, x_t: torch.Tensor, t: torch.Tensor | float, cond: Cond, guidance: float = 1.0) -> torch.Tensor:
+        """v(x_t, t, text) with classifier-free guidance when guidance > 1; t ∈ [0, 1], scalar or per sample."""
+        t = torch.as_tensor(t, dtype=torch.float64, device=x_t.device).reshape(-1).expand(x_t.shape[0])
+        if self.boundary_t is None:
+            return self._velocity_one_model(self.transformer, x_t, t, cond, guidance)
+        # Wan 2.2 A14B: the high-noise expert above the boundary, the low-noise expert below it.
+        high = t >= self.boundary_t
+        out = torch.empty_like(x_t, dtype=self.transformer.dtype)
+        for mask, model in ((high, self.transformer), (~high, self.transformer_2)):
+            if mask.any():
+                out[mask] = self._velocity_one_model(model, x_t[mask], t[mask], cond[mask], guidance).to(out.dtype)
+        return out
+
+    # --- sampling -----------------------------------------------------------------------------------------------
+    def noise(self, n: int, frames: int, height: int, width: int, seed: int | list[int]) -> torch.Tensor:
+        """Initial noise, one generator per clip: clip i's noise depends only on its own seed."""
+        gens = [torch.Generator(self.device).manual_seed(s) for s in seed_list(seed, n)]
+        shape = (n, *self.latent_shape(frames, height, width))
+        return randn_tensor(shape, generator=gens, device=self.device, dtype=torch.float32)
+
+    @torch.no_grad()
+    def sample(self, prompts: list[str], steps: int = 50, guidance: float = 5.0, shift: float = 3.0,
+               seed: int | list[int] = 0, sampler: str = "unipc", negative: str = "", frames: int = 81,
+               height: int = 480, width: int = 832, progress: bool = False, cond: Cond | None = None) -> torch.Tensor:
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        cond = cond if cond is not None else self.encode(prompts, negative if guidance > 1.0 else None)
+        x = self.noise(len(prompts), frames, height, width, seed)
+        model = lambda x_t, t: self.velocity(x_t, t, cond, guidance)  # noqa: E731
+        return samplers.sample(sampler, model, x, steps, shift, self.scheduler_config, progress)
+
+    # --- pixels -------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents to uint8 video [B, T, H, W, 3]."""
+        z = latents.to(self.device, torch.float32) * self._latents_std.to(self.device) + self._latents_mean.to(self.device)
+        video = self.vae.decode(z.to(self.vae.dtype), return_dict=False)[0]  # [B, 3, T, H, W] in [-1, 1]
+        video = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return video.permute(0, 2, 3, 4, 1).cpu()
+
+    @torch.no_grad()
+    def encode_video(self, video: torch.Tensor, sample: bool = False, generator=None) -> torch.Tensor:
+        """uint8 video [B, T, H, W, 3] to normalised latents (the VAE posterior's mean unless `sample`)."""
+        x = video.to(self.device).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+        dist = self.vae.encode(x.to(self.vae.dtype)).latent_dist
+        z = dist.sample(generator) if sample else dist.mode()
+        return (z.float() - self._latents_mean.to(self.device)) / self._latents_std.to(self.device)
