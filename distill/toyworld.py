@@ -239,3 +239,15 @@ def attribute_accuracy(videos, captions) -> dict:
     acc["all"] = float(np.mean([acc[f] for f in fields]))
     acc["palette_error"] = float(np.mean(palette)) if palette else float("nan")
     return acc
+
+
+def render_pool(split: str, seeds_per_combo: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    """Every attribute combination of a split rendered `seeds_per_combo` times: uint8 [N, T, H, W, 3], captions."""
+    attrs = train_attributes() if split == "train" else held_out_attributes()
+    rng = random.Random(f"pool|{split}|{seed}")
+    clips, captions = [], []
+    for a in attrs:
+        for _ in range(seeds_per_combo):
+            clips.append(render(a, rng.randrange(2**31)))
+            captions.append(a.caption())
+    return np.stack(clips), captions

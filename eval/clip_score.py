@@ -1,0 +1,170 @@
+"""CLIP prompt adherence: 100·cos(image, text) per sampled frame, averaged per clip, with open_clip backends.
+
+Backends:
+- a standard open_clip model by name and pretrained tag (`ViT-B-32` with `laion2b_s34b_b79k` by default), the
+  weights from open_clip's cache or a local file; named `clip_score[ViT-B-32/laion2b_s34b_b79k]`;
+- the toy world's domain CLIP (`eval/builtin/domain-clip`, an open_clip `CLIP` trained by
+  `scripts/train_domain_clip.py`), loaded through open_clip's `local-dir:` schema; named `clip_score[domain-clip]`.
+
+Frames: `frames` sampled uniformly over the clip. The domain CLIP reads *motion-history frames*: frame t with
+fading copies of the few frames before it behind it, so that a single image shows which way and how fast the shape
+moves (the toy captions name a direction and a speed, which no single raw frame can show). Standard backends read
+raw frames. The frame mode is part of a backend's stored config.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torchmetrics import Metric
+
+from eval.fvd import uniform_frame_indices
+
+DOMAIN_CLIP_DIR = Path(__file__).resolve().parent / "builtin" / "domain-clip"
+STANDARD_MODEL, STANDARD_PRETRAINED = "ViT-B-32", "laion2b_s34b_b79k"
+TRAIL = 4  # motion-history frames: how many earlier frames leave a trail
+TRAIL_STRIDE = 2
+
+
+def motion_history(video: torch.Tensor, index: int) -> torch.Tensor:
+    """Frame `index` of a float video [T, H, W, 3] with a fading trail of earlier frames (the older, the fainter)
+    composited under it: where the current frame matches its own background the trail shows through."""
+    frame = video[index]
+    out = frame.clone()
+    background = frame.reshape(-1, 3).median(dim=0).values
+    for k in range(TRAIL, 0, -1):
+        j = max(index - k * TRAIL_STRIDE, 0)
+        past = video[j]
+        alpha = 0.5 * (1 - k / (TRAIL + 1))
+        moved = (past - background).abs().sum(-1, keepdim=True) > 0.25
+        out = torch.where(moved, (1 - alpha) * background + alpha * past, out)
+    current = (frame - background).abs().sum(-1, keepdim=True) > 0.25
+    return torch.where(current, frame, out)
+
+
+@dataclass
+class ClipBackend:
+    """An open_clip model, its preprocessing and tokenizer, and how it reads frames."""
+
+    name: str
+    model: torch.nn.Module
+    tokenizer: object
+    image_size: int
+    mean: tuple
+    std: tuple
+    frame_mode: str = "raw"  # "raw" | "motion_history"
+
+    @classmethod
+    def open_clip(cls, model_name: str = STANDARD_MODEL, pretrained: str = STANDARD_PRETRAINED,
+                  device: str = "cpu", cache_dir: str | None = None) -> "ClipBackend":
+        """A standard open_clip model; `pretrained` is a tag (from open_clip's cache, or downloaded when online)
+        or a local weights file."""
+        import open_clip
+
+        model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained,
+                                                                     device=device, cache_dir=cache_dir)
+        tag = Path(pretrained).stem if Path(pretrained).is_file() else pretrained
+        return cls._wrap(f"{model_name}/{tag}", model, open_clip.get_tokenizer(model_name), "raw")
+
+    @classmethod
+    def domain(cls, folder: str | Path = DOMAIN_CLIP_DIR, device: str = "cpu") -> "ClipBackend":
+        import open_clip
+
+        folder = Path(folder)
+        config_path = folder / "open_clip_config.json"
+        if not config_path.is_file():
+            raise FileNotFoundError(f"domain CLIP folder {str(folder)!r} has no open_clip_config.json; "
+                                    f"make it with scripts/train_domain_clip.py")
+        model = open_clip.create_model(f"local-dir:{folder}", device=device)
+        frame_mode = json.loads(config_path.read_text()).get("distill", {}).get("frame_mode", "raw")
+        return cls._wrap("domain-clip", model, open_clip.get_tokenizer(f"local-dir:{folder}"), frame_mode)
+
+    @classmethod
+    def _wrap(cls, name, model, tokenizer, frame_mode) -> "ClipBackend":
+        model.eval().requires_grad_(False)
+        visual = model.visual
+        size = visual.image_size[0] if isinstance(visual.image_size, (tuple, list)) else visual.image_size
+        mean = getattr(visual, "image_mean", None) or (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's
+        std = getattr(visual, "image_std", None) or (0.26862954, 0.26130258, 0.27577711)
+        return cls(name, model, tokenizer, int(size), tuple(mean), tuple(std), frame_mode)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def prepare_frames(self, video: torch.Tensor, k: int) -> torch.Tensor:
+        """uint8 [T, H, W, 3] -> k preprocessed images [k, 3, S, S] (resize shorter side, centre crop,
+        normalise: CLIP's eval preprocessing, done on tensors)."""
+        v = video.float() / 255.0
+        idx = uniform_frame_indices(len(v), min(k, len(v))).tolist()
+        frames = torch.stack([motion_history(v, int(i)) if self.frame_mode == "motion_history" else v[int(i)]
+                              for i in idx])
+        x = frames.permute(0, 3, 1, 2)
+        h, w = x.shape[-2:]
+        scale = self.image_size / min(h, w)
+        x = F.interpolate(x, size=(max(self.image_size, round(h * scale)), max(self.image_size, round(w * scale))),
+                          mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+        top, left = (x.shape[-2] - self.image_size) // 2, (x.shape[-1] - self.image_size) // 2
+        x = x[..., top:top + self.image_size, left:left + self.image_size]
+        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.std).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    @torch.no_grad()
+    def text_features(self, texts: list[str]) -> torch.Tensor:
+        tokens = self.tokenizer(texts).to(self.device)
+        return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
+
+    @torch.no_grad()
+    def clip_scores(self, videos: torch.Tensor, texts: list[str], frames: int = 8) -> torch.Tensor:
+        """Per-clip score [B]: mean over `frames` sampled frames of 100·cos(image, caption)."""
+        if len(videos) != len(texts):
+            raise ValueError(f"{len(videos)} clips but {len(texts)} captions")
+        text = self.text_features(list(texts))
+        scores = []
+        for video, t in zip(videos, text):
+            images = self.prepare_frames(video, frames).to(self.device)
+            img = F.normalize(self.model.encode_image(images).float(), dim=-1)
+            scores.append(100.0 * (img @ t).mean())
+        return torch.stack(scores).double().cpu()
+
+    @torch.no_grad()
+    def score_matrix(self, videos: torch.Tensor, texts: list[str], frames: int = 8) -> torch.Tensor:
+        """[B, len(texts)] clip-vs-caption scores (for retrieval checks)."""
+        text = self.text_features(list(texts))
+        rows = []
+        for video in videos:
+            img = F.normalize(self.model.encode_image(self.prepare_frames(video, frames).to(self.device)).float(), -1)
+            rows.append(100.0 * (img @ text.T).mean(0))
+        return torch.stack(rows).double().cpu()
+
+
+class ClipScore(Metric):
+    """CLIP prompt adherence as a torchmetrics Metric; per-clip scores are kept (and gathered across ranks) for
+    confidence intervals."""
+
+    full_state_update = False
+
+    def __init__(self, backend: ClipBackend, frames: int = 8, **kwargs):
+        super().__init__(**kwargs)
+        self.backend = backend
+        self.frames = frames
+        self.add_state("scores", default=[], dist_reduce_fx="cat")
+
+    @property
+    def metric_name(self) -> str:
+        return f"clip_score[{self.backend.name}]"
+
+    def update(self, videos: torch.Tensor, captions: list[str]) -> None:
+        self.scores.append(self.backend.clip_scores(videos, captions, self.frames).to(self.device))
+
+    def per_clip(self) -> torch.Tensor:
+        s = self.scores
+        return torch.cat(s) if isinstance(s, list) and s else (s if isinstance(s, torch.Tensor) else torch.zeros(0))
+
+    def compute(self) -> torch.Tensor:
+        return self.per_clip().mean()

@@ -1,0 +1,99 @@
+"""The Fréchet distance between two Gaussians fitted to feature sets (the statistic behind FID and FVD).
+
+    d² = ‖μ₁ − μ₂‖² + tr(Σ₁) + tr(Σ₂) − 2·tr((Σ₁Σ₂)^½)
+
+Everything is float64. The trace of the matrix square root is taken without forming (Σ₁Σ₂)^½: the product of two
+covariance matrices is not symmetric, and a general-purpose `sqrtm` of it is slow and can come back complex or
+inaccurate when the covariances are singular (fewer clips than feature dimensions, the usual case for FVD with
+400-d I3D features). Instead, with S = Σ₁^½ (symmetric, from an eigen-decomposition), Σ₁Σ₂ = S⁻¹·(S Σ₂ S)·S is
+similar to the symmetric positive semi-definite matrix S Σ₂ S, so they share eigenvalues, and
+tr((Σ₁Σ₂)^½) = Σᵢ √λᵢ(S Σ₂ S). Both steps are `eigh` of symmetric matrices: real eigenvalues, no imaginary parts to
+discard, and round-off negatives (tiny, from singular covariances) are clamped to zero. Negatives too large to be
+round-off mean an input was not a covariance matrix, and raise.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+# An eigenvalue below -NEGATIVE_TOLERANCE·(largest |eigenvalue|) is not round-off: the matrix is not PSD.
+NEGATIVE_TOLERANCE = 1e-6
+# Asymmetry above this (relative to the largest entry) means the input is not a covariance matrix.
+SYMMETRY_TOLERANCE = 1e-6
+
+
+def _as_float64(x, what: str) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().to(torch.float64).numpy()
+    arr = np.asarray(x, dtype=np.float64)
+    bad = int(np.count_nonzero(~np.isfinite(arr)))
+    if bad:
+        raise ValueError(f"{what}: {bad} of {arr.size} entries are NaN or infinite")
+    return arr
+
+
+def _check_covariance(sigma: np.ndarray, dim: int, what: str) -> None:
+    if sigma.shape != (dim, dim):
+        raise ValueError(f"{what}: expected shape ({dim}, {dim}) to match the mean, got {sigma.shape}")
+    scale = max(float(np.abs(sigma).max()), np.finfo(np.float64).tiny)
+    asymmetry = float(np.abs(sigma - sigma.T).max())
+    if asymmetry > SYMMETRY_TOLERANCE * scale:
+        raise ValueError(f"{what}: not symmetric (max |Σ − Σᵀ| = {asymmetry:.3g}, largest entry {scale:.3g})")
+
+
+def _psd_eigenvalues(matrix: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (clamped at 0) and eigenvectors of a symmetric PSD matrix; raises if it is clearly not PSD."""
+    eigenvalues, eigenvectors = np.linalg.eigh((matrix + matrix.T) / 2)
+    largest = max(float(np.abs(eigenvalues).max(initial=0.0)), np.finfo(np.float64).tiny)
+    smallest = float(eigenvalues.min(initial=0.0))
+    if smallest < -NEGATIVE_TOLERANCE * largest:
+        raise ValueError(f"{what}: not positive semi-definite (eigenvalue {smallest:.3g}, "
+                         f"largest {largest:.3g}); is it really a covariance matrix?")
+    return np.clip(eigenvalues, 0.0, None), eigenvectors
+
+
+def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+    """tr((Σ₁Σ₂)^½) for symmetric PSD Σ₁, Σ₂, via eigenvalues of Σ₁^½ Σ₂ Σ₁^½ (see the module docstring)."""
+    eigenvalues, eigenvectors = _psd_eigenvalues(sigma1, "sigma1")
+    sqrt_sigma1 = (eigenvectors * np.sqrt(eigenvalues)) @ eigenvectors.T
+    inner = sqrt_sigma1 @ sigma2 @ sqrt_sigma1
+    inner_eigenvalues, _ = _psd_eigenvalues(inner, "sigma1^1/2 · sigma2 · sigma1^1/2")
+    return float(np.sqrt(inner_eigenvalues).sum())
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """Squared Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2), in float64.
+
+    Accepts numpy arrays or torch tensors. Clamped at 0: the exact value is ≥ 0, and round-off on identical
+    inputs may otherwise give a tiny negative number.
+    """
+    mu1, mu2 = _as_float64(mu1, "mu1"), _as_float64(mu2, "mu2")
+    if mu1.ndim != 1 or mu1.shape != mu2.shape:
+        raise ValueError(f"mu1 and mu2 must be 1-D and the same length, got shapes {mu1.shape} and {mu2.shape}")
+    sigma1, sigma2 = _as_float64(sigma1, "sigma1"), _as_float64(sigma2, "sigma2")
+    _check_covariance(sigma1, mu1.shape[0], "sigma1")
+    _check_covariance(sigma2, mu1.shape[0], "sigma2")
+    diff = mu1 - mu2
+    distance = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt_product(sigma1, sigma2)
+    return max(float(distance), 0.0)
+
+
+def feature_stats(features) -> tuple[np.ndarray, np.ndarray]:
+    """Mean [D] and unbiased covariance [D, D] (float64 numpy) of a feature set [N, D].
+
+    Unbiased (N − 1) as in pytorch-fid and fvd-comparison's `np.cov`. With N < D the covariance is singular; the
+    distance is still defined but is a noisy, biased estimate, so this warns, naming N and D.
+    """
+    feats = _as_float64(features, "features")
+    if feats.ndim != 2:
+        raise ValueError(f"features: expected a 2-D array [N, D], got shape {feats.shape}")
+    n, d = feats.shape
+    if n < 2:
+        raise ValueError(f"features: a covariance needs at least 2 samples, got N={n}")
+    if n < d:
+        warnings.warn(f"feature_stats: only N={n} samples for D={d} feature dimensions; the covariance is "
+                      f"singular and the Fréchet distance is a high-variance, biased estimate", stacklevel=2)
+    return feats.mean(axis=0), np.atleast_2d(np.cov(feats, rowvar=False))

@@ -1,0 +1,516 @@
+"""Quality gate: check an `eval.json` against a policy of rules, optionally against a baseline `eval.json`.
+
+    exit 0  every check passed (skipped checks do not fail a gate)
+    exit 1  at least one check failed: a regression
+    exit 2  the gate could not be judged: a file missing or not valid JSON, a schema string other than
+            "distill.eval/1", an invalid policy, a required model or metric missing, no teacher for a ratio
+            rule, a malformed metric record. Messages name the file, the model and the metric.
+
+A policy (YAML, e.g. configs/eval/gates/toyworld.yaml):
+
+    name: toyworld
+    description: "..."                       # optional
+    rules:
+      - metric: "clip_score[domain-clip]"    # exact metric name in eval.json
+        models: "student-*"                  # fnmatch pattern (or a list of them) over model names; default "*"
+        roles: [student]                     # optional: only models with one of these eval.json roles
+        min_ratio_to_teacher: 0.95           # exactly ONE bound per rule, one of:
+                                             #   min, max                  absolute bounds on the value
+                                             #   min_ratio_to_teacher,     bounds on value / teacher's value, the
+                                             #   max_ratio_to_teacher      teacher being the model in the same
+                                             #                             eval.json with role "teacher"
+                                             #   max_regression_vs_baseline  r >= 0: at most r (relative) worse
+                                             #                             than the same model in the baseline
+        interval_aware: false                # see below
+        required: false                      # see below
+        name: "..."                          # optional label for reports
+
+Bounds and directions. `min`/`min_ratio_to_teacher` are lower bounds (observed >= bound), `max`/
+`max_ratio_to_teacher` upper bounds (observed <= bound). For `max_regression_vs_baseline: r` the metric's own
+`higher_is_better` decides: higher-is-better must stay >= base - r*|base|, lower-is-better <= base + r*|base|.
+
+interval_aware. Off: a point check of the value against the bound. On: the check fails only when the whole 95%
+interval lies on the wrong side of the bound -- for a lower bound `hi < bound`, for an upper bound `lo > bound` --
+so a bound inside the interval passes ("not significantly worse"). The interval used is the record's `ci95`;
+for ratio rules it is `(t + d_lo)/t, (t + d_hi)/t` from the record's `paired_diff_vs_teacher.ci95` when present
+(it accounts for pairing), else `ci95 / t`, t being the teacher's value. Baseline values and teacher values are
+taken as fixed. A record without an interval falls back to the point check, and the message says so.
+
+required. On: every matched model must have the metric in the current eval.json (and the teacher too, for ratio
+rules), and the pattern must match at least one model; a gap is an error (exit 2). Off: a gap is a skipped check.
+Baseline gaps (no baseline given, the model or metric not in it: a new model has no history) are always skips.
+A ratio rule with no teacher in the current eval.json is an error whatever `required` says.
+
+Outputs in out_dir: gate.json (every check), gate.junit.xml (one testsuite, one testcase per rule x model),
+gate.md (a summary line, then a table).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+import sys
+import xml.etree.ElementTree as ET
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+SCHEMA = "distill.eval/1"
+GATE_SCHEMA = "distill.gate/1"
+PASS, FAIL, ERROR = 0, 1, 2
+
+BOUND_KINDS = ("min", "max", "min_ratio_to_teacher", "max_ratio_to_teacher", "max_regression_vs_baseline")
+
+
+class GateError(ValueError):
+    """An input the gate cannot judge (exit 2); the message names the file, and the model/metric/key."""
+
+
+# ---------------------------------------------------------------------------------------------------- policy
+
+
+class Rule(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    metric: str = Field(min_length=1)
+    models: list[str] = ["*"]
+    roles: list[str] | None = None  # and only models whose eval.json role is one of these (student, baseline, ...)
+    min: float | None = None
+    max: float | None = None
+    min_ratio_to_teacher: float | None = Field(None, gt=0)
+    max_ratio_to_teacher: float | None = Field(None, gt=0)
+    max_regression_vs_baseline: float | None = Field(None, ge=0)
+    interval_aware: bool = False
+    required: bool = False
+    name: str | None = None
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _one_pattern_or_many(cls, v):
+        return [v] if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _exactly_one_bound(self):
+        given = [k for k in BOUND_KINDS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one bound of {', '.join(BOUND_KINDS)}; got "
+                             f"{', '.join(given) if given else 'none'} (write two rules for a range)")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in BOUND_KINDS if getattr(self, k) is not None)
+
+    @property
+    def limit(self) -> float:
+        return getattr(self, self.kind)
+
+    def describe(self) -> str:
+        if self.name:
+            return self.name
+        text = {
+            "min": f">= {self.limit:g}",
+            "max": f"<= {self.limit:g}",
+            "min_ratio_to_teacher": f">= {self.limit:g} x teacher",
+            "max_ratio_to_teacher": f"<= {self.limit:g} x teacher",
+            "max_regression_vs_baseline": f"regresses <= {self.limit:.0%} vs baseline",
+        }[self.kind]
+        return f"{self.metric} {text}" + (" (interval-aware)" if self.interval_aware else "")
+
+
+class Policy(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    rules: list[Rule] = Field(min_length=1)
+
+
+def _format_validation(err: ValidationError, origin: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{origin}: unknown key {key!r}")
+        elif e["type"] == "missing":
+            lines.append(f"{origin}: missing required key {key!r}")
+        else:
+            lines.append(f"{origin}: key {key!r}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_policy(path: str | Path) -> Policy:
+    path = Path(path)
+    if not path.is_file():
+        raise GateError(f"policy file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise GateError(f"{path}: not a readable YAML policy: {err}") from None
+    if not isinstance(data, dict):
+        raise GateError(f"{path}: the top level must be a mapping with 'name' and 'rules', "
+                        f"not a {type(data).__name__}")
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as err:
+        raise GateError(_format_validation(err, str(path))) from None
+
+
+# --------------------------------------------------------------------------------------------- eval.json input
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """The parts of one eval.json metric record the gate reads."""
+
+    value: float
+    ci95: tuple[float, float] | None
+    higher_is_better: bool | None
+    paired_diff_ci95: tuple[float, float] | None
+
+
+@dataclass(frozen=True)
+class EvalDoc:
+    path: str
+    models: dict  # model name -> model entry (a dict); unknown keys are kept and ignored
+
+    def teacher(self) -> str | None:
+        """The model with role "teacher"; without any roles in the file, the one model named teacher*."""
+        by_role = [m for m, e in self.models.items() if e.get("role") == "teacher"]
+        if len(by_role) > 1:
+            raise GateError(f"{self.path}: {len(by_role)} models have role 'teacher' ({', '.join(by_role)}); "
+                            "ratio rules need exactly one")
+        if by_role:
+            return by_role[0]
+        if any("role" in e for e in self.models.values()):
+            return None
+        by_name = [m for m in self.models if m.startswith("teacher")]
+        return by_name[0] if len(by_name) == 1 else None
+
+    def metric(self, model: str, metric: str) -> Metric | None:
+        """The record, or None when the model, the metric or its value (null: not computable) is absent."""
+        entry = self.models.get(model)
+        if entry is None:
+            return None
+        rec = (entry.get("metrics") or {}).get(metric)
+        if rec is None:
+            return None
+        where = f"{self.path}: model {model!r} metric {metric!r}"
+        if not isinstance(rec, dict):
+            raise GateError(f"{where}: the record must be a mapping, not a {type(rec).__name__}")
+        value = rec.get("value")
+        if value is None:
+            return None
+        if not _is_number(value) or not math.isfinite(value):
+            raise GateError(f"{where}: 'value' must be a finite number, got {value!r}")
+        hib = rec.get("higher_is_better")
+        if hib is not None and not isinstance(hib, bool):
+            raise GateError(f"{where}: 'higher_is_better' must be true or false, got {hib!r}")
+        paired = rec.get("paired_diff_vs_teacher")
+        paired_ci = _interval(paired.get("ci95"), f"{where} paired_diff_vs_teacher") \
+            if isinstance(paired, dict) else None
+        return Metric(float(value), _interval(rec.get("ci95"), where), hib, paired_ci)
+
+
+def _interval(ci, where: str) -> tuple[float, float] | None:
+    if ci is None:
+        return None
+    if not (isinstance(ci, (list, tuple)) and len(ci) == 2):
+        raise GateError(f"{where}: 'ci95' must be [lo, hi], got {ci!r}")
+    if any(c is None for c in ci):  # an interval that could not be computed (NaN written as null)
+        return None
+    if not all(_is_number(c) for c in ci):
+        raise GateError(f"{where}: 'ci95' must hold numbers, got {ci!r}")
+    return (float(ci[0]), float(ci[1]))
+
+
+def load_eval(path: str | Path, what: str = "eval.json") -> EvalDoc:
+    path = Path(path)
+    if not path.is_file():
+        raise GateError(f"{what} file {str(path)!r} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise GateError(f"{path}: not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise GateError(f"{path}: the top level must be an object, not a {type(data).__name__}")
+    if data.get("schema") != SCHEMA:
+        raise GateError(f"{path}: schema is {data.get('schema')!r}; this gate reads {SCHEMA!r}")
+    models = data.get("models")
+    if not isinstance(models, dict):
+        raise GateError(f"{path}: 'models' must be an object of model name -> entry")
+    for name, entry in models.items():
+        if not isinstance(entry, dict):
+            raise GateError(f"{path}: model {name!r} must be an object, not a {type(entry).__name__}")
+        if not isinstance(entry.get("metrics", {}), dict):
+            raise GateError(f"{path}: model {name!r}: 'metrics' must be an object of metric name -> record")
+    return EvalDoc(str(path), models)
+
+
+# ------------------------------------------------------------------------------------------------------ checks
+
+
+Status = Literal["pass", "fail", "skip", "error"]
+
+
+@dataclass
+class Check:
+    rule: str  # "rules[i]: <description>"
+    model: str
+    metric: str
+    kind: str
+    status: Status
+    observed: float | None = None
+    bound: float | None = None
+    interval: tuple[float, float] | None = None
+    message: str = ""
+
+    @property
+    def passed(self) -> bool | None:
+        return {"pass": True, "fail": False}.get(self.status)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["interval"] = list(self.interval) if self.interval else None
+        d["passed"] = self.passed
+        return d
+
+
+@dataclass
+class GateResult:
+    policy: str
+    current: str
+    baseline: str | None
+    checks: list[Check] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # errors before any check could run (files, policy)
+
+    def count(self, status: Status) -> int:
+        return sum(c.status == status for c in self.checks)
+
+    @property
+    def exit_code(self) -> int:
+        if self.errors or self.count("error"):
+            return ERROR
+        return FAIL if self.count("fail") else PASS
+
+    @property
+    def verdict(self) -> str:
+        return {PASS: "PASS", FAIL: "FAIL", ERROR: "ERROR"}[self.exit_code]
+
+    def summary(self) -> str:
+        parts = [f"{self.count('pass')} passed", f"{self.count('fail')} failed", f"{self.count('skip')} skipped",
+                 f"{self.count('error') + len(self.errors)} errors"]
+        return f"gate {self.policy}: {self.verdict} ({', '.join(parts)})"
+
+    def to_json(self) -> dict:
+        return {"schema": GATE_SCHEMA, "policy": self.policy, "current": self.current, "baseline": self.baseline,
+                "verdict": self.verdict, "exit_code": self.exit_code,
+                "counts": {s: self.count(s) for s in ("pass", "fail", "skip", "error")},
+                "errors": self.errors, "checks": [c.to_json() for c in self.checks]}
+
+
+def _compare(observed: float, interval, bound: float, lower: bool, interval_aware: bool) -> tuple[bool, str]:
+    """Is `observed` on the right side of `bound` (lower: observed >= bound)? See the module doc for
+    interval-aware checks."""
+    op = ">=" if lower else "<="
+    if interval_aware and interval is not None:
+        lo, hi = interval
+        ok = hi >= bound if lower else lo <= bound
+        edge = f"ci95 hi {hi:.4g}" if lower else f"ci95 lo {lo:.4g}"
+        return ok, (f"{edge} {op} {bound:.4g} (interval-aware; value {observed:.4g})" if ok else
+                    f"whole ci95 [{lo:.4g}, {hi:.4g}] is {'below' if lower else 'above'} {bound:.4g}")
+    ok = observed >= bound if lower else observed <= bound
+    note = " (no ci95 in the record: point check)" if interval_aware else ""
+    return ok, f"{observed:.4g} {op} {bound:.4g}{note}" if ok else f"{observed:.4g} is not {op} {bound:.4g}{note}"
+
+
+def _finish(check: Check, observed, interval, bound, lower: bool, rule: Rule, context: str = "") -> Check:
+    ok, msg = _compare(observed, interval, bound, lower, rule.interval_aware)
+    check.status, check.observed, check.bound, check.interval = ("pass" if ok else "fail"), observed, bound, interval
+    check.message = msg + context
+    return check
+
+
+def _gap(check: Check, rule: Rule, message: str, required: bool | None = None) -> Check:
+    """A missing input: an error if the rule is required (or `required` says so), else a skip."""
+    check.status = "error" if (rule.required if required is None else required) else "skip"
+    check.message = message
+    return check
+
+
+def check_absolute(rule: Rule, model: str, cur: EvalDoc, check: Check) -> Check:
+    m = cur.metric(model, rule.metric)
+    if m is None:
+        return _gap(check, rule, f"{cur.path}: model {model!r} has no metric {rule.metric!r}")
+    return _finish(check, m.value, m.ci95, rule.limit, rule.kind == "min", rule)
+
+
+def check_ratio_to_teacher(rule: Rule, model: str, cur: EvalDoc, check: Check) -> Check:
+    teacher = cur.teacher()
+    if teacher is None:
+        return _gap(check, rule, f"{cur.path}: no model with role 'teacher' for the ratio rule on "
+                                 f"{rule.metric!r}", required=True)
+    m = cur.metric(model, rule.metric)
+    if m is None:
+        return _gap(check, rule, f"{cur.path}: model {model!r} has no metric {rule.metric!r}")
+    t = cur.metric(teacher, rule.metric)
+    if t is None:
+        return _gap(check, rule, f"{cur.path}: teacher {teacher!r} has no metric {rule.metric!r}")
+    if t.value <= 0:
+        return _gap(check, rule, f"{cur.path}: teacher {teacher!r} metric {rule.metric!r} is {t.value:g}; a ratio "
+                                 "needs a positive teacher value", required=True)
+    if m.paired_diff_ci95 is not None:
+        interval = ((t.value + m.paired_diff_ci95[0]) / t.value, (t.value + m.paired_diff_ci95[1]) / t.value)
+    elif m.ci95 is not None:
+        interval = (m.ci95[0] / t.value, m.ci95[1] / t.value)
+    else:
+        interval = None
+    context = f"; {model} {m.value:.4g} / {teacher} {t.value:.4g}"
+    return _finish(check, m.value / t.value, interval, rule.limit, rule.kind == "min_ratio_to_teacher", rule,
+                   context)
+
+
+def check_regression_vs_baseline(rule: Rule, model: str, cur: EvalDoc, base: EvalDoc | None,
+                                 check: Check) -> Check:
+    m = cur.metric(model, rule.metric)
+    if m is None:
+        return _gap(check, rule, f"{cur.path}: model {model!r} has no metric {rule.metric!r}")
+    if base is None:
+        return _gap(check, rule, "no baseline eval.json given", required=False)
+    b = base.metric(model, rule.metric)
+    if b is None:
+        return _gap(check, rule, f"{base.path}: baseline has no {rule.metric!r} for model {model!r}",
+                    required=False)
+    higher = m.higher_is_better if m.higher_is_better is not None else b.higher_is_better
+    if higher is None:
+        return _gap(check, rule, f"{cur.path}: model {model!r} metric {rule.metric!r} has no 'higher_is_better'; "
+                                 "a regression rule needs the direction", required=True)
+    slack = rule.limit * abs(b.value)
+    bound = b.value - slack if higher else b.value + slack
+    return _finish(check, m.value, m.ci95, bound, higher, rule, f"; baseline {b.value:.4g}")
+
+
+def evaluate(policy: Policy, current: EvalDoc, baseline: EvalDoc | None) -> GateResult:
+    result = GateResult(policy=policy.name, current=current.path, baseline=baseline.path if baseline else None)
+    for i, rule in enumerate(policy.rules):
+        label = f"rules[{i}]: {rule.describe()}"
+        models = [m for m in current.models if any(fnmatch.fnmatchcase(m, p) for p in rule.models)
+                  and (rule.roles is None or current.models[m].get("role") in rule.roles)]
+        if not models:
+            check = Check(label, ",".join(rule.models), rule.metric, rule.kind, "skip")
+            result.checks.append(_gap(check, rule, f"{current.path}: no model matches {rule.models} "
+                                                   f"(models: {', '.join(current.models) or 'none'})"))
+            continue
+        for model in models:
+            check = Check(label, model, rule.metric, rule.kind, "skip")
+            try:
+                if rule.kind in ("min", "max"):
+                    check_absolute(rule, model, current, check)
+                elif rule.kind in ("min_ratio_to_teacher", "max_ratio_to_teacher"):
+                    check_ratio_to_teacher(rule, model, current, check)
+                else:
+                    check_regression_vs_baseline(rule, model, current, baseline, check)
+            except GateError as err:  # a malformed record: this check cannot be judged
+                check.status, check.message = "error", str(err)
+            result.checks.append(check)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------- reports
+
+
+def _fmt(x: float | None) -> str:
+    return "" if x is None else f"{x:.4g}"
+
+
+def write_json(result: GateResult, path: Path) -> None:
+    path.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+
+
+def write_junit(result: GateResult, path: Path) -> None:
+    errors = result.count("error") + len(result.errors)
+    tests = len(result.checks) + len(result.errors)
+    root = ET.Element("testsuites", name="distill.gate", tests=str(tests), failures=str(result.count("fail")),
+                      errors=str(errors), skipped=str(result.count("skip")))
+    suite = ET.SubElement(root, "testsuite", name=f"gate.{result.policy}", tests=str(tests),
+                          failures=str(result.count("fail")), errors=str(errors), skipped=str(result.count("skip")))
+    for message in result.errors:
+        case = ET.SubElement(suite, "testcase", classname=f"gate.{result.policy}", name="inputs")
+        ET.SubElement(case, "error", message=message, type="GateError").text = message
+    for c in result.checks:
+        case = ET.SubElement(suite, "testcase", classname=f"gate.{result.policy}.{c.model}", name=c.rule)
+        detail = (f"model={c.model} metric={c.metric} observed={_fmt(c.observed)} bound={_fmt(c.bound)} "
+                  f"interval={list(c.interval) if c.interval else None}\n{c.message}")
+        if c.status == "fail":
+            ET.SubElement(case, "failure", message=c.message, type="regression").text = detail
+        elif c.status == "error":
+            ET.SubElement(case, "error", message=c.message, type="GateError").text = detail
+        elif c.status == "skip":
+            ET.SubElement(case, "skipped", message=c.message)
+        else:
+            ET.SubElement(case, "system-out").text = detail
+    ET.indent(root)
+    ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def write_markdown(result: GateResult, path: Path) -> None:
+    lines = [f"# Gate `{result.policy}`: **{result.verdict}**", "", result.summary(), "",
+             f"- current: `{result.current}`", f"- baseline: `{result.baseline or 'none'}`", ""]
+    lines += [f"- ERROR: {_md_cell(e)}" for e in result.errors]
+    if result.checks:
+        lines += ["| status | rule | model | metric | observed | bound | message |",
+                  "|---|---|---|---|---|---|---|"]
+        for c in result.checks:
+            lines.append(f"| {c.status.upper()} | {_md_cell(c.rule)} | `{_md_cell(c.model)}` | `{_md_cell(c.metric)}` "
+                         f"| {_fmt(c.observed)} | {_fmt(c.bound)} | {_md_cell(c.message)} |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+# --------------------------------------------------------------------------------------------------- run_gate
+
+
+def gate(current: str | Path, baseline: str | Path | None, policy: str | Path) -> GateResult:
+    """Load the inputs and evaluate; input errors become `result.errors` (exit 2) instead of raising."""
+    name = Path(policy).stem
+    result = GateResult(policy=name, current=str(current), baseline=None if baseline is None else str(baseline))
+    try:
+        pol = load_policy(policy)
+        cur = load_eval(current, "current eval.json")
+        base = None if baseline is None else load_eval(baseline, "baseline eval.json")
+    except GateError as err:
+        result.errors.append(str(err))
+        return result
+    return evaluate(pol, cur, base)
+
+
+def run_gate(current: str | Path, baseline: str | Path | None, policy: str | Path,
+             out_dir: str | Path, quiet: bool = False) -> int:
+    """Gate `current` by `policy` (and `baseline`), write gate.json, gate.junit.xml and gate.md into `out_dir`,
+    print a summary with every failure and error to stderr, and return the exit code (0 pass, 1 fail, 2 error)."""
+    result = gate(current, baseline, policy)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(result, out / "gate.json")
+    write_junit(result, out / "gate.junit.xml")
+    write_markdown(result, out / "gate.md")
+    if not quiet:
+        print(result.summary(), file=sys.stderr)
+        for e in result.errors:
+            print(f"  ERROR {e}", file=sys.stderr)
+        for c in result.checks:
+            if c.status in ("fail", "error"):
+                print(f"  {c.status.upper()} {c.rule} [{c.model}]: {c.message}", file=sys.stderr)
+        print(f"  reports: {out / 'gate.md'}, {out / 'gate.json'}, {out / 'gate.junit.xml'}", file=sys.stderr)
+    return result.exit_code

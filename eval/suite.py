@@ -1,0 +1,97 @@
+"""What an evaluation runs: the prompt suite (YAML, validated) and the models it scores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ClipSettings(Strict):
+    backend: Literal["domain", "open_clip"] = "domain"
+    model: str = "ViT-B-32"
+    pretrained: str = "laion2b_s34b_b79k"  # a tag (open_clip cache, or downloaded when online) or a local file
+    frames: int = Field(8, ge=1)
+
+
+class DiversitySettings(Strict):
+    prompts: int = Field(4, ge=0)  # 0 turns the diversity measurement off
+    seeds: int = Field(4, ge=2)
+
+
+class SpeedSettings(Strict):
+    clips: int = Field(3, ge=1)  # timed one clip at a time, after one untimed warm-up clip
+    warmup: int = Field(1, ge=0)
+
+
+class SuiteConfig(Strict):
+    name: str
+    prompts: list[str] = []
+    toyworld_split: Literal["train", "held_out"] | None = None  # the toy world's prompt suite
+    prompts_file: str | None = None  # one prompt per line, relative to the suite file
+    max_prompts: int | None = Field(None, ge=1)
+    seeds_per_prompt: int = Field(1, ge=1)
+    seed: int = 0
+    frames: int = 17
+    height: int = 64
+    width: int = 64
+    fps: int = 8
+    real: Literal["toyworld"] | None = None  # where `fvd[...]:vs_real` takes its real clips from
+    clip: ClipSettings = ClipSettings()
+    detector: Literal["domain-video-net", "i3d"] = "domain-video-net"
+    i3d_path: str | None = None
+    flow: Literal["auto", "raft_small", "farneback"] = "auto"
+    diversity: DiversitySettings = DiversitySettings()
+    speed: SpeedSettings = SpeedSettings()
+    noise_floor: bool = True  # teacher vs teacher on other seeds: the FVD a perfect student would still get
+    batch_size: int = Field(8, ge=1)
+    bootstrap: int = Field(1000, ge=10)
+
+    @model_validator(mode="after")
+    def _has_prompts(self):
+        if not (self.prompts or self.toyworld_split or self.prompts_file):
+            raise ValueError("a suite needs prompts: `prompts`, `toyworld_split` or `prompts_file`")
+        return self
+
+
+class ModelSpec(Strict):
+    """A model to score: the teacher at some settings, or another Wan folder (a student export)."""
+
+    name: str
+    source: str = "teacher"  # "teacher", or a Wan folder / hub id / builtin:NAME
+    steps: int = Field(ge=1)
+    sampler: Literal["euler", "unipc"] = "euler"
+    guidance: float | None = None  # None: the teacher's guidance for "teacher", 1 (no CFG) for a student folder
+    shift: float | None = None
+    role: Literal["teacher", "baseline", "student"] = "student"
+
+
+def parse_model_spec(text: str) -> ModelSpec:
+    """`teacher@4`, `teacher@4:unipc`, `NAME=PATH@4`, `NAME=PATH@4:euler,guidance=1,shift=5`."""
+    name, sep, rest = text.partition("=")
+    if not sep or "@" in name:
+        name, rest = "", text
+    head, _, opts = rest.partition(",")
+    source, at, steps_part = head.rpartition("@")
+    if not at:
+        raise ValueError(f"model {text!r}: give the step count as SOURCE@STEPS (for example teacher@4)")
+    steps_text, _, sampler = steps_part.partition(":")
+    if not steps_text.isdigit():
+        raise ValueError(f"model {text!r}: steps {steps_text!r} is not a whole number")
+    fields: dict = {"source": source, "steps": int(steps_text)}
+    if sampler:
+        fields["sampler"] = sampler
+    for opt in filter(None, opts.split(",")):
+        key, eq, value = opt.partition("=")
+        if key not in ("guidance", "shift", "role") or not eq:
+            raise ValueError(f"model {text!r}: option {opt!r} is not guidance=, shift= or role=")
+        fields[key] = value
+    if source == "teacher":
+        fields.setdefault("role", "baseline")
+    fields["name"] = name or (f"teacher@{steps_text}" if source == "teacher" else f"{Path(source).name}@{steps_text}")
+    return ModelSpec.model_validate(fields)
