@@ -1,0 +1,27 @@
+"""Sampling spread over two ranks (torchrun, gloo on CPU) gives the same numbers as one process."""
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.eval.test_harness import _numbers
+
+ARGS = ["eval", "--suite", "toyworld-held-out", "--teacher", "tiny-wan", "--model", "teacher@2",
+        "max_prompts=4", "diversity.prompts=2", "diversity.seeds=2", "speed.clips=1", "speed.warmup=0",
+        "bootstrap=50", "batch_size=2"]
+
+
+def test_two_ranks_equal_one_process(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, "-m", "distill.cli", *ARGS[:1], "--out", str(tmp_path / "one"),
+                             *ARGS[1:]], capture_output=True, text=True, env=env)
+    assert single.returncode == 0, single.stderr[-2000:]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"]
+    multi = subprocess.run([*torchrun, "-m", "distill.cli", *ARGS[:1], "--out", str(tmp_path / "two"), *ARGS[1:]],
+                           capture_output=True, text=True, env=env)
+    assert multi.returncode == 0, multi.stderr[-2000:]
+    one = json.loads((tmp_path / "one" / "eval.json").read_text())
+    two = json.loads((tmp_path / "two" / "eval.json").read_text())
+    assert _numbers(one) == _numbers(two)
+    assert len(list((tmp_path / "two" / "cache").glob("*.npy"))) == len(list((tmp_path / "one" / "cache").glob("*.npy")))
