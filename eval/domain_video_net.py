@@ -27,18 +27,20 @@ class DomainVideoNet(nn.Module):
                        "size": size}
         w = width
         self.body = nn.Sequential(
-            _block(3, w, (1, 2, 2)), _block(w, 2 * w, (2, 2, 2)), _block(2 * w, 4 * w, (2, 2, 2)),
+            _block(6, w, (1, 2, 2)), _block(w, 2 * w, (2, 2, 2)), _block(2 * w, 4 * w, (2, 2, 2)),
             _block(4 * w, 8 * w, (2, 2, 2)))
         self.proj = nn.Linear(8 * w, feature_dim)
         self.heads = nn.ModuleDict({k: nn.Linear(feature_dim, n) for k, n in heads.items()})
 
     def prepare(self, videos: torch.Tensor) -> torch.Tensor:
-        """uint8 [B, T, H, W, 3] -> float [B, 3, T', S, S] in [-1, 1] at the net's frames and size."""
+        """uint8 [B, T, H, W, 3] -> float [B, 6, T', S, S]: the frames in [-1, 1] at the net's length and size,
+        and their temporal differences (motion is then visible to the first layer, not only learnable by it)."""
         x = videos.to(self.proj.weight.device).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
         t, s = self.config["frames"], self.config["size"]
         if tuple(x.shape[2:]) != (t, s, s):
             x = F.interpolate(x, size=(t, s, s), mode="trilinear", align_corners=False)
-        return x
+        diff = F.pad(x[:, :, 1:] - x[:, :, :-1], (0, 0, 0, 0, 1, 0))
+        return torch.cat([x, diff], dim=1)
 
     def features(self, videos: torch.Tensor) -> torch.Tensor:
         h = self.body(self.prepare(videos))

@@ -67,10 +67,17 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seeds-per-combo", type=int, default=6)
     p.add_argument("--frames", type=int, default=8)
+    p.add_argument("--init", type=Path, help="continue from a domain CLIP folder (its weights; a fresh optimiser)")
     args = p.parse_args()
     torch.manual_seed(args.seed)
     started = time.time()
     model = open_clip.CLIP(**MODEL_CFG)
+    previous = None
+    if args.init:
+        from safetensors.torch import load_file
+
+        model.load_state_dict({k: v.float() for k, v in load_file(args.init / "open_clip_model.safetensors").items()})
+        previous = json.loads((args.init / "open_clip_config.json").read_text())["distill"]["training"]
     tokenizer = open_clip.SimpleTokenizer(context_length=MODEL_CFG["text_cfg"]["context_length"])
     backend = ClipBackend("domain-clip", model, tokenizer, 64, tuple(PREPROCESS_CFG["mean"]),
                           tuple(PREPROCESS_CFG["std"]), "motion_history")
@@ -108,7 +115,8 @@ def main() -> None:
     held_clips, held_captions = toyworld.render_pool("held_out", 2, args.seed + 1)
     report = {"held_out_top1_retrieval": retrieval(backend, held_clips, held_captions),
               "train_top1_retrieval": retrieval(backend, clips[::6], captions[::6]),
-              "minutes": (time.time() - started) / 60, "steps": args.steps, "seed": args.seed}
+              "minutes": (time.time() - started) / 60, "steps": args.steps, "seed": args.seed, "lr": args.lr,
+              "continued_from": previous}
     write_folder(model, args.out, report)
     print(json.dumps(report, indent=2))
 

@@ -4,12 +4,14 @@
     python scripts/train_tiny_teacher.py --out teachers/builtin/tiny-wan      # or: make teacher
 
 Stages, each checkpointed under --work so that a killed run continues where it stopped (re-run the command):
-  1. vae      train the tiny AutoencoderKLWan on toy clips (L1 + MSE + a small KL)
-  2. latents  encode the training clips; per-channel latent mean/std go into the VAE config as Wan expects
-  3. dit      train the tiny WanTransformer3DModel with the flow-matching objective (v = noise - x0), 10% caption
-              dropout to the empty prompt (for CFG), EMA of the weights
-  4. export   save the pipeline with save_pretrained (safetensors) plus distill_teacher.json (sampler defaults)
-  5. report   sample held-out prompts at 50 UniPC steps and 4 Euler steps, read the clips back with the toy-world
+  1. vae      train the tiny AutoencoderKLWan on short toy clips, 5 frames (shape-weighted L1 + MSE, small KL)
+  2. decoder  train the VAE decoder on whole 17-frame clips, encoder frozen (the causal decoder's path across
+              4-frame chunks needs clips longer than one chunk)
+  3. latents  encode the training clips; per-channel latent mean/std go into the VAE config as Wan expects
+  4. dit      train the tiny WanTransformer3DModel with the flow-matching objective (v = noise - x0) at noise
+              levels t = shift(u, 3), u ~ U(0, 1), 10% caption dropout to the empty prompt (for CFG), EMA
+  5. export   save the pipeline with save_pretrained (safetensors) plus distill_teacher.json (sampler defaults)
+  6. report   sample held-out prompts at 50 UniPC steps and 4 Euler steps, read the clips back with the toy-world
               reader, write docs/tiny-teacher.json and the frame grid docs/tiny-teacher-grid.png
 
 Seeded and CPU-first; pass --device cuda to use a GPU.
@@ -59,6 +61,16 @@ def to_pixels(video: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(video).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
 
 
+def reconstruction_loss(rec: torch.Tensor, x: torch.Tensor, object_weight: float) -> torch.Tensor:
+    """L1 + MSE with the shape's pixels weighted up: the shape covers ~5% of a frame, and an unweighted loss is
+    content to paint the background alone."""
+    border = torch.cat([x[..., 0, :], x[..., -1, :], x[..., :, 0], x[..., :, -1]], dim=-1)  # [B, 3, T, 4W]
+    background = border.median(dim=-1).values[..., None, None]
+    is_object = ((x - background).abs().sum(dim=1, keepdim=True) > 0.1).float()
+    weight = 1 + (object_weight - 1) * is_object
+    return ((rec - x).abs() * weight).mean() + ((rec - x).pow(2) * weight).mean()
+
+
 def batch_of_clips(rng: np.random.Generator, n: int, frames: int) -> np.ndarray:
     attrs = toyworld.train_attributes()
     clips = []
@@ -90,9 +102,11 @@ def train_vae(vae, args, work: Path) -> None:
             g["lr"] = lr
         x = to_pixels(batch_of_clips(rng, args.vae_batch, args.vae_frames)).to(args.device)
         post = vae.encode(x).latent_dist
-        rec = vae.decode(post.sample()).sample
+        # The posterior mean, not a sample: the DiT learns from mode() latents, and sampling at the initial unit
+        # variance drowns the shape's small signal for hundreds of steps (the KL term keeps the variance bounded).
+        rec = vae.decode(post.mode()).sample
         kl = post.kl().mean() / x[0].numel()
-        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + args.vae_kl * kl
+        loss = reconstruction_loss(rec, x, args.object_weight) + args.vae_kl * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -107,7 +121,61 @@ def train_vae(vae, args, work: Path) -> None:
     vae.eval()
 
 
-# --- stage 2: latents -------------------------------------------------------------------------------------------
+# --- stage 2: the VAE decoder on whole clips -------------------------------------------------------------------
+def finetune_decoder(vae, args, work: Path) -> None:
+    """Stage 1 trains on short clips (first frame + one 4-frame chunk) because it is fast; the causal decoder's
+    path across later chunks (its feature cache) is then untrained. Here the decoder learns whole clips while
+    the encoder stays frozen, so the latents the DiT learns from do not change."""
+    ckpt, state_path = work / "vae_decoder.safetensors", work / "vae_decoder_state.pt"
+    params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    opt = torch.optim.AdamW(params, lr=args.decoder_lr, weight_decay=0.0)
+    step = 0
+    if state_path.exists():
+        vae.load_state_dict(load_file(ckpt))
+        state = torch.load(state_path, weights_only=True)
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+        log(f"vae decoder: resumed at step {step}")
+    rng = np.random.default_rng([args.seed, 3, step])
+    vae.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    vae.decoder.train()
+    t0 = time.time()
+    while step < args.decoder_steps:
+        for g in opt.param_groups:
+            g["lr"] = args.decoder_lr * (0.1 if step >= 0.8 * args.decoder_steps else 1.0)
+        x = to_pixels(batch_of_clips(rng, args.decoder_batch, toyworld.FRAMES)).to(args.device)
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.mode()
+        rec = vae.decode(z).sample
+        loss = reconstruction_loss(rec, x, args.object_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        if step % 25 == 0 or step == args.decoder_steps:
+            log(f"vae decoder step {step}/{args.decoder_steps} loss {loss.item():.4f} "
+                f"({(time.time() - t0) / 25:.2f}s/step)")
+            t0 = time.time()
+        if step % 100 == 0 or step == args.decoder_steps:
+            atomic_save(vae.state_dict(), ckpt)
+            atomic_torch_save({"opt": opt.state_dict(), "step": step}, state_path)
+    vae.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def check_vae(vae, args, n: int = 32) -> dict:
+    """The toy-world reader on VAE round trips of held-out clips: a VAE that drops the shape shows here."""
+    examples = toyworld.sample_examples("held_out", n, args.seed + 9)
+    clips = np.stack([toyworld.render(a, s) for a, s in examples])
+    rec = vae.decode(vae.encode(to_pixels(clips).to(args.device)).latent_dist.mode()).sample
+    rec = ((rec.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu().numpy()
+    return toyworld.attribute_accuracy(rec, [a.caption() for a, _ in examples])
+
+
+# --- stage 3: latents -------------------------------------------------------------------------------------------
 @torch.no_grad()
 def encode_dataset(vae, args, work: Path) -> dict:
     path = work / "latents.safetensors"
@@ -133,7 +201,7 @@ def encode_dataset(vae, args, work: Path) -> dict:
     return out
 
 
-# --- stage 3: DiT -----------------------------------------------------------------------------------------------
+# --- stage 4: DiT -----------------------------------------------------------------------------------------------
 @torch.no_grad()
 def text_embeddings(tokenizer, text_encoder, captions: list[str]) -> torch.Tensor:
     """Embeddings exactly as WanPipeline makes them: UMT5 states up to the real length, zeros after."""
@@ -143,7 +211,7 @@ def text_embeddings(tokenizer, text_encoder, captions: list[str]) -> torch.Tenso
     return states * tok.attention_mask[..., None]
 
 
-def train_dit(transformer, embeds, null_embed, data, args, work: Path):
+def train_dit(transformer, embeds, null_embed, data, args, work: Path, spec_shift: float):
     ckpt, state_path = work / "dit.safetensors", work / "dit_state.pt"
     ema = {k: v.detach().clone() for k, v in transformer.state_dict().items()}
     opt = torch.optim.AdamW(transformer.parameters(), lr=args.dit_lr, weight_decay=0.01, betas=(0.9, 0.99))
@@ -173,7 +241,10 @@ def train_dit(transformer, embeds, null_embed, data, args, work: Path):
         cond = embeds[ids[pick]]
         drop = torch.rand(args.dit_batch, generator=gen, device=args.device) < args.caption_dropout
         cond = torch.where(drop[:, None, None], null_embed.expand_as(cond), cond)
-        t = torch.sigmoid(torch.randn(args.dit_batch, generator=gen, device=args.device))  # logit-normal (SD3)
+        # Noise levels drawn the way the sampler visits them (uniform, then shifted): the object's place and
+        # motion are decided at high noise, where a shift-3 sampler spends most of its steps.
+        u = torch.rand(args.dit_batch, generator=gen, device=args.device)
+        t = (spec_shift * u / (1 + (spec_shift - 1) * u)).clamp(min=1e-3)
         noise = torch.randn(x0.shape, generator=gen, device=args.device)
         tt = t.view(-1, 1, 1, 1, 1)
         xt = (1 - tt) * x0 + tt * noise
@@ -202,7 +273,7 @@ def train_dit(transformer, embeds, null_embed, data, args, work: Path):
     transformer.eval()
 
 
-# --- stage 4: export --------------------------------------------------------------------------------------------
+# --- stage 5: export --------------------------------------------------------------------------------------------
 def export(parts: dict, data: dict, spec: TinyWanSpec, out: Path) -> None:
     from diffusers import AutoencoderKLWan, WanPipeline
 
@@ -240,13 +311,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--vae-steps", type=int, default=700)
+    p.add_argument("--vae-steps", type=int, default=600)
     p.add_argument("--vae-batch", type=int, default=8)
     p.add_argument("--vae-frames", type=int, default=5, help="clip length the VAE trains on (4k+1)")
     p.add_argument("--vae-lr", type=float, default=1e-3)
     p.add_argument("--vae-kl", type=float, default=1e-4)
+    p.add_argument("--object-weight", type=float, default=10.0, help="loss weight of the shape's pixels")
+    p.add_argument("--decoder-steps", type=int, default=300)
+    p.add_argument("--decoder-batch", type=int, default=4)
+    p.add_argument("--decoder-lr", type=float, default=5e-4)
     p.add_argument("--n-clips", type=int, default=2400)
-    p.add_argument("--dit-steps", type=int, default=4000)
+    p.add_argument("--dit-steps", type=int, default=3500)
     p.add_argument("--dit-batch", type=int, default=32)
     p.add_argument("--dit-lr", type=float, default=6e-4)
     p.add_argument("--caption-dropout", type=float, default=0.1)
@@ -266,18 +341,23 @@ def main(argv: list[str] | None = None) -> None:
         parts[name].to(args.device)
     parts["text_encoder"].eval().requires_grad_(False)
 
-    log("stage 1/5: vae")
+    log("stage 1/6: vae")
     train_vae(parts["vae"], args, args.work)
-    parts["vae"].requires_grad_(False)
-    log("stage 2/5: latents")
+    log("stage 2/6: vae decoder on whole clips")
+    finetune_decoder(parts["vae"], args, args.work)
+    vae_check = check_vae(parts["vae"], args)
+    log(f"vae on held-out clips: reader accuracy {vae_check['all']:.3f}, palette error "
+        f"{vae_check['palette_error']:.1f} (ground truth: 1.000, ~0.4)")
+    (args.work / "vae_check.json").write_text(json.dumps(vae_check))
+    log("stage 3/6: latents")
     data = encode_dataset(parts["vae"], args, args.work)
     log(f"latent mean {data['mean'].mean():.3f} std {data['std'].mean():.3f} over {len(data['latents'])} clips")
-    log("stage 3/5: dit")
+    log("stage 4/6: dit")
     captions = json.loads((args.work / "captions.json").read_text())
     embeds = text_embeddings(parts["tokenizer"], parts["text_encoder"], captions)
     null_embed = text_embeddings(parts["tokenizer"], parts["text_encoder"], [""])
-    train_dit(parts["transformer"], embeds, null_embed, data, args, args.work)
-    log("stage 4/5: export")
+    train_dit(parts["transformer"], embeds, null_embed, data, args, args.work, spec.flow_shift)
+    log("stage 5/6: export")
     for name in ("text_encoder", "vae", "transformer"):
         parts[name].to("cpu")
     export(parts, data, spec, args.out)
@@ -286,7 +366,7 @@ def main(argv: list[str] | None = None) -> None:
         f"after {train_minutes:.1f} min")
     (args.work / "timing.json").write_text(json.dumps({"train_minutes_this_invocation": train_minutes}))
     if not args.skip_report:
-        log("stage 5/5: report")
+        log("stage 6/6: report")
         from scripts.tiny_teacher_report import write_report
 
         write_report(str(args.out), args.docs, device=args.device)

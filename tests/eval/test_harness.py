@@ -34,6 +34,15 @@ def _numbers(result: dict) -> dict:
     return out
 
 
+def _flatten(tree, prefix=""):
+    """Nested JSON as {dotted path: leaf}, for comparisons with a tolerance."""
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f"{prefix}{key}.").items()}
+    if isinstance(tree, list):
+        return {k: v for i, sub in enumerate(tree) for k, v in _flatten(sub, f"{prefix}{i}.").items()}
+    return {prefix.rstrip("."): tree}
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     teacher = load_teacher_config("tiny-wan")
