@@ -78,7 +78,7 @@ def summary_markdown(result: dict) -> str:
         "",
         scorecard_markdown(result),
         "",
-        "## Students against the teacher",
+        "## Each model against the teacher",
         "",
         *(ratios or ["(no students)"]),
         "",
