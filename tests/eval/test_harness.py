@@ -4,7 +4,6 @@ against itself and fails a deliberately degraded model."""
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
