@@ -56,6 +56,24 @@ def atomic_torch_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def save_stage(model, opt, step: int, ckpt: Path, state_path: Path) -> None:
+    """Weights (safetensors) first, then the optimiser state and step: a kill between the two resumes from the
+    previous state file, never from a newer state with older weights."""
+    atomic_save(model.state_dict(), ckpt)
+    atomic_torch_save({"opt": opt.state_dict(), "step": step}, state_path)
+
+
+def resume_stage(model, opt, ckpt: Path, state_path: Path, what: str) -> int:
+    """The step a stage stopped at (0 for a fresh stage), with the model and optimiser restored."""
+    if not state_path.exists():
+        return 0
+    model.load_state_dict(load_file(ckpt))
+    state = torch.load(state_path, weights_only=True)
+    opt.load_state_dict(state["opt"])
+    log(f"{what}: resumed at step {state['step']}")
+    return state["step"]
+
+
 def to_pixels(video: np.ndarray) -> torch.Tensor:
     """uint8 [B, T, H, W, 3] -> float [B, 3, T, H, W] in [-1, 1]."""
     return torch.from_numpy(video).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
@@ -86,13 +104,7 @@ def batch_of_clips(rng: np.random.Generator, n: int, frames: int) -> np.ndarray:
 def train_vae(vae, args, work: Path) -> None:
     ckpt, state_path = work / "vae.safetensors", work / "vae_state.pt"
     opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
-    step = 0
-    if state_path.exists():
-        vae.load_state_dict(load_file(ckpt))
-        state = torch.load(state_path, weights_only=True)
-        opt.load_state_dict(state["opt"])
-        step = state["step"]
-        log(f"vae: resumed at step {step}")
+    step = resume_stage(vae, opt, ckpt, state_path, "vae")
     rng = np.random.default_rng([args.seed, 1, step])
     vae.train()
     t0 = time.time()
@@ -116,8 +128,7 @@ def train_vae(vae, args, work: Path) -> None:
             log(f"vae step {step}/{args.vae_steps} loss {loss.item():.4f} ({(time.time() - t0) / 50:.2f}s/step)")
             t0 = time.time()
         if step % args.save_every == 0 or step == args.vae_steps:
-            atomic_save(vae.state_dict(), ckpt)
-            atomic_torch_save({"opt": opt.state_dict(), "step": step}, state_path)
+            save_stage(vae, opt, step, ckpt, state_path)
     vae.eval()
 
 
@@ -129,13 +140,7 @@ def finetune_decoder(vae, args, work: Path) -> None:
     ckpt, state_path = work / "vae_decoder.safetensors", work / "vae_decoder_state.pt"
     params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
     opt = torch.optim.AdamW(params, lr=args.decoder_lr, weight_decay=0.0)
-    step = 0
-    if state_path.exists():
-        vae.load_state_dict(load_file(ckpt))
-        state = torch.load(state_path, weights_only=True)
-        opt.load_state_dict(state["opt"])
-        step = state["step"]
-        log(f"vae decoder: resumed at step {step}")
+    step = resume_stage(vae, opt, ckpt, state_path, "vae decoder")
     rng = np.random.default_rng([args.seed, 3, step])
     vae.requires_grad_(False)
     for p in params:
@@ -160,8 +165,7 @@ def finetune_decoder(vae, args, work: Path) -> None:
                 f"({(time.time() - t0) / 25:.2f}s/step)")
             t0 = time.time()
         if step % 100 == 0 or step == args.decoder_steps:
-            atomic_save(vae.state_dict(), ckpt)
-            atomic_torch_save({"opt": opt.state_dict(), "step": step}, state_path)
+            save_stage(vae, opt, step, ckpt, state_path)
     vae.eval().requires_grad_(False)
 
 
