@@ -28,7 +28,7 @@ def _add_sample(sub) -> None:
     p.add_argument("--steps", type=int, help="denoising steps (default: the teacher's, 50)")
     p.add_argument("--guidance", type=float, help="CFG scale; <= 1 turns CFG off")
     p.add_argument("--shift", type=float, help="timestep shift of the flow-matching schedule")
-    p.add_argument("--sampler", choices=["euler", "unipc"])
+    p.add_argument("--sampler", choices=["euler", "unipc", "consistency"])
     p.add_argument("--seed", type=int, default=0, help="seed of the first clip; clip i uses seed + i")
     p.add_argument("--frames", type=int, help="number of frames, 4k+1")
     p.add_argument("--height", type=int)
@@ -110,8 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Few-step distillation of flow-matching video DiTs (Wan 2.1/2.2) and their evaluation.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_sample(sub)
-    from distill import eval_cmd
+    from distill import eval_cmd, train_cmd
 
+    train_cmd.add_parsers(sub)
     eval_cmd.add_parsers(sub)
     return parser
 

@@ -25,7 +25,7 @@ class Strict(BaseModel):
 
 
 class SamplerConfig(Strict):
-    name: Literal["euler", "unipc"] = "unipc"
+    name: Literal["euler", "unipc", "consistency"] = "unipc"
     steps: int = Field(50, ge=1, le=1000)
     guidance: float = Field(5.0, ge=0.0)
     shift: float = Field(3.0, gt=0.0)

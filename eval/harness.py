@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from eval import stats
 from eval.suite import ModelSpec, SuiteConfig
-from teachers.resolve import resolve
+from teachers.resolve import checkpoint_defaults, resolve
 from teachers.wan import WanTeacher
 
 SCHEMA = "distill.eval/1"
@@ -138,10 +138,14 @@ class Harness:
         c = self.teacher_cfg
         is_teacher = spec.source == "teacher"
         source = c.source if is_teacher else spec.source
-        guidance = spec.guidance if spec.guidance is not None else (c.sampler.guidance if is_teacher else 1.0)
-        shift = spec.shift if spec.shift is not None else c.sampler.shift
+        # A student folder (a `distill export`) carries the sampler it was distilled for.
+        own = {} if is_teacher else checkpoint_defaults(source).get("sampler", {})
+        fallback = c.sampler.guidance if is_teacher else 1.0
+        guidance = next(v for v in (spec.guidance, own.get("guidance"), fallback) if v is not None)
+        shift = next(v for v in (spec.shift, own.get("shift"), c.sampler.shift) if v is not None)
+        sampler = spec.sampler or own.get("name") or "euler"
         teacher = self._load(source)
-        return Candidate(spec, teacher, spec.steps, spec.sampler, guidance, shift, c.negative_prompt,
+        return Candidate(spec, teacher, spec.steps, sampler, guidance, shift, c.negative_prompt,
                          self._hashes[source])
 
     def reference(self) -> ModelSpec:

@@ -65,8 +65,8 @@ class ModelSpec(Strict):
     name: str
     source: str = "teacher"  # "teacher", or a Wan folder / hub id / builtin:NAME
     steps: int = Field(ge=1)
-    sampler: Literal["euler", "unipc"] = "euler"
-    guidance: float | None = None  # None: the teacher's guidance for "teacher", 1 (no CFG) for a student folder
+    sampler: Literal["euler", "unipc", "consistency"] | None = None  # None: the folder's own (else euler)
+    guidance: float | None = None  # None: the teacher's for "teacher"; a folder's own, else 1 (no CFG)
     shift: float | None = None
     role: Literal["teacher", "baseline", "student"] = "student"
 

@@ -70,6 +70,11 @@ def check_video_size(frames: int, height: int, width: int, temporal: int, spatia
                              f"use for example {max(m, value // m * m)} or {(value // m + 1) * m}")
 
 
+def _param_dtype(model) -> torch.dtype:
+    module = getattr(model, "module", model)  # a DeepSpeed engine wraps the DiT
+    return next(module.parameters()).dtype
+
+
 class WanTeacher:
     """A 50-step flow-matching spacetime DiT teacher loaded from a diffusers Wan folder."""
 
@@ -133,25 +138,38 @@ class WanTeacher:
         dtype = self.transformer.dtype
         return Cond(pos.to(dtype), None if neg is None else neg.to(dtype))
 
+    @torch.no_grad()
+    def embed(self, texts: list[str]) -> torch.Tensor:
+        """UMT5 embeddings [B, L, D] of any texts, the empty negative prompt included (zero-padded to L)."""
+        pos, _ = self.pipe.encode_prompt(prompt=list(texts), do_classifier_free_guidance=False,
+                                         max_sequence_length=self.max_sequence_length, device=self.device)
+        return pos.to(self.transformer.dtype)
+
     # --- the velocity field -------------------------------------------------------------------------------------
-    def _forward(self, model, x: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
+    def forward(self, model, x: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
+        """One DiT forward at noise levels t ∈ [0, 1] ([B], float64). `model` is this teacher's DiT or any network
+        of the same shape (a student, its EMA copy, or a DeepSpeed engine around one)."""
         timestep = (t.to(torch.float64) * NUM_TRAIN_TIMESTEPS).to(torch.float32)
         if self.expand_timesteps:  # Wan 2.2 TI2V: one timestep per latent patch
             p_t, p_h, p_w = self.patch_size
             n = (x.shape[2] // p_t) * (x.shape[3] // p_h) * (x.shape[4] // p_w)
             timestep = timestep[:, None].expand(-1, n)
-        out = model(hidden_states=x.to(model.dtype), timestep=timestep, encoder_hidden_states=embeds,
-                    return_dict=False)[0]
-        return out
+        dtype = _param_dtype(model)
+        return model(hidden_states=x.to(dtype), timestep=timestep, encoder_hidden_states=embeds.to(dtype),
+                     return_dict=False)[0]
 
     def _velocity_one_model(self, model, x, t, cond: Cond, guidance: float) -> torch.Tensor:
         if guidance > 1.0 and cond.negative_embeds is not None:
             # Conditional and unconditional halves in one batched forward.
-            both = self._forward(model, torch.cat([x, x]), torch.cat([t, t]),
+            both = self.forward(model, torch.cat([x, x]), torch.cat([t, t]),
                                  torch.cat([cond.prompt_embeds, cond.negative_embeds]))
             v_cond, v_uncond = both.chunk(2)
             return v_uncond + guidance * (v_cond - v_uncond)
-        return self._forward(model, x, t, cond.prompt_embeds)
+        return self.forward(model, x, t, cond.prompt_embeds)
+
+    def guided(self, model, x, t, cond: Cond, guidance: float) -> torch.Tensor:
+        """`model`'s velocity with classifier-free guidance (when guidance > 1), both halves in one forward."""
+        return self._velocity_one_model(model, x, t, cond, guidance)
 
     def velocity(self, x_t: torch.Tensor, t: torch.Tensor | float, cond: Cond, guidance: float = 1.0) -> torch.Tensor:
         """v(x_t, t, text) with classifier-free guidance when guidance > 1; t ∈ [0, 1], scalar or per sample."""
@@ -179,9 +197,13 @@ class WanTeacher:
                height: int = 480, width: int = 832, progress: bool = False, cond: Cond | None = None) -> torch.Tensor:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         cond = cond if cond is not None else self.encode(prompts, negative if guidance > 1.0 else None)
-        x = self.noise(len(prompts), frames, height, width, seed)
+        gens = [torch.Generator(self.device).manual_seed(s) for s in seed_list(seed, len(prompts))]
+        x = randn_tensor((len(prompts), *self.latent_shape(frames, height, width)), generator=gens,
+                         device=self.device, dtype=torch.float32)
+        # Stochastic samplers draw their fresh noise from the same per-clip generators, after the initial noise.
+        noise = lambda like: randn_tensor(like.shape, generator=gens, device=self.device, dtype=like.dtype)  # noqa
         model = lambda x_t, t: self.velocity(x_t, t, cond, guidance)  # noqa: E731
-        return samplers.sample(sampler, model, x, steps, shift, self.scheduler_config, progress)
+        return samplers.sample(sampler, model, x, steps, shift, self.scheduler_config, progress, noise)
 
     # --- pixels -------------------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -44,12 +44,14 @@ def test_multistep_sampler_equals_diffusers_stochastic_euler():
     weight = torch.randn(3, 3) * 0.3
     model = lambda x, t: torch.einsum("ij,bjthw->bithw", weight, x) * (1 + t.view(-1, 1, 1, 1, 1).float())  # noqa
     x = torch.randn(2, 3, 2, 4, 4)
-    ts = consistency_timesteps(4, shift=1.0)
+    ts = consistency_timesteps(4, shift=3.0)
     g = torch.Generator().manual_seed(7)
     ours = sample_consistency(model, x, ts, noise=lambda like: torch.randn(like.shape, generator=g))
 
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, stochastic_sampling=True)
-    scheduler.set_timesteps(sigmas=[float(t) for t in ts])
+    # The scheduler's own grid for 4 steps (what a stock WanPipeline sets), not timesteps passed in.
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, stochastic_sampling=True)
+    scheduler.set_timesteps(4)
+    assert torch.allclose(scheduler.sigmas[:-1].double(), ts, atol=1e-6)
     g2 = torch.Generator().manual_seed(7)
     y = x.clone()
     for t in scheduler.timesteps:

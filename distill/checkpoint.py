@@ -1,0 +1,143 @@
+"""Checkpoints: everything a run needs to continue exactly, written atomically.
+
+    RUN/checkpoints/step-000200/
+        deepspeed/            the student engine: weights, optimiser, LR schedule (DeepSpeed's own format)
+        student/              the exported weights as a diffusers transformer folder (full runs), or
+        lora/                 the adapter in diffusers' LoRA format (LoRA runs)
+        ema.safetensors       the EMA of the trainable weights (unless student/ already holds exactly that)
+        rng/rank{r}.safetensors   torch (and CUDA) RNG states and the loop's generator, per rank
+        config.yaml, meta.json    the resolved config, step, data position, fingerprint, code version
+    RUN/checkpoints/latest    the name of the newest complete checkpoint
+
+A checkpoint is written into `.tmp-step-N/`, and renamed only when every rank has finished writing; `latest` is
+replaced atomically after that. A crash or kill at any moment leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import yaml
+from safetensors.torch import load_file, save_file
+
+from distill.config import REPO_ROOT, ConfigError
+from distill.train_config import TrainConfig, fingerprint, fingerprint_hash
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def code_version() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return (sha + ("-dirty" if dirty else "")) or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def step_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+# --- RNG --------------------------------------------------------------------------------------------------------
+def rng_state(generator: torch.Generator) -> dict[str, torch.Tensor]:
+    state = {"torch": torch.get_rng_state(), "loop": generator.get_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor], generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["loop"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+# --- writing ----------------------------------------------------------------------------------------------------
+def save(root: Path, step: int, cfg: TrainConfig, engine, generator: torch.Generator, write_weights, meta: dict,
+         keep: int) -> Path:
+    """Write checkpoint `step` under root/checkpoints (every rank calls this; collectives inside).
+
+    `write_weights(folder)` writes student/ or lora/ and ema.safetensors (collective under ZeRO-3)."""
+    ckpts = root / "checkpoints"
+    final = ckpts / step_name(step)
+    tmp = ckpts / f".tmp-{step_name(step)}"
+    if _rank() == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / "rng").mkdir(parents=True)
+    _barrier()
+    engine.save_checkpoint(str(tmp), tag="deepspeed", save_latest=False)
+    write_weights(tmp)
+    save_file(rng_state(generator), tmp / "rng" / f"rank{_rank()}.safetensors")
+    _barrier()
+    if _rank() == 0:
+        (tmp / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        full_meta = {"step": step, "fingerprint": fingerprint_hash(cfg), "code_version": code_version(),
+                     "world_size": dist.get_world_size() if dist.is_initialized() else 1,
+                     "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **meta}
+        (tmp / "meta.json").write_text(json.dumps(full_meta, indent=1))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        latest_tmp = ckpts / ".latest.tmp"
+        latest_tmp.write_text(final.name + "\n")
+        os.replace(latest_tmp, ckpts / "latest")
+        for old in sorted(ckpts.glob("step-*"))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    _barrier()
+    return final
+
+
+# --- finding and checking -------------------------------------------------------------------------------------------
+def find(ref: str, out: Path) -> Path:
+    """`latest` (in this run's folder), a run folder, or a checkpoint folder."""
+    if ref == "latest":
+        root = out
+    else:
+        root = Path(ref)
+        if (root / "meta.json").is_file():
+            return root
+    latest = root / "checkpoints" / "latest"
+    if not latest.is_file():
+        raise ConfigError(f"--resume {ref}: no checkpoint under {str(root)!r} (no checkpoints/latest file)")
+    folder = root / "checkpoints" / latest.read_text().strip()
+    if not (folder / "meta.json").is_file():
+        raise ConfigError(f"--resume {ref}: {str(folder)!r} named by checkpoints/latest is incomplete")
+    return folder
+
+
+def check_compatible(folder: Path, cfg: TrainConfig, world_size: int) -> dict:
+    """Refuse to resume from a checkpoint of a different config (naming the keys that differ)."""
+    meta = json.loads((folder / "meta.json").read_text())
+    if meta["fingerprint"] != fingerprint_hash(cfg):
+        saved = TrainConfig.model_validate(yaml.safe_load((folder / "config.yaml").read_text()))
+        a, b = fingerprint(saved), fingerprint(cfg)
+        diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        shown = ", ".join(f"{k}: {a.get(k)!r} there, {b.get(k)!r} here" for k in diff[:6])
+        raise ConfigError(f"--resume: checkpoint {str(folder)!r} comes from another config ({shown}); "
+                          f"start a new run folder or use the same config")
+    if meta["world_size"] != world_size:
+        raise ConfigError(f"--resume: checkpoint {str(folder)!r} was written by {meta['world_size']} ranks, this job "
+                          f"has {world_size}; exact resume needs the same number (consolidate with `distill export` "
+                          f"and start a new run from it with student.init)")
+    return meta
+
+
+def load_rng(folder: Path, generator: torch.Generator) -> None:
+    set_rng_state(load_file(folder / "rng" / f"rank{_rank()}.safetensors"), generator)

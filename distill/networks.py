@@ -1,0 +1,205 @@
+"""The networks of a run and their DeepSpeed engines: the frozen teacher, the trainable student (full or LoRA), and
+the student's EMA.
+
+Each trainable network gets its own `deepspeed.initialize` engine. Frozen networks are held in the teacher's dtype
+and, under ZeRO-3, wrapped in an optimizer-less stage-3 engine so that their weights are partitioned across ranks
+too (a 14B teacher next to a 14B student). The EMA copy lives in the same layout as the student: under ZeRO-3 it
+is updated shard by shard, on each rank's own partition.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import deepspeed
+import torch
+from deepspeed.runtime.zero.partition_parameters import GatheredParameters
+from diffusers import WanTransformer3DModel
+
+from distill.config import ConfigError
+from distill.train_config import TrainConfig, deepspeed_path
+
+# Transformer config keys a student must share with its teacher to be trained against it.
+_SHAPE_KEYS = ("in_channels", "out_channels", "patch_size", "text_dim", "freq_dim")
+
+
+# --- DeepSpeed configs ------------------------------------------------------------------------------------------
+def deepspeed_config(cfg: TrainConfig) -> dict:
+    """The run's DeepSpeed config: the JSON file, with "auto" values filled from the run config."""
+    path = deepspeed_path(cfg.deepspeed)
+    try:
+        ds = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: not valid JSON: {err}") from None
+    if not isinstance(ds, dict):
+        raise ConfigError(f"{path}: the top level must be an object")
+    filled = {"train_micro_batch_size_per_gpu": (cfg.data.batch_size, "data.batch_size"),
+              "gradient_accumulation_steps": (cfg.train.grad_accum, "train.grad_accum"),
+              "gradient_clipping": (cfg.optim.grad_clip or 0.0, "optim.grad_clip")}
+    for key, (value, source) in filled.items():
+        if ds.get(key, "auto") == "auto":
+            ds[key] = value
+        elif ds[key] != value:
+            raise ConfigError(f"{path}: key {key!r} is {ds[key]!r} but the run config says {value!r} ({source}); "
+                              f"set it to \"auto\" so that one place decides")
+    if ds.get("train_batch_size", "auto") == "auto":
+        ds.pop("train_batch_size", None)
+    stage = ds.get("zero_optimization", {}).get("stage", 0)
+    if stage not in (0, 1, 2, 3):
+        raise ConfigError(f"{path}: key 'zero_optimization.stage' is {stage!r}; one of 0, 1, 2, 3")
+    if "optimizer" in ds:
+        params = ds["optimizer"].setdefault("params", {})
+        o = cfg.optim
+        for key, value in (("lr", o.lr), ("betas", list(o.betas)), ("eps", o.eps), ("weight_decay", o.weight_decay)):
+            if params.get(key, "auto") == "auto":
+                params[key] = value
+    for section in ("fp16",):
+        if ds.get(section, {}).get("enabled"):
+            raise ConfigError(f"{path}: {section} is not supported (use bf16 or fp32)")
+    return ds
+
+
+def zero_stage(ds: dict) -> int:
+    return int(ds.get("zero_optimization", {}).get("stage", 0))
+
+
+def frozen_config(ds: dict, dtype: torch.dtype) -> dict:
+    """An optimizer-less stage-3 config for a frozen network (persistence 0: every weight stays partitioned)."""
+    return {"train_micro_batch_size_per_gpu": ds["train_micro_batch_size_per_gpu"],
+            "gradient_accumulation_steps": ds["gradient_accumulation_steps"],
+            "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0,
+                                  **{k: v for k, v in ds["zero_optimization"].items()
+                                     if k.startswith("offload_param")}},
+            "bf16": {"enabled": dtype == torch.bfloat16},
+            "steps_per_print": 1 << 30}
+
+
+def partition_frozen(module: torch.nn.Module, ds: dict):
+    """Wrap a frozen network in a stage-3 engine (ZeRO-3 runs only); otherwise return it as it is."""
+    if zero_stage(ds) != 3:
+        return module
+    dtype = next(module.parameters()).dtype
+    engine, *_ = deepspeed.initialize(model=module, config=frozen_config(ds, dtype))
+    engine.eval()
+    return engine
+
+
+# --- the student ------------------------------------------------------------------------------------------------
+def check_student_source(cfg: TrainConfig, teacher_folder: Path) -> None:
+    """Refuse, before any weights load, a teacher no single student can be made from, or a student init whose
+    shape differs from the teacher's."""
+    index = json.loads((teacher_folder / "model_index.json").read_text())
+    second = index.get("transformer_2")
+    if isinstance(second, list) and second and second[0] is not None:
+        raise ConfigError(f"teacher {cfg.teacher!r} has two expert DiTs (Wan 2.2 A14B: transformer and "
+                          f"transformer_2); distilling both experts into one student is not supported yet")
+    if cfg.student.init == "teacher":
+        return
+    folder = Path(cfg.student.init)
+    config = folder / "config.json" if (folder / "config.json").is_file() else folder / "transformer" / "config.json"
+    if not config.is_file():
+        raise ConfigError(f"student.init: {str(folder)!r} is neither a diffusers transformer folder nor a Wan folder "
+                          f"(no config.json or transformer/config.json)")
+    theirs = json.loads(config.read_text())
+    ours = json.loads((teacher_folder / "transformer" / "config.json").read_text())
+    diff = {k: (theirs.get(k), ours.get(k)) for k in _SHAPE_KEYS if theirs.get(k) != ours.get(k)}
+    if diff:
+        raise ConfigError(f"student.init: {str(folder)!r} cannot be trained against teacher {cfg.teacher!r}: "
+                          + ", ".join(f"{k} is {a!r}, the teacher's is {b!r}" for k, (a, b) in diff.items()))
+
+
+def build_student(cfg: TrainConfig, teacher_dit: torch.nn.Module) -> torch.nn.Module:
+    """The trainable student in fp32: a copy of the teacher's DiT (or another init), optionally with LoRA."""
+    if cfg.student.init == "teacher":
+        student = copy.deepcopy(teacher_dit)
+    else:
+        folder = Path(cfg.student.init)
+        sub = "transformer" if (folder / "transformer" / "config.json").is_file() else None
+        student = WanTransformer3DModel.from_pretrained(folder, subfolder=sub)
+    student = student.to(torch.float32).train()
+    if cfg.student.gradient_checkpointing:
+        student.enable_gradient_checkpointing()
+    if cfg.student.lora is None:
+        student.requires_grad_(True)
+        return student
+    from peft import LoraConfig
+
+    lora = cfg.student.lora
+    student.requires_grad_(False)
+    try:
+        student.add_adapter(LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                       target_modules=list(lora.target_modules), init_lora_weights=True))
+    except ValueError as err:
+        raise ConfigError(f"student.lora.target_modules {lora.target_modules}: {err}") from None
+    for name, p in student.named_parameters():
+        p.requires_grad_("lora_" in name)
+    return student
+
+
+def trainable(module: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    return [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+
+
+# --- EMA ----------------------------------------------------------------------------------------------------------
+def _local(p: torch.Tensor) -> torch.Tensor:
+    """This rank's share of a weight: its ZeRO-3 partition, or the whole tensor."""
+    return p.ds_tensor if hasattr(p, "ds_tensor") else p.data
+
+
+class EMA:
+    """θ_ema ← decay·θ_ema + (1 − decay)·θ over the student's trainable weights, on each rank's local share."""
+
+    def __init__(self, student: torch.nn.Module, ema: torch.nn.Module, decay: float):
+        names = {n for n, _ in trainable(student)}
+        ema_params = dict(ema.named_parameters())
+        self.pairs = [(ema_params[n], p) for n, p in student.named_parameters() if n in names]
+        self.names = sorted(names)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for e, p in self.pairs:
+            local = _local(e)
+            local.lerp_(_local(p).to(local.dtype), 1.0 - self.decay)
+
+
+# --- whole weights from sharded ones --------------------------------------------------------------------------
+def full_state_dict(module: torch.nn.Module, names: set[str] | None = None) -> dict[str, torch.Tensor]:
+    """The named weights gathered whole on rank 0 (a collective under ZeRO-3: every rank must call it);
+    other ranks get an empty dict."""
+    module = getattr(module, "module", module)
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    out: dict[str, torch.Tensor] = {}
+    for name, p in module.named_parameters():
+        if names is not None and name not in names:
+            continue
+        with GatheredParameters([p], modifier_rank=None, enabled=hasattr(p, "ds_id")):
+            if rank == 0:
+                out[name] = p.detach().to("cpu", copy=True).contiguous()
+    return out
+
+
+def load_full_state_dict(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Set the named weights from whole tensors present on every rank (partitioned again under ZeRO-3)."""
+    module = getattr(module, "module", module)
+    params = dict(module.named_parameters())
+    missing = sorted(set(state) - set(params))
+    if missing:
+        raise KeyError(f"weights {missing[:5]} are not in the network")
+    for name, value in state.items():
+        p = params[name]
+        with GatheredParameters([p], modifier_rank=0, enabled=hasattr(p, "ds_id")):
+            with torch.no_grad():
+                p.data.copy_(value.to(p.dtype))
+
+
+def save_lora(folder: Path, weights: dict[str, torch.Tensor], lora) -> None:
+    """Adapter weights (peft names) as a diffusers LoRA file that `WanPipeline.load_lora_weights` accepts."""
+    from diffusers import WanPipeline
+
+    layers = {name.replace(".default", ""): w for name, w in weights.items()}
+    metadata = {"r": lora.rank, "lora_alpha": lora.alpha, "lora_dropout": lora.dropout,
+                "target_modules": list(lora.target_modules)}
+    WanPipeline.save_lora_weights(folder, transformer_lora_layers=layers, transformer_lora_adapter_metadata=metadata)

@@ -1,0 +1,275 @@
+"""`distill train`: one explicit training loop, driven by a recipe, under DeepSpeed.
+
+    preflight  ─ config, teacher, student shape, DeepSpeed JSON, resume folder: refused before any work
+    build      ─ teacher (frozen; partitioned under ZeRO-3), data (x0 latents, cached text), student engine, EMA
+    loop       ─ batch → recipe losses → backward/step → EMA → guard → log → checkpoint → validation clips
+
+Launch it alone, with `torchrun`, the `deepspeed` launcher or `accelerate launch` (which only sets the rank
+variables here; the engines are DeepSpeed's own).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import timedelta
+from pathlib import Path
+
+import deepspeed
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+
+from distill import checkpoint
+from distill.config import ConfigError, TeacherConfig, load_teacher_config
+from distill.data import TrainData
+from distill.media import write_mp4
+from distill.monitor import LossGuard, Monitor, TrainingAborted
+from distill.networks import (EMA, build_student, check_student_source, deepspeed_config, full_state_dict,
+                              load_full_state_dict, partition_frozen, save_lora, trainable)
+from distill.train_config import TrainConfig
+from eval.harness import checkpoint_hash
+from students.consistency import ConsistencyDistillation
+from students.sampling import consistency_timesteps, sample_consistency
+from teachers.resolve import TeacherNotFound, resolve
+from teachers.schedule import flow_sigmas
+from teachers.wan import Cond, WanTeacher, check_video_size, video_factors
+
+
+# --- launch -------------------------------------------------------------------------------------------------------
+def setup_distributed(timeout_s: int) -> tuple[int, int, torch.device]:
+    """Join the job's process group (or make a one-process group when launched alone)."""
+    if "RANK" not in os.environ:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    cuda = torch.cuda.is_available()
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_s))
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def preflight(cfg: TrainConfig) -> tuple[TeacherConfig, Path, dict]:
+    """Everything that can be checked without weights: the teacher and its clip size, the student's shape, the
+    DeepSpeed JSON."""
+    overrides = [f"dtype={cfg.teacher_dtype}"] if cfg.teacher_dtype else []
+    tcfg = load_teacher_config(cfg.teacher, overrides)
+    try:
+        folder = resolve(tcfg.source, tcfg.revision)
+    except TeacherNotFound as err:
+        raise ConfigError(f"teacher {cfg.teacher!r}: {err}") from None
+    check_student_source(cfg, folder)
+    v = tcfg.video
+    try:
+        check_video_size(v.frames, v.height, v.width, *video_factors(folder))
+    except ValueError as err:
+        raise ConfigError(f"teacher {cfg.teacher!r} video settings: {err}") from None
+    return tcfg, folder, deepspeed_config(cfg)
+
+
+def make_recipe(cfg: TrainConfig, tcfg: TeacherConfig):
+    r = cfg.recipe
+    if r.name == "consistency":
+        if r.skip > r.grid_steps - 2:
+            raise ConfigError(f"recipe.skip={r.skip} must be at most recipe.grid_steps - 2 = {r.grid_steps - 2}")
+        return ConsistencyDistillation(flow_sigmas(r.grid_steps, tcfg.sampler.shift), skip=r.skip,
+                                       distance=r.distance, huber_c=r.huber_c)
+    raise ConfigError(f"recipe.name: unknown recipe {r.name!r}")
+
+
+# --- the run ------------------------------------------------------------------------------------------------------
+class Run:
+    """The networks and data of one run; `loop()` trains them."""
+
+    def __init__(self, cfg: TrainConfig, resume: str | None = None, progress: bool = True):
+        self.cfg, self.progress = cfg, progress
+        self.rank, self.world, self.device = setup_distributed(cfg.train.collective_timeout_s)
+        self.tcfg, folder, self.ds = preflight(cfg)
+        self.recipe = make_recipe(cfg, self.tcfg)
+        self.out = Path(cfg.out)
+        self.resume_from, self.meta = None, {}
+        if resume:
+            self.resume_from = checkpoint.find(resume, self.out)
+            self.meta = checkpoint.check_compatible(self.resume_from, cfg, self.world)
+        elif (self.out / "checkpoints" / "latest").is_file():
+            raise ConfigError(f"out: {str(self.out)!r} already holds a run; pass --resume latest to continue it, "
+                              f"or choose another out=")
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+
+        torch.manual_seed(cfg.train.seed * 1000 + self.rank)
+        self.generator = torch.Generator().manual_seed(cfg.train.seed * 1000 + self.rank + 1)
+        t = self.tcfg
+        self.teacher = WanTeacher.from_pretrained(t.source, dtype=t.dtype, device=str(self.device),
+                                                  revision=t.revision, max_sequence_length=t.max_sequence_length)
+        cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else self.out / "cache"
+        self.data = TrainData(cfg.data, self.teacher, t, checkpoint_hash(folder), cache, progress)
+        self.validation_prompts = cfg.train.validation_prompts or sorted(set(self.data.prompts))[:4]
+        if cfg.data.cache_text:
+            self.data.cache_text(self.validation_prompts)
+            self.teacher.pipe.text_encoder = None  # no longer needed: every prompt is embedded
+        self.negative = self.data.embed([t.negative_prompt]).to(self.device)
+
+        student = build_student(cfg, self.teacher.transformer)
+        ema_module = None
+        if cfg.student.ema_decay is not None:
+            ema_module = __import__("copy").deepcopy(student).requires_grad_(False).eval()
+        self.teacher.transformer = partition_frozen(self.teacher.transformer, self.ds)
+        params = [p for _, p in trainable(student)]
+        o = cfg.optim
+        optimizer = None if "optimizer" in self.ds else torch.optim.AdamW(
+            params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+        warmup = lambda step: min(1.0, (step + 1) / o.warmup_steps) if o.warmup_steps else 1.0  # noqa: E731
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=student, model_parameters=params, optimizer=optimizer,
+            lr_scheduler=(lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, warmup)), config=self.ds)
+        self.ema_module = self.ema = None
+        if ema_module is not None:
+            self.ema_module = partition_frozen(ema_module, self.ds)
+            self.ema = EMA(self.engine.module, getattr(self.ema_module, "module", self.ema_module),
+                           cfg.student.ema_decay)
+        self.trainable_names = {n for n, _ in trainable(self.engine.module)}
+
+        self.start = 0
+        if self.resume_from is not None:
+            self._load(self.resume_from)
+        self.guard = LossGuard(cfg.train.explode_ratio, cfg.train.explode_warmup, self.meta.get("guard"))
+
+    # networks as velocity functions of (x, t) for one batch's text ------------------------------------------------
+    def _nets(self, embeds: torch.Tensor) -> dict:
+        t, r = self.teacher, self.cfg.recipe
+        cond = Cond(embeds, self.negative.expand(embeds.shape[0], -1, -1))
+        guidance = r.guidance if r.guidance is not None else self.tcfg.sampler.guidance
+        target = self.ema_module if r.target == "ema" else self.engine
+        return {"student": lambda x, s: t.forward(self.engine, x, s, embeds),
+                "teacher": lambda x, s: t.velocity(x, s, cond, guidance),
+                "target": lambda x, s: t.forward(target, x, s, embeds)}
+
+    def train_step(self, step: int) -> dict[str, float]:
+        cfg, bs = self.cfg, self.cfg.data.batch_size
+        totals: dict[str, float] = {}
+        for micro in range(cfg.train.grad_accum):
+            position = ((step * cfg.train.grad_accum + micro) * self.world + self.rank) * bs
+            batch = self.data.batch(position, bs)
+            embeds = self.data.embed(batch.prompts).to(self.device)
+            nets = self._nets(embeds)
+            losses = self.recipe(nets["student"], nets["teacher"], nets["target"], batch.x0.to(self.device),
+                                 self.generator)
+            self.engine.backward(losses["student"])
+            self.engine.step()
+            for k, v in losses.items():
+                totals[k] = totals.get(k, 0.0) + float(v.detach()) / cfg.train.grad_accum
+        if self.ema is not None:
+            self.ema.update()
+        reduced = torch.tensor([totals[k] for k in sorted(totals)], dtype=torch.float64)
+        dist.all_reduce(reduced)
+        out = {k: float(v) / self.world for k, v in zip(sorted(totals), reduced)}
+        out["loss"] = out.pop("student")
+        out["lr"] = self.scheduler.get_last_lr()[0] if self.scheduler is not None else self.cfg.optim.lr
+        return out
+
+    def loop(self) -> dict:
+        cfg = self.cfg
+        monitor = Monitor(cfg, self.out, self.start, self.rank, self.world * cfg.data.batch_size * cfg.train.grad_accum)
+        last = {}
+        try:
+            for step in range(self.start, cfg.train.steps):
+                last = self.train_step(step)
+                self.guard.check(step + 1, last["loss"])
+                monitor.advance()
+                if (step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.steps:
+                    monitor.log(step + 1, last)
+                if (step + 1) % cfg.train.checkpoint_every == 0 or step + 1 == cfg.train.steps:
+                    self.save(step + 1)
+                every = cfg.train.validate_every
+                if (every and (step + 1) % every == 0) or step + 1 == cfg.train.steps:
+                    self.validate(step + 1, monitor)
+        except TrainingAborted as err:
+            latest = self.out / "checkpoints" / "latest"
+            kept = latest.read_text().strip() if latest.is_file() else "none yet"
+            raise TrainingAborted(f"{err}; stopped. Last good checkpoint: {kept} (resume with --resume latest after "
+                                  f"lowering optim.lr or fixing the data)") from None
+        finally:
+            monitor.close()
+        return last
+
+    # checkpoints ----------------------------------------------------------------------------------------------------
+    def _write_weights(self, folder: Path) -> None:
+        cfg = self.cfg
+        export = self.ema_module if cfg.student.export == "ema" else self.engine
+        lora = cfg.student.lora is not None
+        names = self.trainable_names if lora else None
+        weights = full_state_dict(export, names)
+        if self.rank == 0:
+            if lora:
+                save_lora(folder / "lora", weights, cfg.student.lora)
+            else:
+                (folder / "student").mkdir()
+                getattr(export, "module", export).save_config(folder / "student")
+                save_file(weights, folder / "student" / "diffusion_pytorch_model.safetensors")
+        if self.ema_module is not None and (lora or cfg.student.export != "ema"):
+            ema = full_state_dict(self.ema_module, self.trainable_names)
+            if self.rank == 0:
+                save_file(ema, folder / "ema.safetensors")
+
+    def save(self, step: int) -> None:
+        meta = {"data_position": (step * self.cfg.train.grad_accum) * self.world * self.cfg.data.batch_size,
+                "teacher": self.tcfg.source, "recipe": self.cfg.recipe.name, "guard": self.guard.state(),
+                "sampler": {"name": "consistency", "steps": self.cfg.recipe.sampler.steps,
+                            "shift": self.student_shift(), "guidance": 1.0}}
+        checkpoint.save(self.out, step, self.cfg, self.engine, self.generator, self._write_weights, meta,
+                        self.cfg.train.keep_checkpoints)
+
+    def _load(self, folder: Path) -> None:
+        path, _ = self.engine.load_checkpoint(str(folder), tag="deepspeed")
+        if path is None:
+            raise ConfigError(f"--resume: {str(folder)!r} holds no DeepSpeed state (deepspeed/ is missing)")
+        if self.ema_module is not None:
+            ema_file = folder / "ema.safetensors"
+            if not ema_file.is_file():
+                ema_file = folder / "student" / "diffusion_pytorch_model.safetensors"
+            state = load_file(ema_file)
+            load_full_state_dict(self.ema_module, {k: v for k, v in state.items() if k in self.trainable_names})
+        checkpoint.load_rng(folder, self.generator)
+        self.start = self.meta["step"]
+
+    # validation clips -------------------------------------------------------------------------------------------
+    def student_shift(self) -> float:
+        s = self.cfg.recipe.sampler.shift
+        return s if s is not None else self.tcfg.sampler.shift
+
+    @torch.no_grad()
+    def validate(self, step: int, monitor: Monitor) -> None:
+        """Every rank samples the same clips (ZeRO-3 needs every rank in every forward); rank 0 writes them."""
+        model = self.ema_module if self.ema_module is not None else self.engine
+        self.engine.eval()
+        prompts = self.validation_prompts
+        embeds = self.data.embed(prompts).to(self.device)
+        v = self.tcfg.video
+        x = self.teacher.noise(len(prompts), v.frames, v.height, v.width, seed=0)
+        g = torch.Generator().manual_seed(1)
+        noise = lambda like: torch.randn(like.shape, generator=g).to(like)  # noqa: E731
+        ts = consistency_timesteps(self.cfg.recipe.sampler.steps, self.student_shift())
+        latents = sample_consistency(lambda y, s: self.teacher.forward(model, y, s, embeds), x, ts, noise)
+        self.engine.train()
+        if self.rank != 0:
+            return
+        videos = self.teacher.decode(latents).numpy()
+        folder = self.out / "validation" / checkpoint.step_name(step)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for i, video in enumerate(videos):
+            paths.append(folder / f"{i:02d}.mp4")
+            write_mp4(paths[-1], video, v.fps)
+        monitor.videos(step, paths, prompts, v.fps)
+
+
+def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) -> dict:
+    run = Run(cfg, resume, progress)
+    return run.loop()

@@ -1,0 +1,175 @@
+"""The typed config of a training run (`distill train CONFIG.yaml key=value ...`).
+
+One YAML file says everything a run needs: the teacher, the recipe and its hyperparameters, how the student is
+made (full or LoRA), the data, the optimiser, the DeepSpeed config file, and the loop's intervals. Everything is
+checked here, before a process touches a GPU, a dataset or a checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+from pydantic import Field, field_validator, model_validator
+
+from distill.config import CONFIG_DIR, REPO_ROOT, ConfigError, Strict, load_yaml, validate
+
+# Wan's attention projections and feed-forward layers (diffusers' WanTransformer3DModel names).
+WAN_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"]
+
+
+class StudentSampler(Strict):
+    """The few-step sampler the student is distilled for: used for validation clips and written by export."""
+
+    steps: int = Field(4, ge=1, le=64)
+    shift: float | None = Field(None, gt=0)  # None: the teacher's shift
+
+
+class ConsistencyRecipe(Strict):
+    """Consistency distillation (students/consistency.py); see docs/recipes/consistency.md."""
+
+    name: Literal["consistency"]
+    skip: int = Field(5, ge=1)  # grid intervals per teacher ODE step on the 50-step grid
+    grid_steps: int = Field(50, ge=2)
+    distance: Literal["l2", "pseudo_huber"] = "pseudo_huber"
+    huber_c: float = Field(0.03, gt=0)
+    guidance: float | None = Field(None, ge=0)  # teacher CFG in the ODE step; None: the teacher's own
+    target: Literal["ema", "online"] = "ema"  # the target network: the student's EMA, or its stop-grad
+    sampler: StudentSampler = StudentSampler()
+
+
+Recipe = Annotated[Union[ConsistencyRecipe], Field(discriminator="name")]
+RECIPES = ("consistency",)
+
+
+class LoraConfig(Strict):
+    rank: int = Field(16, ge=1)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: list(WAN_LORA_TARGETS))
+
+
+class StudentConfig(Strict):
+    init: str = "teacher"  # "teacher" (a copy of its DiT), or a diffusers transformer / Wan folder of the same shape
+    lora: LoraConfig | None = None
+    gradient_checkpointing: bool = False
+    ema_decay: float | None = Field(0.95, ge=0, lt=1)  # the student's EMA; None: keep no EMA
+    export: Literal["ema", "online"] = "ema"  # which weights a checkpoint's student/ folder (and export) holds
+
+
+class DataConfig(Strict):
+    # "toyworld", or prompts: a .txt file (one per line), .jsonl / .parquet (with `prompt_column`), or a folder
+    # written by `datasets.Dataset.save_to_disk`.
+    source: str = "toyworld"
+    split: Literal["train", "held_out"] = "train"  # toy-world split
+    size: int = Field(2048, ge=1)  # toy-world clips rendered (distinct render seeds)
+    prompt_column: str = "prompt"
+    batch_size: int = Field(4, ge=1)  # per rank, per micro-step
+    # Clean latents x0 for the recipe: the toy world's clips through the teacher's VAE ("real"), or the teacher's
+    # own 50-step samples for each prompt, generated once and cached ("teacher"; the only choice for prompt lists).
+    latents: Literal["real", "teacher"] = "real"
+    cache_text: bool = True  # precompute text embeddings and free the text encoder
+    cache_dir: str | None = None  # default: <out>/cache
+    seed: int = 0
+
+
+class OptimConfig(Strict):
+    lr: float = Field(1e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+    warmup_steps: int = Field(0, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+
+
+class TrainLoop(Strict):
+    steps: int = Field(ge=1)  # optimiser steps
+    grad_accum: int = Field(1, ge=1)
+    seed: int = 0
+    log_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(500, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    validate_every: int | None = Field(None, ge=1)  # None: only at the end
+    validation_prompts: list[str] = Field(default_factory=list)
+    # Guards: stop with the last good checkpoint kept when the loss is not finite, or exceeds `explode_ratio`
+    # times its running mean (after `explode_warmup` steps).
+    explode_ratio: float = Field(20.0, gt=1)
+    explode_warmup: int = Field(20, ge=0)
+    collective_timeout_s: int = Field(600, ge=10)  # a rank stuck this long in a collective fails the job
+
+
+class WandbConfig(Strict):
+    mode: Literal["offline", "online", "disabled"] = "offline"
+    project: str = "distill"
+    name: str | None = None
+
+
+class TrainConfig(Strict):
+    teacher: str  # a teacher config name, a YAML file, or a source (builtin:NAME, folder, hub id)
+    teacher_dtype: Literal["float32", "bfloat16", "float16"] | None = None  # frozen copy; None: the teacher config's
+    recipe: Recipe
+    student: StudentConfig = StudentConfig()
+    data: DataConfig = DataConfig()
+    optim: OptimConfig = OptimConfig()
+    deepspeed: str = "configs/deepspeed/zero2.json"
+    train: TrainLoop
+    wandb: WandbConfig = WandbConfig()
+    out: str = "runs/train"
+
+    @model_validator(mode="after")
+    def _ema_where_needed(self):
+        if self.student.ema_decay is None:
+            if getattr(self.recipe, "target", None) == "ema":
+                raise ValueError("recipe.target is 'ema' but student.ema_decay is null (no EMA is kept)")
+            if self.student.export == "ema":
+                raise ValueError("student.export is 'ema' but student.ema_decay is null (no EMA is kept)")
+        return self
+
+    @field_validator("deepspeed")
+    @classmethod
+    def _deepspeed_file_exists(cls, v: str) -> str:
+        if not deepspeed_path(v).is_file():
+            raise ValueError(f"DeepSpeed config file {v!r} does not exist (looked in the working directory and "
+                             f"{CONFIG_DIR / 'deepspeed'})")
+        return v
+
+
+def deepspeed_path(ref: str) -> Path:
+    for candidate in (Path(ref), REPO_ROOT / ref, CONFIG_DIR / "deepspeed" / ref, CONFIG_DIR / "deepspeed" / f"{ref}.json"):
+        if candidate.is_file():
+            return candidate
+    return Path(ref)
+
+
+# Keys a resumed run may change: how long it runs and how it reports, never what it computes.
+RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+                     "train.validate_every", "train.collective_timeout_s", "wandb", "out")
+
+
+def fingerprint(cfg: TrainConfig) -> dict:
+    """The config minus the keys a resume may change, flattened to dotted keys."""
+    flat: dict = {}
+
+    def walk(node, prefix):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}.{k}" if prefix else k)
+        else:
+            flat[prefix] = node
+
+    walk(cfg.model_dump(mode="json"), "")
+    return {k: v for k, v in flat.items() if not any(k == p or k.startswith(p + ".") for p in RESUMABLE_CHANGES)}
+
+
+def fingerprint_hash(cfg: TrainConfig) -> str:
+    return hashlib.sha256(json.dumps(fingerprint(cfg), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_train_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
+    data = load_yaml(path)
+    recipe = data.get("recipe")
+    if isinstance(recipe, dict) and recipe.get("name") not in RECIPES:
+        raise ConfigError(f"{path}: key 'recipe.name': unknown recipe {recipe.get('name')!r}; one of {list(RECIPES)}")
+    return validate(TrainConfig, data, str(path), overrides)
