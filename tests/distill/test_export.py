@@ -1,0 +1,244 @@
+"""`distill export`: a checkpoint of `distill train` into a diffusers Wan folder that stock `WanPipeline` samples
+exactly as the project's own few-step consistency sampler does (fp32 CPU, max abs difference <= 1e-4)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from diffusers import (
+    FlowMatchEulerDiscreteScheduler,
+    WanPipeline,
+    WanTransformer3DModel,
+)
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from distill.cli import main
+from distill.config import REPO_ROOT, ConfigError, load_teacher_config
+from distill.export import export
+from students.sampling import consistency_timesteps, sample_consistency
+from teachers.resolve import checkpoint_defaults, resolve
+from teachers.wan import WanTeacher
+
+PROMPTS = ["a red circle moving left slowly on a black background",
+           "a yellow triangle moving up quickly on a gray background"]
+FRAMES, SIZE, MAX_LEN = 17, 64, 64
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A full and a LoRA `distill train` run of one step each (one subprocess: the engine sets process-wide state).
+    The LoRA run learns fast and without EMA, so that its adapter moves the weights visibly."""
+    root = tmp_path_factory.mktemp("export-runs")
+    config = root / "run.yaml"
+    config.write_text(textwrap.dedent(f"""\
+        teacher: tiny-wan
+        recipe: {{name: consistency, skip: 5, sampler: {{steps: 4}}}}
+        data: {{size: 4, batch_size: 2}}
+        deepspeed: zero2
+        train: {{steps: 1, log_every: 1, checkpoint_every: 1}}
+        wandb: {{mode: disabled}}
+        out: {root / 'full'}
+        """))
+    lora = ["student.lora={rank: 4}", "optim.lr=0.01", "student.ema_decay=null", "student.export=online",
+            "recipe.target=online", f"out={root / 'lora'}"]
+    code = (f"from distill.cli import main; import sys; "
+            f"sys.exit(main(['train', {str(config)!r}, '--no-progress']) or "
+            f"main(['train', {str(config)!r}, *{lora!r}, '--no-progress']))")
+    done = subprocess.run([sys.executable, "-c", code], check=False, cwd=REPO_ROOT, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return root / "full", root / "lora"
+
+
+@pytest.fixture(scope="module")
+def full_export(runs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("exports") / "full"
+    assert main(["export", str(runs[0]), "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def lora_export(runs, tmp_path_factory):
+    return export(runs[1], tmp_path_factory.mktemp("exports") / "lora")
+
+
+def _pipe(folder):
+    pipe = WanPipeline.from_pretrained(folder, dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _stock(pipe, prompts, seeds, steps):
+    return pipe(prompt=prompts, num_inference_steps=steps, guidance_scale=1.0, num_frames=FRAMES, height=SIZE,
+                width=SIZE, max_sequence_length=MAX_LEN, output_type="latent",
+                generator=[torch.Generator().manual_seed(s) for s in seeds]).frames.float()
+
+
+# --- 1. a full run: stock WanPipeline samples as the project's consistency sampler ------------------------------
+def test_full_export_is_a_few_step_wan_folder(full_export):
+    pipe = _pipe(full_export)
+    assert isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler)
+    assert pipe.scheduler.config.shift == 3.0 and pipe.scheduler.config.stochastic_sampling
+    assert json.loads((full_export / "model_index.json").read_text())["scheduler"][1] == "FlowMatchEulerDiscreteScheduler"
+    # `distill sample --teacher OUT` and `distill eval --model NAME=OUT@4` pick the consistency sampler.
+    cfg = load_teacher_config(str(full_export))
+    assert (cfg.sampler.name, cfg.sampler.steps, cfg.sampler.guidance, cfg.sampler.shift) == ("consistency", 4, 1.0, 3.0)
+    assert (cfg.video.frames, cfg.video.height, cfg.max_sequence_length) == (FRAMES, SIZE, MAX_LEN)
+    assert checkpoint_defaults(str(full_export)) == json.loads((full_export / "distill_teacher.json").read_text())
+    readme = (full_export / "README.md").read_text()
+    assert "WanPipeline.from_pretrained" in readme and "num_inference_steps=4" in readme
+    assert not list(full_export.parent.glob(".tmp-*"))
+
+
+def test_one_step_stock_pipeline_equals_wan_teacher_sample(full_export):
+    pipe = _pipe(full_export)
+    teacher = WanTeacher.from_pretrained(str(full_export), device="cpu", max_sequence_length=MAX_LEN)
+    seeds = [3, 4]
+    # the pipeline's initial latents are WanTeacher's initial noise for the same seeds
+    initial = pipe.prepare_latents(2, 16, SIZE, SIZE, FRAMES, torch.float32, torch.device("cpu"),
+                                   [torch.Generator().manual_seed(s) for s in seeds])
+    assert torch.equal(initial, teacher.noise(2, FRAMES, SIZE, SIZE, seeds))
+    # one step re-noises to sigma 0: no fresh noise enters, so the two must agree exactly
+    expected = _stock(pipe, PROMPTS, seeds, steps=1)
+    ours = teacher.sample(PROMPTS, steps=1, guidance=1.0, shift=3.0, sampler="consistency", seed=seeds,
+                          frames=FRAMES, height=SIZE, width=SIZE)
+    assert ours.shape == expected.shape == initial.shape
+    assert (ours - expected).abs().max().item() <= TOL
+    assert expected.abs().max() > 0.1 and (expected - initial).abs().max() > 0.1
+
+
+def test_four_step_stock_pipeline_equals_wan_teacher_sample(full_export):
+    """WanTeacher.sample draws the re-noising noise from the clip's generator after its initial noise; the stock
+    scheduler draws it from the global RNG. Put the global RNG where the clip's generator is after the initial
+    noise, and the two samplers see the same noise."""
+    pipe = _pipe(full_export)
+    teacher = WanTeacher.from_pretrained(str(full_export), device="cpu", max_sequence_length=MAX_LEN)
+    seed = 7
+    ours = teacher.sample(PROMPTS[:1], steps=4, guidance=1.0, shift=3.0, sampler="consistency", seed=seed,
+                          frames=FRAMES, height=SIZE, width=SIZE)
+    g = torch.Generator().manual_seed(seed)
+    torch.randn(teacher.latent_shape(FRAMES, SIZE, SIZE), generator=g)  # the initial noise
+    with torch.random.fork_rng(devices=[]):
+        torch.set_rng_state(g.get_state())
+        expected = _stock(pipe, PROMPTS[:1], [seed], steps=4)
+    assert (ours - expected).abs().max().item() <= TOL
+    one_step = _stock(pipe, PROMPTS[:1], [seed], steps=1)
+    assert (expected - one_step).abs().max() > 1e-2  # four steps really are four steps
+
+
+def test_four_step_stock_pipeline_equals_sample_consistency_with_global_noise(full_export):
+    pipe = _pipe(full_export)
+    teacher = WanTeacher.from_pretrained(str(full_export), device="cpu", max_sequence_length=MAX_LEN)
+    seeds = [11, 12]
+    cond = teacher.encode(PROMPTS, negative=None)
+
+    def model(x, t):
+        return teacher.velocity(x, t, cond, guidance=1.0)
+    x = teacher.noise(2, FRAMES, SIZE, SIZE, seeds)
+    results = []
+    for k in (0, 1):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(k)
+            ours = sample_consistency(model, x, consistency_timesteps(4, 3.0),
+                                      noise=lambda like: torch.randn(like.shape))
+            torch.manual_seed(k)
+            expected = _stock(pipe, PROMPTS, seeds, steps=4)
+        assert (ours - expected).abs().max().item() <= TOL
+        results.append(expected)
+    assert (results[0] - results[1]).abs().max() > 1e-2  # the re-noising noise matters: the comparison is not vacuous
+
+
+# --- 2. the exported transformer is the checkpoint's student ---------------------------------------------------------
+def test_exported_transformer_weights_are_the_checkpoints_student(runs, full_export):
+    ckpt = runs[0] / "checkpoints" / (runs[0] / "checkpoints" / "latest").read_text().strip()
+    student = load_file(ckpt / "student" / "diffusion_pytorch_model.safetensors")
+    exported = load_file(full_export / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert sorted(student) == sorted(exported)
+    assert all(torch.equal(student[k], exported[k]) for k in student)
+    teacher = load_file(resolve("builtin:tiny-wan") / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert any(not torch.equal(teacher[k], exported[k].to(teacher[k].dtype)) for k in teacher)  # trained, not copied
+    assert json.loads((full_export / "distill_export.json").read_text())["step"] == 1
+
+
+# --- 3. a LoRA run: fused transformer, and the adapter alone ---------------------------------------------------------
+def _forward(transformer, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    c = transformer.config
+    x = torch.randn(1, c.in_channels, 5, 8, 8, generator=g)
+    text = torch.randn(1, MAX_LEN, c.text_dim, generator=g)
+    with torch.no_grad():
+        return transformer(hidden_states=x, timestep=torch.tensor([700.0]), encoder_hidden_states=text,
+                           return_dict=False)[0]
+
+
+def test_lora_export_fuses_the_adapter_and_ships_it_alone(runs, lora_export):
+    teacher_folder = resolve("builtin:tiny-wan")
+    pipe = WanPipeline.from_pretrained(teacher_folder, dtype=torch.float32)
+    base_out = _forward(pipe.transformer)
+    pipe.load_lora_weights(lora_export / "lora")
+    fused = WanTransformer3DModel.from_pretrained(lora_export / "transformer", torch_dtype=torch.float32)
+    adapted_out, fused_out = _forward(pipe.transformer), _forward(fused)
+    assert (adapted_out - fused_out).abs().max().item() <= TOL
+    assert (fused_out - base_out).abs().max().item() > 100 * TOL  # the adapter does something
+    assert not any("lora" in k for k in fused.state_dict())
+
+    with safe_open(lora_export / "lora" / "pytorch_lora_weights.safetensors", "pt") as f:
+        keys = list(f.keys())
+    assert keys and all(k.startswith("transformer.") and (".lora_A." in k or ".lora_B." in k) for k in keys)
+    # fused = base + (alpha / r)·B·A, checked on one layer by hand
+    lora = load_file(lora_export / "lora" / "pytorch_lora_weights.safetensors")
+    base = load_file(teacher_folder / "transformer" / "diffusion_pytorch_model.safetensors")
+    layer = "blocks.0.attn1.to_q"
+    delta = 16.0 / 4 * lora[f"transformer.{layer}.lora_B.weight"] @ lora[f"transformer.{layer}.lora_A.weight"]
+    assert delta.abs().max() > 1e-3
+    assert torch.allclose(fused.state_dict()[f"{layer}.weight"], base[f"{layer}.weight"].float() + delta, atol=1e-6)
+    ckpt = runs[1] / "checkpoints" / (runs[1] / "checkpoints" / "latest").read_text().strip()
+    assert load_file(ckpt / "lora" / "pytorch_lora_weights.safetensors").keys() == lora.keys()
+    assert json.loads((lora_export / "distill_export.json").read_text())["student"] == "lora"
+    assert "load_lora_weights" in (lora_export / "README.md").read_text()
+
+
+# --- 4. errors --------------------------------------------------------------------------------------------------------
+def test_no_checkpoint_is_an_error_naming_the_path(tmp_path, capsys):
+    empty = tmp_path / "empty-run"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match="no checkpoint under") as err:
+        export(empty, tmp_path / "out")
+    assert str(empty) in str(err.value)
+    assert main(["export", str(empty), "--out", str(tmp_path / "out")]) == 2
+    assert str(empty) in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "nope"), "--out", str(tmp_path / "out")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty-run"]
+
+
+def test_incomplete_checkpoints_and_existing_out_are_refused(runs, full_export, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(runs[0], run, ignore=shutil.ignore_patterns("deepspeed", "cache"))
+    latest = (run / "checkpoints" / "latest").read_text().strip()
+    with pytest.raises(ConfigError, match="step-000009") as err:
+        export(run, tmp_path / "out", checkpoint="step-000009")
+    assert str(run / "checkpoints" / "step-000009") in str(err.value) and latest in str(err.value)
+    shutil.rmtree(run / "checkpoints" / latest / "student")
+    with pytest.raises(ConfigError, match="incomplete") as err:
+        export(run, tmp_path / "out")
+    assert str(run / "checkpoints" / latest / "student") in str(err.value)
+    (run / "checkpoints" / "latest").write_text("step-000123\n")
+    with pytest.raises(ConfigError, match="step-000123"):
+        export(run, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".tmp-*"))
+    with pytest.raises(ConfigError, match="already exists"):
+        export(runs[0], full_export)
+
+
+def test_export_help():
+    out = subprocess.run([sys.executable, "-m", "distill.cli", "export", "--help"], check=False,
+                         capture_output=True, text=True, cwd=REPO_ROOT)
+    assert out.returncode == 0 and "--out" in out.stdout and "--checkpoint" in out.stdout
