@@ -89,17 +89,17 @@ class Run:
 
     def __init__(self, cfg: TrainConfig, resume: str | None = None, progress: bool = True):
         self.cfg, self.progress = cfg, progress
-        self.rank, self.world, self.device = setup_distributed(cfg.train.collective_timeout_s)
         self.tcfg, folder, self.ds = preflight(cfg)
         self.recipe = make_recipe(cfg, self.tcfg)
         self.out = Path(cfg.out)
         self.resume_from, self.meta = None, {}
         if resume:
             self.resume_from = checkpoint.find(resume, self.out)
-            self.meta = checkpoint.check_compatible(self.resume_from, cfg, self.world)
+            self.meta = checkpoint.check_compatible(self.resume_from, cfg, int(os.environ.get("WORLD_SIZE", 1)))
         elif (self.out / "checkpoints" / "latest").is_file():
             raise ConfigError(f"out: {str(self.out)!r} already holds a run; pass --resume latest to continue it, "
                               f"or choose another out=")
+        self.rank, self.world, self.device = setup_distributed(cfg.train.collective_timeout_s)
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
 
@@ -109,7 +109,8 @@ class Run:
         self.teacher = WanTeacher.from_pretrained(t.source, dtype=t.dtype, device=str(self.device),
                                                   revision=t.revision, max_sequence_length=t.max_sequence_length)
         cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else self.out / "cache"
-        self.data = TrainData(cfg.data, self.teacher, t, checkpoint_hash(folder), cache, progress)
+        self.teacher_hash = checkpoint_hash(folder)
+        self.data = TrainData(cfg.data, self.teacher, t, self.teacher_hash, cache, progress)
         self.validation_prompts = cfg.train.validation_prompts or sorted(set(self.data.prompts))[:4]
         if cfg.data.cache_text:
             self.data.cache_text(self.validation_prompts)
@@ -220,7 +221,8 @@ class Run:
 
     def save(self, step: int) -> None:
         meta = {"data_position": (step * self.cfg.train.grad_accum) * self.world * self.cfg.data.batch_size,
-                "teacher": self.tcfg.source, "recipe": self.cfg.recipe.name, "guard": self.guard.state(),
+                "teacher": self.tcfg.source, "teacher_revision": self.tcfg.revision,
+                "teacher_hash": self.teacher_hash, "recipe": self.cfg.recipe.name, "guard": self.guard.state(),
                 "sampler": {"name": "consistency", "steps": self.cfg.recipe.sampler.steps,
                             "shift": self.student_shift(), "guidance": 1.0}}
         checkpoint.save(self.out, step, self.cfg, self.engine, self.generator, self._write_weights, meta,

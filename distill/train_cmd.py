@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -31,5 +32,6 @@ def cmd_train(args) -> int:
     except TrainingAborted as err:
         print(f"distill train: stopped: {err}", file=sys.stderr)
         return 3
-    print(f"done: {cfg.out} (loss {last.get('loss', float('nan')):.4g})")
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(f"done: {cfg.out} (loss {last.get('loss', float('nan')):.4g})")
     return 0

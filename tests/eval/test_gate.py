@@ -205,7 +205,7 @@ def test_interval_aware_fails_only_when_the_whole_interval_is_on_the_wrong_side(
 
 
 def test_regression_direction_follows_higher_is_better(tmp_path):
-    pol = policy_file(tmp_path, f"name: p\nrules:\n  - metric: {FVD_T}\n    max_regression_vs_baseline: 0.15\n"
+    policy_file(tmp_path, f"name: p\nrules:\n  - metric: {FVD_T}\n    max_regression_vs_baseline: 0.15\n"
                                 f"  - metric: {SPEEDUP}\n    models: 'student-*'\n"
                                 "    max_regression_vs_baseline: 0.2\n")
     base = eval_doc()

@@ -1,0 +1,234 @@
+"""The training engine with two processes on CPU (torchrun, gloo), under ZeRO-2 and ZeRO-3: the loss falls, ranks
+agree, a killed run resumes exactly, LoRA trains only its adapters, a dying rank fails the job, bad input is refused
+before any work."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from distill.config import ConfigError
+from distill.train_config import load_train_config
+
+REPO = Path(__file__).resolve().parents[2]
+WORKER = Path(__file__).with_name("train_worker.py")
+BIN = Path(sys.executable).parent
+
+
+def write_config(tmp: Path, name: str = "run", **sections) -> Path:
+    cfg = {"teacher": "tiny-wan",
+           "recipe": {"name": "consistency", "skip": 5, "sampler": {"steps": 2}},
+           "data": {"size": 8, "batch_size": 2, "cache_dir": str(tmp / "cache")},
+           "optim": {"lr": 3e-4},
+           "deepspeed": "zero2",
+           "train": {"steps": 6, "log_every": 1, "checkpoint_every": 3, "validation_prompts": ["a red circle"],
+                     "collective_timeout_s": 60},
+           "wandb": {"mode": "disabled"},
+           "out": str(tmp / name)}
+    for key, value in sections.items():
+        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
+def torchrun(*args, nproc: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
+    cmd = [str(BIN / "torchrun"), "--nproc_per_node", str(nproc), "--standalone", *map(str, args)]
+    return subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout)
+
+
+def train_cmd(config: Path, *extra) -> list[str]:
+    return ["-m", "distill.cli", "train", str(config), "--no-progress", *extra]
+
+
+def losses(run: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
+
+
+def worker(tmp: Path, config: Path, *overrides) -> dict:
+    report = tmp / "report.json"
+    proc = torchrun(WORKER, config, report, *overrides)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(report.read_text())
+
+
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_two_ranks_train_and_agree(tmp_path, stage):
+    config = write_config(tmp_path, deepspeed=stage, train={"steps": 30, "checkpoint_every": 30})
+    report = worker(tmp_path, config)
+    run = tmp_path / "run"
+    trace = losses(run)
+    first, last = [trace[s] for s in range(1, 11)], [trace[s] for s in range(21, 31)]
+    assert sum(last) < 0.8 * sum(first), (first, last)
+    # Every rank holds the same student and the same EMA after the steps.
+    assert len({r["digest"] for r in report["ranks"]}) == 1
+    assert len({r["ema_digest"] for r in report["ranks"]}) == 1
+    assert len(report["changed"]) == len(report["all_weights"])  # full fine-tuning moves every weight
+    ckpt = run / "checkpoints" / "step-000030"
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step-000030"
+    assert (ckpt / "student" / "diffusion_pytorch_model.safetensors").is_file()
+    assert sorted(p.name for p in (ckpt / "rng").iterdir()) == ["rank0.safetensors", "rank1.safetensors"]
+    assert len(list((run / "validation" / "step-000030").glob("*.mp4"))) == 1
+
+
+def test_lora_trains_only_adapter_weights(tmp_path):
+    config = write_config(tmp_path, student={"lora": {"rank": 4, "alpha": 4}}, train={"steps": 3})
+    report = worker(tmp_path, config)
+    assert report["trainable"] and all("lora_" in n for n in report["trainable"])
+    assert report["changed"] and set(report["changed"]) <= set(report["trainable"])
+    assert any("lora_A" in n for n in report["changed"]) and any("lora_B" in n for n in report["changed"])
+    assert len(report["all_weights"]) > len(report["trainable"])
+    assert (tmp_path / "run" / "checkpoints" / "step-000003" / "lora" / "pytorch_lora_weights.safetensors").is_file()
+
+
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_killed_run_resumes_with_the_same_losses(tmp_path, stage):
+    whole = write_config(tmp_path, "whole", deepspeed=stage)
+    proc = torchrun(*train_cmd(whole))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reference = losses(tmp_path / "whole")
+
+    broken = write_config(tmp_path, "broken", deepspeed=stage)
+    cmd = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--standalone", *train_cmd(broken)]
+    job = subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    metrics = tmp_path / "broken" / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and job.poll() is None:
+        if metrics.is_file() and any(json.loads(line)["step"] >= 5 for line in metrics.read_text().splitlines()):
+            os.killpg(job.pid, signal.SIGKILL)  # the whole job, mid-way between checkpoints 3 and 6
+            break
+        time.sleep(0.05)
+    job.wait(30)
+    assert job.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    ckpts = tmp_path / "broken" / "checkpoints"
+    assert (ckpts / "latest").read_text().strip() == "step-000003"
+
+    proc = torchrun(*train_cmd(broken, "--resume", "latest"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resumed = losses(tmp_path / "broken")
+    assert sorted(resumed) == list(range(1, 7))
+    for step in range(4, 7):
+        assert resumed[step] == pytest.approx(reference[step], rel=1e-6, abs=1e-9), step
+
+
+def test_a_dying_rank_fails_the_job_fast(tmp_path):
+    config = write_config(tmp_path, train={"steps": 10_000, "checkpoint_every": 10_000})
+    cmd = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--standalone", *train_cmd(config)]
+    job = subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (metrics.is_file() and metrics.read_text().count("\n") >= 2):
+        time.sleep(0.1)
+    workers = subprocess.run(["pgrep", "-P", str(job.pid)], capture_output=True, text=True).stdout.split()
+    assert len(workers) == 2, workers
+    os.kill(int(workers[-1]), signal.SIGKILL)
+    start = time.time()
+    try:
+        job.wait(90)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert job.returncode not in (0, None)
+    assert time.time() - start < 90
+
+
+# --- refused before any work -------------------------------------------------------------------------------------
+def test_unknown_recipe_is_refused_naming_it(tmp_path):
+    config = write_config(tmp_path, recipe={"name": "progressive"})
+    with pytest.raises(ConfigError, match="recipe.name.*'progressive'"):
+        load_train_config(config)
+
+
+def test_missing_deepspeed_config_is_refused(tmp_path):
+    config = write_config(tmp_path, deepspeed="configs/deepspeed/zero9.json")
+    with pytest.raises(ConfigError, match="zero9.json"):
+        load_train_config(config)
+
+
+def test_bad_deepspeed_json_is_refused(tmp_path):
+    from distill.networks import deepspeed_config
+
+    bad = tmp_path / "ds.json"
+    bad.write_text('{"train_micro_batch_size_per_gpu": 16, "zero_optimization": {"stage": 2}}')
+    cfg = load_train_config(write_config(tmp_path, deepspeed=str(bad)))
+    with pytest.raises(ConfigError, match="train_micro_batch_size_per_gpu.*data.batch_size"):
+        deepspeed_config(cfg)
+
+
+def test_student_of_another_shape_is_refused(tmp_path, untrained_wan):
+    from distill.train import preflight
+
+    config = json.loads((untrained_wan / "transformer" / "config.json").read_text())
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({**config, "in_channels": 8, "out_channels": 8}))
+    cfg = load_train_config(write_config(tmp_path, student={"init": str(other)}))
+    with pytest.raises(ConfigError, match="in_channels is 8"):
+        preflight(cfg)
+
+
+def test_two_expert_teacher_is_refused(tmp_path, untrained_wan):
+    from distill.train import preflight
+
+    teacher = tmp_path / "a14b"
+    teacher.mkdir()
+    for item in untrained_wan.iterdir():
+        (teacher / item.name).symlink_to(item)
+    index = json.loads((untrained_wan / "model_index.json").read_text())
+    (teacher / "model_index.json").unlink()
+    (teacher / "model_index.json").write_text(json.dumps({**index, "transformer_2": index["transformer"]}))
+    cfg = load_train_config(write_config(tmp_path, teacher=str(teacher)))
+    with pytest.raises(ConfigError, match="two expert DiTs"):
+        preflight(cfg)
+
+
+def test_resume_from_another_config_is_refused(tmp_path):
+    from distill.checkpoint import check_compatible
+
+    first = load_train_config(write_config(tmp_path))
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    from distill.train_config import fingerprint_hash
+
+    (folder / "meta.json").write_text(json.dumps({"fingerprint": fingerprint_hash(first), "world_size": 2}))
+    (folder / "config.yaml").write_text(yaml.safe_dump(first.model_dump(mode="json")))
+    check_compatible(folder, first, 2)  # the same config resumes
+    longer = load_train_config(write_config(tmp_path), ["train.steps=100"])
+    check_compatible(folder, longer, 2)  # running longer is allowed
+    other = load_train_config(write_config(tmp_path), ["optim.lr=0.1"])
+    with pytest.raises(ConfigError, match="another config.*optim.lr"):
+        check_compatible(folder, other, 2)
+    with pytest.raises(ConfigError, match="written by 2 ranks"):
+        check_compatible(folder, first, 4)
+
+
+def test_an_existing_run_folder_needs_resume(tmp_path):
+    from distill.cli import main
+
+    config = write_config(tmp_path)
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "latest").write_text("step-000003\n")
+    assert main(["train", str(config), "--no-progress"]) == 2
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    config = write_config(tmp_path, optim={"lr": 10.0, "grad_clip": None},
+                          train={"steps": 20, "checkpoint_every": 1, "explode_warmup": 2})
+    proc = torchrun(*train_cmd(config), nproc=1)
+    assert proc.returncode != 0
+    assert "the loss is nan" in proc.stderr and "Last good checkpoint: step-000001" in proc.stderr
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert (ckpts / "latest").read_text().strip() == "step-000001"
+    assert sorted(p.name for p in ckpts.glob("step-*")) == ["step-000001"]
