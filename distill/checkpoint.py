@@ -1,7 +1,7 @@
 """Checkpoints: everything a run needs to continue exactly, written atomically.
 
     RUN/checkpoints/step-000200/
-        deepspeed/            the student engine: weights, optimiser, LR schedule (DeepSpeed's own format)
+        engines/<network>/    each trainable network's DeepSpeed engine: weights, optimiser, LR schedule
         student/              the exported weights as a diffusers transformer folder (full runs), or
         lora/                 the adapter in diffusers' LoRA format (LoRA runs)
         ema.safetensors       the EMA of the trainable weights (unless student/ already holds exactly that)
@@ -71,8 +71,8 @@ def set_rng_state(state: dict[str, torch.Tensor], generator: torch.Generator) ->
 
 
 # --- writing ----------------------------------------------------------------------------------------------------
-def save(root: Path, step: int, cfg: TrainConfig, engine, generator: torch.Generator, write_weights, meta: dict,
-         keep: int) -> Path:
+def save(root: Path, step: int, cfg: TrainConfig, engines: dict, generator: torch.Generator, write_weights,
+         meta: dict, keep: int) -> Path:
     """Write checkpoint `step` under root/checkpoints (every rank calls this; collectives inside).
 
     `write_weights(folder)` writes student/ or lora/ and ema.safetensors (collective under ZeRO-3)."""
@@ -83,7 +83,8 @@ def save(root: Path, step: int, cfg: TrainConfig, engine, generator: torch.Gener
         shutil.rmtree(tmp, ignore_errors=True)
         (tmp / "rng").mkdir(parents=True)
     _barrier()
-    engine.save_checkpoint(str(tmp), tag="deepspeed", save_latest=False)
+    for name, engine in engines.items():
+        engine.save_checkpoint(str(tmp / "engines"), tag=name, save_latest=False)
     write_weights(tmp)
     save_file(rng_state(generator), tmp / "rng" / f"rank{_rank()}.safetensors")
     _barrier()

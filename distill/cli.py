@@ -110,9 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Few-step distillation of flow-matching video DiTs (Wan 2.1/2.2) and their evaluation.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_sample(sub)
-    from distill import eval_cmd, export, train_cmd
+    from distill import demo, eval_cmd, export, train_cmd
 
     train_cmd.add_parsers(sub)
+    demo.add_parser(sub)
     export.add_parser(sub)
     eval_cmd.add_parsers(sub)
     return parser

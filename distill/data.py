@@ -116,14 +116,14 @@ class TrainData:
     def __init__(self, cfg: DataConfig, teacher: WanTeacher, teacher_cfg: TeacherConfig, checkpoint_id: str,
                  cache_dir: Path, progress: bool = True):
         self.cfg, self.teacher, self.teacher_cfg, self.checkpoint_id = cfg, teacher, teacher_cfg, checkpoint_id
-        video = self.video = teacher_cfg.video
+        self.video = teacher_cfg.video
         self.cache_dir = Path(cache_dir)
         self.progress = progress
         self.seeds: list[int] | None = None
         if cfg.source == "toyworld":
-            ds = toyworld.dataset(cfg.split, cfg.size, cfg.seed, video.frames, video.height, video.width)
-            self.prompts = list(ds["caption"])
-            self._toy = ds
+            # Captions are cheap; the clips are rendered only if their latents are not cached yet.
+            self.prompts = [a.caption() for a, _ in toyworld.sample_examples(cfg.split, cfg.size, cfg.seed)]
+            self._toy = None
         else:
             if cfg.latents == "real":
                 raise ConfigError(f"data.latents: 'real' needs clips, and {cfg.source!r} is a prompt list; use "
@@ -146,6 +146,7 @@ class TrainData:
             key = _key("real", cfg.source, cfg.split, cfg.size, cfg.seed, v.frames, v.height, v.width, self.checkpoint_id)
 
             def make():
+                self._toy = toyworld.dataset(cfg.split, cfg.size, cfg.seed, v.frames, v.height, v.width)
                 out = {}
                 for s in tqdm(range(0, len(mine), step), desc="encoding clips", disable=not self.progress or rank):
                     idx = mine[s:s + step]

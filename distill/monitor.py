@@ -20,7 +20,7 @@ class TrainingAborted(RuntimeError):
 class LossGuard:
     """Stops a run whose loss is not finite, or exceeds `ratio` times its running mean after `warmup` steps."""
 
-    def __init__(self, ratio: float, warmup: int, state: dict | None = None):
+    def __init__(self, ratio: float | None, warmup: int, state: dict | None = None):
         self.ratio, self.warmup = ratio, warmup
         self.mean = (state or {}).get("mean")
         self.count = (state or {}).get("count", 0)
@@ -28,7 +28,7 @@ class LossGuard:
     def check(self, step: int, loss: float) -> None:
         if not math.isfinite(loss):
             raise TrainingAborted(f"step {step}: the loss is {loss}")
-        if self.count >= self.warmup and self.mean is not None and loss > self.ratio * self.mean:
+        if self.ratio and self.count >= self.warmup and self.mean is not None and loss > self.ratio * self.mean:
             raise TrainingAborted(f"step {step}: the loss {loss:.4g} exploded (more than {self.ratio}x its running "
                                   f"mean {self.mean:.4g})")
         self.mean = loss if self.mean is None else 0.95 * self.mean + 0.05 * loss

@@ -9,6 +9,7 @@ is updated shard by shard, on each rank's own partition.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 from pathlib import Path
@@ -55,6 +56,9 @@ def deepspeed_config(cfg: TrainConfig) -> dict:
         for key, value in (("lr", o.lr), ("betas", list(o.betas)), ("eps", o.eps), ("weight_decay", o.weight_decay)):
             if params.get(key, "auto") == "auto":
                 params[key] = value
+    if cfg.optim.name != "adamw" and "optimizer" not in ds:
+        # ZeRO partitions any torch optimizer's state; DeepSpeed only asks to be told that it is not Adam.
+        ds.setdefault("zero_allow_untested_optimizer", True)
     for section in ("fp16",):
         if ds.get(section, {}).get("enabled"):
             raise ConfigError(f"{path}: {section} is not supported (use bf16 or fp32)")
@@ -118,7 +122,10 @@ def build_student(cfg: TrainConfig, teacher_dit: torch.nn.Module) -> torch.nn.Mo
         folder = Path(cfg.student.init)
         sub = "transformer" if (folder / "transformer" / "config.json").is_file() else None
         student = WanTransformer3DModel.from_pretrained(folder, subfolder=sub)
-    student = student.to(torch.float32).train()
+    # Master weights in fp32 whatever the teacher's dtype (DeepSpeed's bf16 mode keeps its own copy for compute).
+    # diffusers warns on .to() for modules it prefers in fp32; they are fp32 here, so the warning is moot.
+    with _quiet_diffusers():
+        student = student.to(torch.float32).train()
     if cfg.student.gradient_checkpointing:
         student.enable_gradient_checkpointing()
     if cfg.student.lora is None:
@@ -136,6 +143,33 @@ def build_student(cfg: TrainConfig, teacher_dit: torch.nn.Module) -> torch.nn.Mo
     for name, p in student.named_parameters():
         p.requires_grad_("lora_" in name)
     return student
+
+
+@contextlib.contextmanager
+def _quiet_diffusers():
+    from diffusers.utils import logging as dlogging
+
+    level = dlogging.get_verbosity()
+    dlogging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        dlogging.set_verbosity(level)
+
+
+def build_backbone(init: str, teacher_dit: torch.nn.Module, gradient_checkpointing: bool = False) -> torch.nn.Module:
+    """A trainable fp32 copy of the teacher's DiT (or of another same-shaped one) for a discriminator backbone."""
+    if init == "teacher":
+        backbone = copy.deepcopy(teacher_dit)
+    else:
+        folder = Path(init)
+        sub = "transformer" if (folder / "transformer" / "config.json").is_file() else None
+        backbone = WanTransformer3DModel.from_pretrained(folder, subfolder=sub)
+    with _quiet_diffusers():
+        backbone = backbone.to(torch.float32).train().requires_grad_(True)
+    if gradient_checkpointing:
+        backbone.enable_gradient_checkpointing()
+    return backbone
 
 
 def trainable(module: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:

@@ -10,6 +10,9 @@ variables here; the engines are DeepSpeed's own).
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import math
 import os
 import socket
 from datetime import timedelta
@@ -23,12 +26,14 @@ from safetensors.torch import load_file, save_file
 from distill import checkpoint
 from distill.config import ConfigError, TeacherConfig, load_teacher_config
 from distill.data import TrainData
+from distill.alarms import Alarms
 from distill.media import write_mp4
 from distill.monitor import LossGuard, Monitor, TrainingAborted
-from distill.networks import (EMA, build_student, check_student_source, deepspeed_config, full_state_dict,
-                              load_full_state_dict, partition_frozen, save_lora, trainable)
+from distill.networks import (EMA, build_backbone, build_student, check_student_source, deepspeed_config,
+                              full_state_dict, load_full_state_dict, partition_frozen, save_lora, trainable)
 from distill.train_config import TrainConfig
 from eval.harness import checkpoint_hash
+from students.apt import AdversarialPostTraining, Discriminator
 from students.consistency import ConsistencyDistillation
 from students.sampling import consistency_timesteps, sample_consistency
 from teachers.resolve import TeacherNotFound, resolve
@@ -65,6 +70,9 @@ def preflight(cfg: TrainConfig) -> tuple[TeacherConfig, Path, dict]:
     except TeacherNotFound as err:
         raise ConfigError(f"teacher {cfg.teacher!r}: {err}") from None
     check_student_source(cfg, folder)
+    if cfg.data.source != "toyworld" and not Path(cfg.data.source).exists():
+        raise ConfigError(f"data.source: {cfg.data.source!r} does not exist (give 'toyworld', a .txt, .jsonl or "
+                          f".parquet file of prompts, or a saved datasets folder)")
     v = tcfg.video
     try:
         check_video_size(v.frames, v.height, v.width, *video_factors(folder))
@@ -80,7 +88,30 @@ def make_recipe(cfg: TrainConfig, tcfg: TeacherConfig):
             raise ConfigError(f"recipe.skip={r.skip} must be at most recipe.grid_steps - 2 = {r.grid_steps - 2}")
         return ConsistencyDistillation(flow_sigmas(r.grid_steps, tcfg.sampler.shift), skip=r.skip,
                                        distance=r.distance, huber_c=r.huber_c)
+    if r.name == "apt":
+        return AdversarialPostTraining(shift=r.shift, r1_weight=r.r1_weight, r1_sigma=r.r1_sigma, d_steps=r.d_steps)
     raise ConfigError(f"recipe.name: unknown recipe {r.name!r}")
+
+
+def make_optimizer(cfg: TrainConfig, params):
+    o = cfg.optim
+    if o.name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=o.lr, alpha=o.alpha, eps=o.eps, weight_decay=o.weight_decay)
+    return torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+
+
+@contextlib.contextmanager
+def only_training(engines: dict, name: str):
+    """Freeze every other trainable network for one phase, so that a loss backpropagated through it (G's loss
+    through D) leaves its gradients alone."""
+    frozen = [p for other, e in engines.items() if other != name for p in e.module.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
 
 
 # --- the run ------------------------------------------------------------------------------------------------------
@@ -95,7 +126,7 @@ class Run:
         self.resume_from, self.meta = None, {}
         if resume:
             self.resume_from = checkpoint.find(resume, self.out)
-            self.meta = checkpoint.check_compatible(self.resume_from, cfg, int(os.environ.get("WORLD_SIZE", 1)))
+            self.meta = checkpoint.check_compatible(self.resume_from, cfg, int(os.environ.get("WORLD_SIZE", "1")))
         elif (self.out / "checkpoints" / "latest").is_file():
             raise ConfigError(f"out: {str(self.out)!r} already holds a run; pass --resume latest to continue it, "
                               f"or choose another out=")
@@ -117,19 +148,40 @@ class Run:
             self.teacher.pipe.text_encoder = None  # no longer needed: every prompt is embedded
         self.negative = self.data.embed([t.negative_prompt]).to(self.device)
 
-        student = build_student(cfg, self.teacher.transformer)
-        ema_module = None
-        if cfg.student.ema_decay is not None:
-            ema_module = __import__("copy").deepcopy(student).requires_grad_(False).eval()
-        self.teacher.transformer = partition_frozen(self.teacher.transformer, self.ds)
-        params = [p for _, p in trainable(student)]
-        o = cfg.optim
-        optimizer = None if "optimizer" in self.ds else torch.optim.AdamW(
-            params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+        self._build_networks()
+        self.start = 0
+        if self.resume_from is not None:
+            self._load(self.resume_from)
+        self.guard = LossGuard(cfg.train.explode_ratio, cfg.train.explode_warmup, self.meta.get("guard"))
+        self.alarms = Alarms(self) if cfg.recipe.name == "apt" else None
+
+    # networks --------------------------------------------------------------------------------------------------
+    def _engine(self, module: torch.nn.Module):
+        params = [p for _, p in trainable(module)]
+        optimizer = None if "optimizer" in self.ds else make_optimizer(self.cfg, params)
+        o = self.cfg.optim
         warmup = lambda step: min(1.0, (step + 1) / o.warmup_steps) if o.warmup_steps else 1.0  # noqa: E731
-        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=student, model_parameters=params, optimizer=optimizer,
+        engine, _, _, scheduler = deepspeed.initialize(
+            model=module, model_parameters=params, optimizer=optimizer,
             lr_scheduler=(lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, warmup)), config=self.ds)
+        return engine, scheduler
+
+    def _build_networks(self) -> None:
+        cfg = self.cfg
+        student = build_student(cfg, self.teacher.transformer)
+        ema_module = copy.deepcopy(student).requires_grad_(False).eval() if cfg.student.ema_decay is not None else None
+        self.engines, self.schedulers = {}, {}
+        if "discriminator" in self.recipe.trains:
+            backbone = build_backbone(cfg.recipe.discriminator_init, self.teacher.transformer,
+                                      cfg.student.gradient_checkpointing)
+            disc = Discriminator(backbone, tuple(cfg.recipe.head_fractions)).to(self.device, torch.float32)
+            self.engines["discriminator"], self.schedulers["discriminator"] = self._engine(disc.train())
+        if "teacher" in self.recipe.reads:
+            self.teacher.transformer = partition_frozen(self.teacher.transformer, self.ds)
+        else:  # APT never runs the teacher's DiT: free it (its VAE stays, for real clips and alarms)
+            self.teacher.transformer = self.teacher.pipe.transformer = None
+        self.engines["student"], self.schedulers["student"] = self._engine(student)
+        self.engine = self.engines["student"]
         self.ema_module = self.ema = None
         if ema_module is not None:
             self.ema_module = partition_frozen(ema_module, self.ds)
@@ -137,20 +189,26 @@ class Run:
                            cfg.student.ema_decay)
         self.trainable_names = {n for n, _ in trainable(self.engine.module)}
 
-        self.start = 0
-        if self.resume_from is not None:
-            self._load(self.resume_from)
-        self.guard = LossGuard(cfg.train.explode_ratio, cfg.train.explode_warmup, self.meta.get("guard"))
-
-    # networks as velocity functions of (x, t) for one batch's text ------------------------------------------------
-    def _nets(self, embeds: torch.Tensor) -> dict:
+    # networks as functions of (x, t) for one batch's text ----------------------------------------------------------
+    def _nets(self, embeds: torch.Tensor, phase: str) -> dict:
         t, r = self.teacher, self.cfg.recipe
-        cond = Cond(embeds, self.negative.expand(embeds.shape[0], -1, -1))
-        guidance = r.guidance if r.guidance is not None else self.tcfg.sampler.guidance
-        target = self.ema_module if r.target == "ema" else self.engine
-        return {"student": lambda x, s: t.forward(self.engine, x, s, embeds),
-                "teacher": lambda x, s: t.velocity(x, s, cond, guidance),
-                "target": lambda x, s: t.forward(target, x, s, embeds)}
+
+        def tiled(x):  # text for a batch that stacks several copies of the clips (CFG halves, real and fake)
+            return embeds.repeat(x.shape[0] // embeds.shape[0], 1, 1)
+
+        nets = {"student": lambda x, s: t.forward(self.engine, x, s, tiled(x))}
+        if r.name == "consistency":
+            cond = Cond(embeds, self.negative.expand(embeds.shape[0], -1, -1))
+            guidance = r.guidance if r.guidance is not None else self.tcfg.sampler.guidance
+            target = self.ema_module if r.target == "ema" else self.engine
+            nets["teacher"] = lambda x, s: t.velocity(x, s, cond, guidance)
+            nets["target"] = lambda x, s: t.forward(target, x, s, embeds)
+        if "discriminator" in self.engines:
+            # In G's phase, D runs as a bare module: its engine's backward hooks (gradient reduction) must fire
+            # only for D's own loss, and G's loss only passes through it.
+            d = self.engines["discriminator"] if phase == "discriminator" else self.engines["discriminator"].module
+            nets["discriminator"] = lambda x, s: t.forward(d, x, s, tiled(x))
+        return nets
 
     def train_step(self, step: int) -> dict[str, float]:
         cfg, bs = self.cfg, self.cfg.data.batch_size
@@ -159,20 +217,22 @@ class Run:
             position = ((step * cfg.train.grad_accum + micro) * self.world + self.rank) * bs
             batch = self.data.batch(position, bs)
             embeds = self.data.embed(batch.prompts).to(self.device)
-            nets = self._nets(embeds)
-            losses = self.recipe(nets["student"], nets["teacher"], nets["target"], batch.x0.to(self.device),
-                                 self.generator)
-            self.engine.backward(losses["student"])
-            self.engine.step()
-            for k, v in losses.items():
-                totals[k] = totals.get(k, 0.0) + float(v.detach()) / cfg.train.grad_accum
+            x0 = batch.x0.to(self.device)
+            for name in self.recipe.phases(step):
+                with only_training(self.engines, name):
+                    losses = self.recipe.loss(name, self._nets(embeds, name), x0, self.generator)
+                    self.engines[name].backward(losses[name])
+                    self.engines[name].step()
+                for k, v in losses.items():
+                    totals[k] = totals.get(k, 0.0) + float(v.detach()) / cfg.train.grad_accum
         if self.ema is not None:
             self.ema.update()
-        reduced = torch.tensor([totals[k] for k in sorted(totals)], dtype=torch.float64)
+        # On the job's device: NCCL groups take no CPU tensors.
+        reduced = torch.tensor([totals[k] for k in sorted(totals)], dtype=torch.float64, device=self.device)
         dist.all_reduce(reduced)
-        out = {k: float(v) / self.world for k, v in zip(sorted(totals), reduced)}
+        out = {k: float(v) / self.world for k, v in zip(sorted(totals), reduced.cpu())}
         out["loss"] = out.pop("student")
-        out["lr"] = self.scheduler.get_last_lr()[0] if self.scheduler is not None else self.cfg.optim.lr
+        out["lr"] = self.schedulers["student"].get_last_lr()[0]
         return out
 
     def loop(self) -> dict:
@@ -182,12 +242,17 @@ class Run:
         try:
             for step in range(self.start, cfg.train.steps):
                 last = self.train_step(step)
+                for key, value in last.items():
+                    if key != "loss" and not math.isfinite(value):
+                        raise TrainingAborted(f"step {step + 1}: {key} is {value}")
                 self.guard.check(step + 1, last["loss"])
                 monitor.advance()
                 if (step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.steps:
                     monitor.log(step + 1, last)
                 if (step + 1) % cfg.train.checkpoint_every == 0 or step + 1 == cfg.train.steps:
                     self.save(step + 1)
+                elif self.alarms is not None and self.alarms.check(step + 1, last):
+                    self.save(step + 1)  # an alarm keeps the state it went off in
                 every = cfg.train.validate_every
                 if (every and (step + 1) % every == 0) or step + 1 == cfg.train.steps:
                     self.validate(step + 1, monitor)
@@ -223,15 +288,18 @@ class Run:
         meta = {"data_position": (step * self.cfg.train.grad_accum) * self.world * self.cfg.data.batch_size,
                 "teacher": self.tcfg.source, "teacher_revision": self.tcfg.revision,
                 "teacher_hash": self.teacher_hash, "recipe": self.cfg.recipe.name, "guard": self.guard.state(),
+                "alarms": self.alarms.state() if self.alarms else None,
                 "sampler": {"name": "consistency", "steps": self.cfg.recipe.sampler.steps,
                             "shift": self.student_shift(), "guidance": 1.0}}
-        checkpoint.save(self.out, step, self.cfg, self.engine, self.generator, self._write_weights, meta,
+        checkpoint.save(self.out, step, self.cfg, self.engines, self.generator, self._write_weights, meta,
                         self.cfg.train.keep_checkpoints)
 
     def _load(self, folder: Path) -> None:
-        path, _ = self.engine.load_checkpoint(str(folder), tag="deepspeed")
-        if path is None:
-            raise ConfigError(f"--resume: {str(folder)!r} holds no DeepSpeed state (deepspeed/ is missing)")
+        for name, engine in self.engines.items():
+            path, _ = engine.load_checkpoint(str(folder / "engines"), tag=name)
+            if path is None:
+                raise ConfigError(f"--resume: {str(folder)!r} holds no DeepSpeed state for {name!r} "
+                                  f"(engines/{name} is missing)")
         if self.ema_module is not None:
             ema_file = folder / "ema.safetensors"
             if not ema_file.is_file():
@@ -247,21 +315,27 @@ class Run:
         return s if s is not None else self.tcfg.sampler.shift
 
     @torch.no_grad()
-    def validate(self, step: int, monitor: Monitor) -> None:
-        """Every rank samples the same clips (ZeRO-3 needs every rank in every forward); rank 0 writes them."""
+    def student_latents(self, prompts: list[str], seed: int = 0) -> torch.Tensor:
+        """The student's clips for `prompts` with its few-step sampler; every rank must call this (ZeRO-3)."""
         model = self.ema_module if self.ema_module is not None else self.engine
         self.engine.eval()
-        prompts = self.validation_prompts
         embeds = self.data.embed(prompts).to(self.device)
         v = self.tcfg.video
-        x = self.teacher.noise(len(prompts), v.frames, v.height, v.width, seed=0)
-        g = torch.Generator().manual_seed(1)
+        x = self.teacher.noise(len(prompts), v.frames, v.height, v.width, seed=seed)
+        g = torch.Generator().manual_seed(seed + 1)
         noise = lambda like: torch.randn(like.shape, generator=g).to(like)  # noqa: E731
         ts = consistency_timesteps(self.cfg.recipe.sampler.steps, self.student_shift())
         latents = sample_consistency(lambda y, s: self.teacher.forward(model, y, s, embeds), x, ts, noise)
         self.engine.train()
+        return latents
+
+    def validate(self, step: int, monitor: Monitor) -> None:
+        """Every rank samples the same clips (ZeRO-3 needs every rank in every forward); rank 0 writes them."""
+        prompts = self.validation_prompts
+        latents = self.student_latents(prompts)
         if self.rank != 0:
             return
+        v = self.tcfg.video
         videos = self.teacher.decode(latents).numpy()
         folder = self.out / "validation" / checkpoint.step_name(step)
         folder.mkdir(parents=True, exist_ok=True)

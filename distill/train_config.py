@@ -40,8 +40,41 @@ class ConsistencyRecipe(Strict):
     sampler: StudentSampler = StudentSampler()
 
 
-Recipe = Annotated[Union[ConsistencyRecipe], Field(discriminator="name")]
-RECIPES = ("consistency",)
+class AlarmConfig(Strict):
+    """APT's alarms: each warns and keeps a checkpoint (NaN stops the run, as for every recipe)."""
+
+    every: int = Field(50, ge=1)  # steps between checks of decoded samples
+    d_collapse: float = Field(0.05, ge=0)  # D's GAN loss below this for `patience` checks: D has won
+    patience: int = Field(3, ge=1)
+    # Decoded one-step samples whose spatial variance or temporal high-frequency energy leaves
+    # [low, high] times that of real clips have turned into flat colour or noise.
+    low: float = Field(0.25, gt=0)
+    high: float = Field(4.0, gt=1)
+
+
+class APTRecipe(Strict):
+    """Adversarial post-training (students/apt.py); see docs/recipes/apt.md."""
+
+    name: Literal["apt"]
+    shift: float = Field(12.0, gt=0)  # D's noise levels t ~ shift(U(0, 1), s)
+    r1_weight: float = Field(100.0, ge=0)
+    r1_sigma: float = Field(0.1, gt=0)
+    d_steps: int = Field(1, ge=1)  # D updates per G update
+    head_fractions: tuple[float, ...] = (0.45, 0.70, 1.0)  # of D's depth, where the heads sit
+    discriminator_init: str = "teacher"  # the backbone's weights: the teacher's DiT, or another same-shaped one
+    alarms: AlarmConfig = AlarmConfig()
+    sampler: StudentSampler = StudentSampler(steps=1)
+
+    @field_validator("head_fractions")
+    @classmethod
+    def _fractions(cls, v):
+        if not v or any(not 0 < f <= 1 for f in v):
+            raise ValueError(f"each head fraction must lie in (0, 1], got {v}")
+        return v
+
+
+Recipe = Annotated[Union[ConsistencyRecipe, APTRecipe], Field(discriminator="name")]
+RECIPES = ("consistency", "apt")
 
 
 class LoraConfig(Strict):
@@ -76,6 +109,9 @@ class DataConfig(Strict):
 
 
 class OptimConfig(Strict):
+    # AdamW, or APT's choices: RMSProp with smoothing `alpha`, or Adam with betas (0, 0.9)
+    name: Literal["adamw", "rmsprop"] = "adamw"
+    alpha: float = Field(0.9, gt=0, lt=1)  # RMSProp's smoothing constant
     lr: float = Field(1e-5, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
@@ -95,7 +131,7 @@ class TrainLoop(Strict):
     validation_prompts: list[str] = Field(default_factory=list)
     # Guards: stop with the last good checkpoint kept when the loss is not finite, or exceeds `explode_ratio`
     # times its running mean (after `explode_warmup` steps).
-    explode_ratio: float = Field(20.0, gt=1)
+    explode_ratio: float | None = Field(20.0, gt=1)  # None: only non-finite losses stop the run (GAN losses jump)
     explode_warmup: int = Field(20, ge=0)
     collective_timeout_s: int = Field(600, ge=10)  # a rank stuck this long in a collective fails the job
 
@@ -125,6 +161,12 @@ class TrainConfig(Strict):
                 raise ValueError("recipe.target is 'ema' but student.ema_decay is null (no EMA is kept)")
             if self.student.export == "ema":
                 raise ValueError("student.export is 'ema' but student.ema_decay is null (no EMA is kept)")
+        return self
+
+    @model_validator(mode="after")
+    def _apt_needs_real_clips(self):
+        if self.recipe.name == "apt" and self.data.latents != "real":
+            raise ValueError("recipe 'apt' trains against real clips: data.latents must be 'real'")
         return self
 
     @field_validator("deepspeed")

@@ -42,6 +42,15 @@ class ConsistencyDistillation:
         if self.distance not in ("l2", "pseudo_huber"):
             raise ValueError(f"distance {self.distance!r} is not 'l2' or 'pseudo_huber'")
 
+    def phases(self, step: int) -> tuple[str, ...]:
+        return ("student",)
+
+    def loss(self, network: str, nets: dict, x0: torch.Tensor, generator=None) -> dict[str, torch.Tensor]:
+        """The engine's entry point: `nets` maps names to velocity functions of (x, t)."""
+        if network != "student":
+            raise ValueError(f"consistency distillation trains 'student', not {network!r}")
+        return self(nets["student"], nets["teacher"], nets["target"], x0, generator)
+
     def _distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         sq = (a - b).float().pow(2).flatten(1).sum(1)
         if self.distance == "l2":

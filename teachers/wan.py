@@ -86,6 +86,7 @@ class WanTeacher:
         self.transformer = pipe.transformer
         self.transformer_2 = getattr(pipe, "transformer_2", None)
         self.vae = pipe.vae
+        self.dtype = self.transformer.dtype  # the DiT's compute dtype; text embeddings are cast to it
         self.scheduler_config = dict(pipe.scheduler.config)
         boundary = pipe.config.get("boundary_ratio")
         self.boundary_t = None if boundary is None or self.transformer_2 is None else float(boundary)
@@ -135,15 +136,14 @@ class WanTeacher:
         pos, neg = self.pipe.encode_prompt(
             prompt=prompts, negative_prompt=negative, do_classifier_free_guidance=negative is not None,
             max_sequence_length=self.max_sequence_length, device=self.device)
-        dtype = self.transformer.dtype
-        return Cond(pos.to(dtype), None if neg is None else neg.to(dtype))
+        return Cond(pos.to(self.dtype), None if neg is None else neg.to(self.dtype))
 
     @torch.no_grad()
     def embed(self, texts: list[str]) -> torch.Tensor:
         """UMT5 embeddings [B, L, D] of any texts, the empty negative prompt included (zero-padded to L)."""
         pos, _ = self.pipe.encode_prompt(prompt=list(texts), do_classifier_free_guidance=False,
                                          max_sequence_length=self.max_sequence_length, device=self.device)
-        return pos.to(self.transformer.dtype)
+        return pos.to(self.dtype)
 
     # --- the velocity field -------------------------------------------------------------------------------------
     def forward(self, model, x: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:

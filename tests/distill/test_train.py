@@ -91,14 +91,19 @@ def test_lora_trains_only_adapter_weights(tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "step-000003" / "lora" / "pytorch_lora_weights.safetensors").is_file()
 
 
-@pytest.mark.parametrize("stage", ["zero2", "zero3"])
-def test_killed_run_resumes_with_the_same_losses(tmp_path, stage):
-    whole = write_config(tmp_path, "whole", deepspeed=stage)
+APT = {"recipe": {"name": "apt", "sampler": {"steps": 1}, "alarms": {"every": 2}},
+       "optim": {"name": "rmsprop", "lr": 1e-5}, "student": {"ema_decay": 0.995}}
+
+
+@pytest.mark.parametrize("stage,recipe", [("zero2", "consistency"), ("zero3", "consistency"), ("zero2", "apt")])
+def test_killed_run_resumes_with_the_same_losses(tmp_path, stage, recipe):
+    sections = APT if recipe == "apt" else {}
+    whole = write_config(tmp_path, "whole", deepspeed=stage, **sections)
     proc = torchrun(*train_cmd(whole))
     assert proc.returncode == 0, proc.stderr[-3000:]
     reference = losses(tmp_path / "whole")
 
-    broken = write_config(tmp_path, "broken", deepspeed=stage)
+    broken = write_config(tmp_path, "broken", deepspeed=stage, **sections)
     cmd = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--standalone", *train_cmd(broken)]
     job = subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            start_new_session=True)
@@ -120,6 +125,23 @@ def test_killed_run_resumes_with_the_same_losses(tmp_path, stage):
     assert sorted(resumed) == list(range(1, 7))
     for step in range(4, 7):
         assert resumed[step] == pytest.approx(reference[step], rel=1e-6, abs=1e-9), step
+    if recipe == "apt":  # every logged figure, D's included, continues exactly
+        rows = {r["step"]: r for r in map(json.loads, (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines())}
+        again = {r["step"]: r for r in map(json.loads, (tmp_path / "broken" / "metrics.jsonl").read_text().splitlines())}
+        for key in ("discriminator", "d_real", "d_fake", "r1"):
+            assert again[6][key] == pytest.approx(rows[6][key], rel=1e-6, abs=1e-9), key
+
+
+def test_apt_alternates_discriminator_and_generator_updates(tmp_path):
+    config = write_config(tmp_path, deepspeed="zero2", train={"steps": 3, "checkpoint_every": 3},
+                          **{**APT, "recipe": {**APT["recipe"], "d_steps": 2}})
+    report = worker(tmp_path, config)
+    assert report["engine_steps"] == {"discriminator": 6, "student": 3}  # two D updates per G update
+    assert len({r["digest"] for r in report["ranks"]}) == 1
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all({"discriminator", "r1", "g_gan"} <= set(r) for r in rows) and all(r["r1"] > 0 for r in rows)
+    engines = tmp_path / "run" / "checkpoints" / "step-000003" / "engines"
+    assert sorted(p.name for p in engines.iterdir() if p.is_dir()) == ["discriminator", "student"]
 
 
 def test_a_dying_rank_fails_the_job_fast(tmp_path):
@@ -232,3 +254,21 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     ckpts = tmp_path / "run" / "checkpoints"
     assert (ckpts / "latest").read_text().strip() == "step-000001"
     assert sorted(p.name for p in ckpts.glob("step-*")) == ["step-000001"]
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipe_configs_validate(path):
+    from distill.networks import deepspeed_config
+
+    cfg = load_train_config(path)
+    assert cfg.recipe.name in ("consistency", "apt") and cfg.train.steps > 0
+    ds = deepspeed_config(cfg)
+    assert ds["train_micro_batch_size_per_gpu"] == cfg.data.batch_size
+
+
+def test_missing_prompt_file_is_refused_before_any_work(tmp_path):
+    from distill.train import preflight
+
+    cfg = load_train_config(write_config(tmp_path, data={"source": str(tmp_path / "nope.txt"), "latents": "teacher"}))
+    with pytest.raises(ConfigError, match="data.source.*nope.txt"):
+        preflight(cfg)

@@ -43,7 +43,8 @@ def main() -> None:
     dist.all_gather_object(ranks, mine)
     if dist.get_rank() == 0:
         json.dump({"ranks": ranks, "changed": changed, "trainable": sorted(run.trainable_names),
-                   "all_weights": sorted(after)}, open(report, "w"))
+                   "all_weights": sorted(after),
+                   "engine_steps": {name: e.global_steps for name, e in run.engines.items()}}, open(report, "w"))
 
 
 if __name__ == "__main__":
