@@ -98,6 +98,9 @@ def cmd_demo(args) -> int:
     argv = ["eval", "--suite", "toyworld-held-out", "--teacher", "tiny-wan", "--out", str(out)]
     for m in models:
         argv += ["--model", m]
+    if args.fast:
+        argv += ["max_prompts=6", "diversity.prompts=2", "diversity.seeds=2", "speed.clips=1", "speed.warmup=0",
+                 "bootstrap=50"]
     code = cli(argv)
     _say(f"demo finished in {(time.perf_counter() - start) / 60:.1f} min: {out / 'summary.md'}, "
          f"{out / 'report.html'}, {out / 'eval.json'}")

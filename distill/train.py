@@ -156,8 +156,15 @@ class Run:
         self.alarms = Alarms(self) if cfg.recipe.name == "apt" else None
 
     # networks --------------------------------------------------------------------------------------------------
-    def _engine(self, module: torch.nn.Module):
+    def _engine(self, module: torch.nn.Module, lr_scales: dict[str, float] | None = None):
+        """`lr_scales`: a learning-rate factor for the weights whose names start with a key."""
         params = [p for _, p in trainable(module)]
+        if lr_scales:
+            groups: dict[float, list] = {}
+            for name, p in trainable(module):
+                scale = next((v for k, v in lr_scales.items() if name.startswith(k)), 1.0)
+                groups.setdefault(scale, []).append(p)
+            params = [{"params": ps, "lr": self.cfg.optim.lr * scale} for scale, ps in groups.items()]
         optimizer = None if "optimizer" in self.ds else make_optimizer(self.cfg, params)
         o = self.cfg.optim
         warmup = lambda step: min(1.0, (step + 1) / o.warmup_steps) if o.warmup_steps else 1.0  # noqa: E731
@@ -175,7 +182,9 @@ class Run:
             backbone = build_backbone(cfg.recipe.discriminator_init, self.teacher.transformer,
                                       cfg.student.gradient_checkpointing)
             disc = Discriminator(backbone, tuple(cfg.recipe.head_fractions)).to(self.device, torch.float32)
-            self.engines["discriminator"], self.schedulers["discriminator"] = self._engine(disc.train())
+            scale = cfg.recipe.head_lr_scale
+            self.engines["discriminator"], self.schedulers["discriminator"] = self._engine(
+                disc.train(), {"heads.": scale, "norm.": scale, "out.": scale})
         if "teacher" in self.recipe.reads:
             self.teacher.transformer = partition_frozen(self.teacher.transformer, self.ds)
         else:  # APT never runs the teacher's DiT: free it (its VAE stays, for real clips and alarms)

@@ -61,6 +61,7 @@ class APTRecipe(Strict):
     r1_sigma: float = Field(0.1, gt=0)
     d_steps: int = Field(1, ge=1)  # D updates per G update
     head_fractions: tuple[float, ...] = (0.45, 0.70, 1.0)  # of D's depth, where the heads sit
+    head_lr_scale: float = Field(1.0, gt=0)  # the heads' learning rate over the backbone's (fresh weights move faster)
     discriminator_init: str = "teacher"  # the backbone's weights: the teacher's DiT, or another same-shaped one
     alarms: AlarmConfig = AlarmConfig()
     sampler: StudentSampler = StudentSampler(steps=1)

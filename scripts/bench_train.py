@@ -10,7 +10,7 @@ one run on this machine.
 
 What each row measures (every row is a fresh `torchrun` job of this script, building the real `distill.train.Run`):
   step             `run.train_step(step)`: the whole optimiser step (data, teacher, target, student, step, EMA).
-  teacher fwd      the teacher with CFG (`run._nets(embeds)["teacher"]`, both halves in one forward), no_grad.
+  teacher fwd      the teacher with CFG (`run._nets(embeds, "student")["teacher"]`, both halves in one forward), no_grad.
   target fwd       the EMA target (`["target"]`), no_grad.
   student fwd+bwd  `run.engine.backward(student(x_t, t).float().pow(2).mean())`, on the same batch shapes.
   sum of passes    teacher + target + student; `step / sum` is the overhead the engine adds (goal: <= 1.15x).
@@ -28,8 +28,7 @@ Memory per rank: on CUDA `torch.cuda.max_memory_allocated()` over the warm-up an
 after setup) and `memory_allocated()` right after setup; on CPU the process's resident set: peak = VmHWM
 (= ru_maxrss) reset after setup through /proc/self/clear_refs, and VmRSS after setup. On CUDA the rows use the
 bf16 DeepSpeed files (zero2-bf16.json, zero3-bf16.json) and a bf16 teacher, one GPU per rank; on CPU the fp32
-files. Under NCCL, `Run.train_step`'s all-reduce of a CPU loss tensor (which NCCL refuses) is routed through the
-GPU by this script. Each row's output goes to <out>.<stage>-x<ranks>.log beside the JSON.
+files. Each row's output goes to <out>.<stage>-x<ranks>.log beside the JSON.
 
 --shape wan-1.3b builds, in a temporary folder, a Wan pipeline whose DiT has Wan 2.1 1.3B's shape with random
 weights (30 layers, 12 heads x 128, ffn 8960, text_dim 4096), a 1-layer UMT5 with d_model 4096 and a tiny VAE with
@@ -172,25 +171,6 @@ def device_name(device: torch.device) -> str:
 
 
 # --- one rank of one row (run under torchrun by the parent) -------------------------------------------------------
-class _CpuTensorsThroughGpu:
-    """`distill.train`'s torch.distributed under NCCL. `Run.train_step` all-reduces its losses as a CPU tensor, which
-    an NCCL-only process group refuses ("No backend type associated with device type cpu"); this sends such a
-    tensor through the GPU and leaves every other call as it is."""
-
-    def __init__(self, dist, device: torch.device):
-        self._dist, self._device = dist, device
-
-    def __getattr__(self, name):
-        return getattr(self._dist, name)
-
-    def all_reduce(self, tensor, *args, **kwargs):
-        if tensor.device.type != "cpu":
-            return self._dist.all_reduce(tensor, *args, **kwargs)
-        moved = tensor.to(self._device)
-        self._dist.all_reduce(moved, *args, **kwargs)
-        tensor.copy_(moved.cpu())
-
-
 def step_inputs(run, step: int) -> dict:
     """What `Run.train_step` feeds the networks at this step: x0, embeddings, t and x_t of the same shapes."""
     bs = run.cfg.data.batch_size
@@ -207,12 +187,11 @@ def time_round(run, step: int) -> dict[str, float]:
     """One train_step, then each of its parts alone on the same shapes."""
     import torch.distributed as dist
 
-    import distill.train
 
     dev, bs = run.device, run.cfg.data.batch_size
     out = {"step": timed(lambda: run.train_step(step), dev)}
     inp = step_inputs(run, step)
-    nets = run._nets(inp["embeds"])
+    nets = run._nets(inp["embeds"], "student")
     x_t, t = inp["x_t"], inp["t"]
     with torch.no_grad():
         out["teacher fwd (CFG)"] = timed(lambda: nets["teacher"](x_t, t), dev)
@@ -234,7 +213,7 @@ def time_round(run, step: int) -> dict[str, float]:
     stub = lambda x, s: torch.zeros_like(x)  # noqa: E731
     generator = torch.Generator().manual_seed(step)
     out["recipe math"] = timed(lambda: run.recipe(stub, stub, stub, inp["x0"], generator), dev)
-    losses = lambda: distill.train.dist.all_reduce(torch.tensor([1.0, 2.0], dtype=torch.float64))  # noqa: E731
+    losses = lambda: dist.all_reduce(torch.tensor([1.0, 2.0], dtype=torch.float64, device=dev))  # noqa: E731
     out["loss all-reduce"] = timed(losses, dev)
     dist.barrier()
     return out
@@ -244,7 +223,6 @@ def worker(args: argparse.Namespace) -> None:
     import deepspeed
     import torch.distributed as dist
 
-    import distill.train
     from distill.train import Run
     from distill.train_config import load_train_config
 
@@ -252,8 +230,6 @@ def worker(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     run = Run(cfg, progress=False)
     setup_s = time.perf_counter() - t0
-    if dist.get_backend() == "nccl":
-        distill.train.dist = _CpuTensorsThroughGpu(dist, run.device)
     dev = run.device
     after_setup = memory_now(dev)
     measure = reset_peak(dev)
