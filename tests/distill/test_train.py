@@ -32,7 +32,8 @@ def write_config(tmp: Path, name: str = "run", **sections) -> Path:
            "wandb": {"mode": "disabled"},
            "out": str(tmp / name)}
     for key, value in sections.items():
-        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
+        merge = isinstance(value, dict) and key != "recipe"  # a recipe section replaces the default one
+        cfg[key] = {**cfg.get(key, {}), **value} if merge else value
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
