@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
@@ -20,6 +21,7 @@ from tqdm.auto import tqdm
 from distill import toyworld
 from distill.config import ConfigError, TeacherConfig
 from distill.train_config import DataConfig
+from distill.videos import VideoSource
 from teachers.wan import WanTeacher
 
 
@@ -119,17 +121,15 @@ class TrainData:
         self.video = teacher_cfg.video
         self.cache_dir = Path(cache_dir)
         self.progress = progress
-        self.seeds: list[int] | None = None
         if cfg.source == "toyworld":
             # Captions are cheap; the clips are rendered only if their latents are not cached yet.
             self.prompts = [a.caption() for a, _ in toyworld.sample_examples(cfg.split, cfg.size, cfg.seed)]
-            self._toy = None
+        elif cfg.latents == "real":  # a folder of videos with captions, or a saved dataset with a video column
+            v = self.video
+            self._videos = VideoSource(cfg.source, cfg.prompt_column, v.frames, v.height, v.width)
+            self.prompts = self._videos.prompts
         else:
-            if cfg.latents == "real":
-                raise ConfigError(f"data.latents: 'real' needs clips, and {cfg.source!r} is a prompt list; use "
-                                  f"data.latents=teacher (x0 from the teacher's own samples)")
             self.prompts = load_prompts(cfg.source, cfg.prompt_column)
-            self._toy = None
         self.x0 = self._latents()
         self.embeds: dict[str, torch.Tensor] = {}
 
@@ -143,14 +143,19 @@ class TrainData:
         mine = list(range(rank, len(self.prompts), world))
         step = 16
         if cfg.latents == "real":
-            key = _key("real", cfg.source, cfg.split, cfg.size, cfg.seed, v.frames, v.height, v.width, self.checkpoint_id)
+            key = _key("real", cfg.source, cfg.split if cfg.source == "toyworld" else self.prompts, cfg.size, cfg.seed,
+                       v.frames, v.height, v.width, self.checkpoint_id)
 
             def make():
-                self._toy = toyworld.dataset(cfg.split, cfg.size, cfg.seed, v.frames, v.height, v.width)
+                if cfg.source == "toyworld":
+                    toy = toyworld.dataset(cfg.split, cfg.size, cfg.seed, v.frames, v.height, v.width)
+                    clips_of = lambda idx: toy[idx]["video"]  # noqa: E731
+                else:
+                    clips_of = lambda idx: np.stack([self._videos.clip(i) for i in idx])  # noqa: E731
                 out = {}
                 for s in tqdm(range(0, len(mine), step), desc="encoding clips", disable=not self.progress or rank):
                     idx = mine[s:s + step]
-                    clips = torch.from_numpy(self._toy[idx]["video"])
+                    clips = torch.from_numpy(clips_of(idx))
                     for i, z in zip(idx, t.encode_video(clips).cpu()):
                         out[str(i)] = z.contiguous()
                 return _gather_dict(out)

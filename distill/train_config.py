@@ -94,15 +94,16 @@ class StudentConfig(Strict):
 
 
 class DataConfig(Strict):
-    # "toyworld", or prompts: a .txt file (one per line), .jsonl / .parquet (with `prompt_column`), or a folder
-    # written by `datasets.Dataset.save_to_disk`.
+    # "toyworld"; prompts: a .txt file (one per line), .jsonl / .parquet (with `prompt_column`), or a folder written
+    # by `datasets.Dataset.save_to_disk`; real clips (latents: real): a folder of videos with a metadata.jsonl
+    # (file_name + prompt_column per line), or a saved dataset with a `video` column (distill/videos.py).
     source: str = "toyworld"
     split: Literal["train", "held_out"] = "train"  # toy-world split
     size: int = Field(2048, ge=1)  # toy-world clips rendered (distinct render seeds)
     prompt_column: str = "prompt"
     batch_size: int = Field(4, ge=1)  # per rank, per micro-step
-    # Clean latents x0 for the recipe: the toy world's clips through the teacher's VAE ("real"), or the teacher's
-    # own 50-step samples for each prompt, generated once and cached ("teacher"; the only choice for prompt lists).
+    # Clean latents x0 for the recipe: real clips (the toy world's, or a video dataset's) through the teacher's VAE
+    # ("real"), or the teacher's own 50-step samples for each prompt, generated once and cached ("teacher").
     latents: Literal["real", "teacher"] = "real"
     cache_text: bool = True  # precompute text embeddings and free the text encoder
     cache_dir: str | None = None  # default: <out>/cache

@@ -59,3 +59,31 @@ def test_trim_drops_only_the_zero_padding():
     e = torch.zeros(8, 4)
     e[:3] = torch.randn(3, 4)
     assert trim(e).shape == (3, 4) and torch.equal(trim(e), e[:3])
+
+
+def test_a_video_folder_with_captions_gives_clips_at_the_teachers_size(tmp_path):
+    from distill import toyworld
+    from distill.media import write_mp4
+    from distill.videos import VideoSource, fit_clip
+
+    attrs = toyworld.train_attributes()[:2]
+    rows = []
+    for i, a in enumerate(attrs):
+        write_mp4(tmp_path / f"{i}.mp4", toyworld.render(a, seed=i, frames=21, height=72, width=96), fps=8)
+        rows.append(json.dumps({"file_name": f"{i}.mp4", "prompt": a.caption()}))
+    (tmp_path / "metadata.jsonl").write_text("\n".join(rows) + "\n")
+    source = VideoSource(str(tmp_path), "prompt", frames=17, height=64, width=64)
+    assert source.prompts == [a.caption() for a in attrs]
+    clip = source.clip(1)
+    assert clip.shape == (17, 64, 64, 3) and clip.dtype.name == "uint8"
+    # the first 17 frames of the centre 72x72 square, resized: per-frame mean colours match the original's there
+    original = toyworld.render(attrs[1], seed=1, frames=21, height=72, width=96)[:17, :, 12:84].astype(float)
+    assert abs(clip.astype(float).mean(axis=(1, 2)) - original.mean(axis=(1, 2))).max() < 6
+
+    with pytest.raises(ConfigError, match="has 21 frames, the teacher's clips need 33"):
+        VideoSource(str(tmp_path), "prompt", frames=33, height=64, width=64).clip(0)
+    (tmp_path / "metadata.jsonl").write_text(json.dumps({"file_name": "gone.mp4", "prompt": "x"}) + "\n")
+    with pytest.raises(ConfigError, match="'gone.mp4' does not exist"):
+        VideoSource(str(tmp_path), "prompt", frames=17, height=64, width=64)
+    with pytest.raises(ConfigError, match="expected RGB frames"):
+        fit_clip(clip[..., 0], 17, 64, 64, "x")
