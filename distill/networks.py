@@ -99,19 +99,26 @@ def check_student_source(cfg: TrainConfig, teacher_folder: Path) -> None:
     if isinstance(second, list) and second and second[0] is not None:
         raise ConfigError(f"teacher {cfg.teacher!r} has two expert DiTs (Wan 2.2 A14B: transformer and "
                           f"transformer_2); distilling both experts into one student is not supported yet")
-    if cfg.student.init == "teacher":
-        return
-    folder = Path(cfg.student.init)
-    config = folder / "config.json" if (folder / "config.json").is_file() else folder / "transformer" / "config.json"
-    if not config.is_file():
-        raise ConfigError(f"student.init: {str(folder)!r} is neither a diffusers transformer folder nor a Wan folder "
-                          f"(no config.json or transformer/config.json)")
-    theirs = json.loads(config.read_text())
+    inits = [("student.init", cfg.student.init)]
+    if getattr(cfg.recipe, "discriminator_init", "teacher") != "teacher":
+        inits.append(("recipe.discriminator_init", cfg.recipe.discriminator_init))
     ours = json.loads((teacher_folder / "transformer" / "config.json").read_text())
-    diff = {k: (theirs.get(k), ours.get(k)) for k in _SHAPE_KEYS if theirs.get(k) != ours.get(k)}
-    if diff:
-        raise ConfigError(f"student.init: {str(folder)!r} cannot be trained against teacher {cfg.teacher!r}: "
-                          + ", ".join(f"{k} is {a!r}, the teacher's is {b!r}" for k, (a, b) in diff.items()))
+    for key, init in inits:
+        if init == "teacher":
+            continue
+        folder = Path(init)
+        if not folder.exists():
+            raise ConfigError(f"{key}: {init!r} does not exist (give 'teacher', a diffusers transformer folder or a "
+                              f"Wan folder such as a `distill export`)")
+        config = folder / "config.json" if (folder / "config.json").is_file() else folder / "transformer" / "config.json"
+        if not config.is_file():
+            raise ConfigError(f"{key}: {init!r} is neither a diffusers transformer folder nor a Wan folder "
+                              f"(no config.json or transformer/config.json)")
+        theirs = json.loads(config.read_text())
+        diff = {k: (theirs.get(k), ours.get(k)) for k in _SHAPE_KEYS if theirs.get(k) != ours.get(k)}
+        if diff:
+            raise ConfigError(f"{key}: {init!r} cannot be trained against teacher {cfg.teacher!r}: "
+                              + ", ".join(f"{k} is {a!r}, the teacher's is {b!r}" for k, (a, b) in diff.items()))
 
 
 def build_student(cfg: TrainConfig, teacher_dit: torch.nn.Module) -> torch.nn.Module:

@@ -204,6 +204,14 @@ def test_student_of_another_shape_is_refused(tmp_path, untrained_wan):
         preflight(cfg)
 
 
+def test_missing_student_init_is_refused_naming_it(tmp_path):
+    from distill.train import preflight
+
+    cfg = load_train_config(write_config(tmp_path, student={"init": str(tmp_path / "no-export")}))
+    with pytest.raises(ConfigError, match="student.init.*no-export.*does not exist"):
+        preflight(cfg)
+
+
 def test_two_expert_teacher_is_refused(tmp_path, untrained_wan):
     from distill.train import preflight
 
