@@ -106,20 +106,33 @@ def save(root: Path, step: int, cfg: TrainConfig, engines: dict, generator: torc
 
 
 # --- finding and checking -------------------------------------------------------------------------------------------
-def find(ref: str, out: Path) -> Path:
-    """`latest` (in this run's folder), a run folder, or a checkpoint folder."""
-    if ref == "latest":
-        root = out
+def find(run: str | Path, checkpoint: str = "latest") -> Path:
+    """A checkpoint folder: `run` itself when it is one, else the run folder's `latest` or its checkpoint named
+    `checkpoint` (e.g. step-000200)."""
+    root = Path(run).expanduser()
+    if not root.is_dir():
+        raise ConfigError(f"{str(root)!r} does not exist or is not a folder; give a run folder (the `out` of "
+                          f"`distill train`) or one of its checkpoints/step-N folders")
+    if (root / "meta.json").is_file():
+        if checkpoint != "latest":
+            raise ConfigError(f"{str(root)!r} is already a checkpoint folder; a checkpoint name ({checkpoint!r}) "
+                              f"applies to run folders only")
+        return root
+    ckpts = root / "checkpoints"
+    if checkpoint == "latest":
+        latest = ckpts / "latest"
+        if not latest.is_file():
+            raise ConfigError(f"no checkpoint under {str(root)!r} (neither a checkpoints/latest file nor a "
+                              f"meta.json); has `distill train` written a checkpoint there yet?")
+        folder = ckpts / latest.read_text().strip()
+        named_by = f"{str(latest)!r}"
     else:
-        root = Path(ref)
-        if (root / "meta.json").is_file():
-            return root
-    latest = root / "checkpoints" / "latest"
-    if not latest.is_file():
-        raise ConfigError(f"--resume {ref}: no checkpoint under {str(root)!r} (no checkpoints/latest file)")
-    folder = root / "checkpoints" / latest.read_text().strip()
+        folder = ckpts / checkpoint
+        named_by = repr(checkpoint)
     if not (folder / "meta.json").is_file():
-        raise ConfigError(f"--resume {ref}: {str(folder)!r} named by checkpoints/latest is incomplete")
+        known = sorted(p.name for p in ckpts.glob("step-*") if (p / "meta.json").is_file()) if ckpts.is_dir() else []
+        raise ConfigError(f"checkpoint {str(folder)!r} named by {named_by} is missing or incomplete (no meta.json); "
+                          f"complete checkpoints there: {known}")
     return folder
 
 

@@ -22,6 +22,7 @@ from distill import toyworld
 from distill.config import ConfigError, TeacherConfig
 from distill.train_config import DataConfig
 from distill.videos import VideoSource
+from eval.harness import gather_dict, rank_world
 from teachers.wan import WanTeacher
 
 
@@ -66,24 +67,6 @@ def load_prompts(source: str, column: str = "prompt") -> list[str]:
 
 
 # --- helpers for sharded precomputation ---------------------------------------------------------------------------
-def _rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _gather_dict(local: dict) -> dict:
-    rank, world = _rank_world()
-    if world == 1:
-        return local
-    parts = [None] * world
-    dist.all_gather_object(parts, local)
-    merged: dict = {}
-    for part in parts:
-        merged.update(part)
-    return merged
-
-
 def _key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
 
@@ -93,7 +76,7 @@ def _cached(path: Path, make) -> dict[str, torch.Tensor]:
     if path.is_file():
         return load_file(path)
     tensors = make()
-    rank, world = _rank_world()
+    rank, world = rank_world()
     if rank == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
@@ -139,7 +122,7 @@ class TrainData:
     # x0 ---------------------------------------------------------------------------------------------------------
     def _latents(self) -> torch.Tensor:
         cfg, v, t, tc = self.cfg, self.video, self.teacher, self.teacher_cfg
-        rank, world = _rank_world()
+        rank, world = rank_world()
         mine = list(range(rank, len(self.prompts), world))
         step = 16
         if cfg.latents == "real":
@@ -158,7 +141,7 @@ class TrainData:
                     clips = torch.from_numpy(clips_of(idx))
                     for i, z in zip(idx, t.encode_video(clips).cpu()):
                         out[str(i)] = z.contiguous()
-                return _gather_dict(out)
+                return gather_dict(out)
         else:
             sampler = tc.sampler
             key = _key("teacher", self.prompts, cfg.seed, v.frames, v.height, v.width, self.checkpoint_id,
@@ -176,7 +159,7 @@ class TrainData:
                                          width=v.width)
                     for i, zi in zip(idx, z.cpu()):
                         out[str(i)] = zi.contiguous()
-                return _gather_dict(out)
+                return gather_dict(out)
         tensors = _cached(self.cache_dir / f"x0-{key}.safetensors", make)
         return torch.stack([tensors[str(i)] for i in range(len(self.prompts))])
 
@@ -185,7 +168,7 @@ class TrainData:
         """Embed every distinct prompt once (trimmed to its real length) and the negative prompt."""
         t = self.teacher
         unique = sorted(set(self.prompts) | set(extra_prompts) | {self.teacher_cfg.negative_prompt})
-        rank, world = _rank_world()
+        rank, world = rank_world()
         key = _key("text", unique, self.checkpoint_id, t.max_sequence_length)
 
         def make():
@@ -196,7 +179,7 @@ class TrainData:
                 emb = t.embed(chunk).cpu()
                 for p, e in zip(chunk, emb):
                     out[_key(p)] = trim(e)
-            return _gather_dict(out)
+            return gather_dict(out)
 
         tensors = _cached(self.cache_dir / f"text-{key}.safetensors", make)
         self.embeds = {p: tensors[_key(p)] for p in unique}

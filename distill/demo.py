@@ -41,11 +41,11 @@ def _say(text: str) -> None:
 
 
 def _final_step(run: Path) -> int | None:
-    latest = run / "checkpoints" / "latest"
-    if not latest.is_file():
+    from distill.checkpoint import find
+
+    if not (run / "checkpoints" / "latest").is_file():
         return None
-    meta = run / "checkpoints" / latest.read_text().strip() / "meta.json"
-    return json.loads(meta.read_text())["step"] if meta.is_file() else None
+    return json.loads((find(run) / "meta.json").read_text())["step"]
 
 
 def _train(name: str, config: Path, run: Path, overrides: list[str], nproc: int) -> None:

@@ -26,39 +26,10 @@ from pathlib import Path
 import yaml
 
 from distill.config import ConfigError, load_teacher_config
+from teachers.resolve import has_two_experts, transformer_folder
 
 SCHEDULER_CLASS = "FlowMatchEulerDiscreteScheduler"
 LORA_FILE = "pytorch_lora_weights.safetensors"
-
-
-# --- finding the checkpoint ------------------------------------------------------------------------------------
-def find_checkpoint(run: str | Path, checkpoint: str = "latest") -> Path:
-    """A checkpoint folder from a run folder (its `latest`, or the checkpoint named `checkpoint`) or itself."""
-    root = Path(run).expanduser()
-    if not root.is_dir():
-        raise ConfigError(f"export: {str(root)!r} does not exist or is not a folder; give a run folder (the `out` "
-                          f"of `distill train`) or one of its checkpoints/step-N folders")
-    if (root / "meta.json").is_file():
-        if checkpoint != "latest":
-            raise ConfigError(f"export: {str(root)!r} is already a checkpoint folder; --checkpoint {checkpoint!r} "
-                              f"applies to run folders only")
-        return root
-    ckpts = root / "checkpoints"
-    if checkpoint == "latest":
-        latest = ckpts / "latest"
-        if not latest.is_file():
-            raise ConfigError(f"export: no checkpoint under {str(root)!r} (neither a checkpoints/latest file nor a "
-                              f"meta.json); has `distill train` written a checkpoint there yet?")
-        folder = ckpts / latest.read_text().strip()
-        named_by = f"{str(latest)!r}"
-    else:
-        folder = ckpts / checkpoint
-        named_by = "--checkpoint"
-    if not (folder / "meta.json").is_file():
-        known = sorted(p.name for p in ckpts.glob("step-*") if (p / "meta.json").is_file()) if ckpts.is_dir() else []
-        raise ConfigError(f"export: checkpoint {str(folder)!r} named by {named_by} is missing or incomplete "
-                          f"(no meta.json); complete checkpoints there: {known}")
-    return folder
 
 
 def _read_checkpoint(folder: Path) -> tuple[dict, dict]:
@@ -106,9 +77,8 @@ def _lora_base(config: dict, teacher_folder: Path) -> Path:
     init = (config.get("student") or {}).get("init", "teacher")
     if init == "teacher":
         return teacher_folder / "transformer"
-    init = Path(init)
-    base = init / "transformer" if (init / "transformer" / "config.json").is_file() else init
-    if not (base / "config.json").is_file():
+    base = transformer_folder(init)
+    if base is None:
         raise ConfigError(f"export: the LoRA was trained on student.init {str(init)!r}, which is no longer a "
                           f"transformer folder (no config.json)")
     return base
@@ -227,7 +197,12 @@ def export(run: str | Path, out: Path, checkpoint: str = "latest", steps: int | 
     """Write the student of a run (its latest checkpoint, or `checkpoint`) as a diffusers Wan folder at `out`."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    folder = find_checkpoint(run, checkpoint)
+    from distill.checkpoint import find
+
+    try:
+        folder = find(run, checkpoint)
+    except ConfigError as err:
+        raise ConfigError(f"export: {err}") from None
     meta, config = _read_checkpoint(folder)
     lora = bool((config.get("student") or {}).get("lora"))
     sampler = dict(meta["sampler"])
@@ -242,8 +217,7 @@ def export(run: str | Path, out: Path, checkpoint: str = "latest", steps: int | 
                "shift": float(sampler["shift"])}
     tcfg, teacher = _teacher(meta, config, folder)
     index = json.loads((teacher / "model_index.json").read_text())
-    second = index.get("transformer_2")
-    if isinstance(second, list) and second and second[0] is not None:
+    if has_two_experts(teacher):
         raise ConfigError(f"export: teacher {meta['teacher']!r} has two expert DiTs (transformer_2); one student "
                           f"cannot replace both")
 

@@ -21,6 +21,8 @@ from diffusers import WanTransformer3DModel
 
 from distill.config import ConfigError
 from distill.train_config import TrainConfig, deepspeed_path
+from eval.harness import rank_world
+from teachers.resolve import has_two_experts, transformer_folder
 
 # Transformer config keys a student must share with its teacher to be trained against it.
 _SHAPE_KEYS = ("in_channels", "out_channels", "patch_size", "text_dim", "freq_dim")
@@ -94,9 +96,7 @@ def partition_frozen(module: torch.nn.Module, ds: dict):
 def check_student_source(cfg: TrainConfig, teacher_folder: Path) -> None:
     """Refuse, before any weights load, a teacher no single student can be made from, or a student init whose
     shape differs from the teacher's."""
-    index = json.loads((teacher_folder / "model_index.json").read_text())
-    second = index.get("transformer_2")
-    if isinstance(second, list) and second and second[0] is not None:
+    if has_two_experts(teacher_folder):
         raise ConfigError(f"teacher {cfg.teacher!r} has two expert DiTs (Wan 2.2 A14B: transformer and "
                           f"transformer_2); distilling both experts into one student is not supported yet")
     inits = [("student.init", cfg.student.init)]
@@ -110,11 +110,11 @@ def check_student_source(cfg: TrainConfig, teacher_folder: Path) -> None:
         if not folder.exists():
             raise ConfigError(f"{key}: {init!r} does not exist (give 'teacher', a diffusers transformer folder or a "
                               f"Wan folder such as a `distill export`)")
-        config = folder / "config.json" if (folder / "config.json").is_file() else folder / "transformer" / "config.json"
-        if not config.is_file():
+        dit = transformer_folder(folder)
+        if dit is None:
             raise ConfigError(f"{key}: {init!r} is neither a diffusers transformer folder nor a Wan folder "
                               f"(no config.json or transformer/config.json)")
-        theirs = json.loads(config.read_text())
+        theirs = json.loads((dit / "config.json").read_text())
         diff = {k: (theirs.get(k), ours.get(k)) for k in _SHAPE_KEYS if theirs.get(k) != ours.get(k)}
         if diff:
             raise ConfigError(f"{key}: {init!r} cannot be trained against teacher {cfg.teacher!r}: "
@@ -126,9 +126,7 @@ def build_student(cfg: TrainConfig, teacher_dit: torch.nn.Module) -> torch.nn.Mo
     if cfg.student.init == "teacher":
         student = copy.deepcopy(teacher_dit)
     else:
-        folder = Path(cfg.student.init)
-        sub = "transformer" if (folder / "transformer" / "config.json").is_file() else None
-        student = WanTransformer3DModel.from_pretrained(folder, subfolder=sub)
+        student = WanTransformer3DModel.from_pretrained(transformer_folder(cfg.student.init))
     # Master weights in fp32 whatever the teacher's dtype (DeepSpeed's bf16 mode keeps its own copy for compute).
     # diffusers warns on .to() for modules it prefers in fp32; they are fp32 here, so the warning is moot.
     with _quiet_diffusers():
@@ -169,9 +167,7 @@ def build_backbone(init: str, teacher_dit: torch.nn.Module, gradient_checkpointi
     if init == "teacher":
         backbone = copy.deepcopy(teacher_dit)
     else:
-        folder = Path(init)
-        sub = "transformer" if (folder / "transformer" / "config.json").is_file() else None
-        backbone = WanTransformer3DModel.from_pretrained(folder, subfolder=sub)
+        backbone = WanTransformer3DModel.from_pretrained(transformer_folder(init))
     with _quiet_diffusers():
         backbone = backbone.to(torch.float32).train().requires_grad_(True)
     if gradient_checkpointing:
@@ -211,7 +207,7 @@ def full_state_dict(module: torch.nn.Module, names: set[str] | None = None) -> d
     """The named weights gathered whole on rank 0 (a collective under ZeRO-3: every rank must call it);
     other ranks get an empty dict."""
     module = getattr(module, "module", module)
-    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    rank = rank_world()[0]
     out: dict[str, torch.Tensor] = {}
     for name, p in module.named_parameters():
         if names is not None and name not in names:

@@ -125,7 +125,10 @@ class Run:
         self.out = Path(cfg.out)
         self.resume_from, self.meta = None, {}
         if resume:
-            self.resume_from = checkpoint.find(resume, self.out)
+            try:
+                self.resume_from = checkpoint.find(self.out if resume == "latest" else resume)
+            except ConfigError as err:
+                raise ConfigError(f"--resume {resume}: {err}") from None
             self.meta = checkpoint.check_compatible(self.resume_from, cfg, int(os.environ.get("WORLD_SIZE", "1")))
         elif (self.out / "checkpoints" / "latest").is_file():
             raise ConfigError(f"out: {str(self.out)!r} already holds a run; pass --resume latest to continue it, "

@@ -31,14 +31,15 @@ RealClips = Callable[[str, int], np.ndarray]  # (prompt, seed) -> uint8 [T, H, W
 
 
 # --- distributed sampling: each rank takes every world-th item; rank 0 gathers (results equal one process) ----
-def _dist():
+def rank_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
 
 
-def _gather(local: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
-    rank, world = _dist()
+def gather_dict(local: dict) -> dict:
+    """Every rank's dict merged, on every rank."""
+    rank, world = rank_world()
     if world == 1:
         return local
     parts = [None] * world
@@ -156,7 +157,7 @@ class Harness:
     # --- sampling with a per-clip cache -------------------------------------------------------------------------
     def clips(self, cand: Candidate, items: list[tuple[str, int]], desc: str) -> np.ndarray:
         s = self.suite
-        rank, world = _dist()
+        rank, world = rank_world()
         keys = [cand.cache_key(p, seed, s.frames, s.height, s.width) for p, seed in items]
         paths = [self.cache_dir / f"{k}.npy" for k in keys]
         todo = [i for i, path in enumerate(paths) if not path.is_file() and i % world == rank]
@@ -168,7 +169,7 @@ class Harness:
                                  s.width)
             for i, video in zip(chunk, videos):
                 made[i] = video
-        made = _gather(made)
+        made = gather_dict(made)
         if rank == 0:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             for i, video in made.items():
@@ -229,7 +230,7 @@ class Harness:
         return out, detector.features(v).numpy()
 
     def run(self, specs: list[ModelSpec]) -> dict:
-        s, rank = self.suite, _dist()[0]
+        s, rank = self.suite, rank_world()[0]
         ref = self.reference()
         specs = [ref] + [m for m in specs if m.name != ref.name]
         names = [m.name for m in specs]

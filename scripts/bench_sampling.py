@@ -22,7 +22,6 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -30,6 +29,8 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from distill.config import load_teacher_config  # noqa: E402
+from eval.harness import Candidate  # noqa: E402
+from eval.suite import ModelSpec  # noqa: E402
 from teachers.wan import WanTeacher  # noqa: E402
 
 
@@ -44,27 +45,14 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_clip(teacher: WanTeacher, prompt: str, seed: int, steps: int, sampler: str, guidance: float, shift: float,
               negative: str, video) -> dict[str, float]:
-    dev = teacher.device
-    sync(dev)
-    t0 = time.perf_counter()
-    cond = teacher.encode([prompt], negative if guidance > 1 else None)
-    sync(dev)
-    t1 = time.perf_counter()
-    latents = teacher.sample([prompt], steps=steps, guidance=guidance, shift=shift, seed=seed, sampler=sampler,
-                             frames=video.frames, height=video.height, width=video.width, cond=cond)
-    sync(dev)
-    t2 = time.perf_counter()
-    teacher.decode(latents)
-    sync(dev)
-    t3 = time.perf_counter()
-    return {"text_s": t1 - t0, "denoise_s": t2 - t1, "decode_s": t3 - t2, "total_s": t3 - t0}
+    """text / denoise / decode / total seconds of one clip, timed by the eval harness's own sampler (synchronised)."""
+    spec = ModelSpec(name="bench", source="bench", steps=steps, sampler=sampler, guidance=guidance, shift=shift)
+    timing: dict = {}
+    Candidate(spec, teacher, steps, sampler, guidance, shift, negative, "").sample(
+        [prompt], [seed], video.frames, video.height, video.width, timing)
+    return timing
 
 
 def measure(teacher, steps, sampler, guidance, shift, negative, video, args) -> dict:

@@ -94,3 +94,19 @@ def checkpoint_defaults(source: str) -> dict:
     folder = resolve(source)
     path = folder / DEFAULTS_FILE
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def has_two_experts(folder: Path) -> bool:
+    """Whether a Wan folder holds two expert DiTs (Wan 2.2 A14B: `transformer` and `transformer_2`)."""
+    second = json.loads((Path(folder) / "model_index.json").read_text()).get("transformer_2")
+    return isinstance(second, list) and bool(second) and second[0] is not None
+
+
+def transformer_folder(path: str | Path) -> Path | None:
+    """The DiT's folder inside a Wan pipeline folder, or `path` itself when it is a transformer folder; None when
+    it is neither (no config.json there)."""
+    path = Path(path)
+    for candidate in (path / "transformer", path):
+        if (candidate / "config.json").is_file():
+            return candidate
+    return None
