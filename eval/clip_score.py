@@ -8,8 +8,8 @@ Backends:
 
 Frames: `frames` sampled uniformly over the clip. The domain CLIP reads *motion-history frames*: frame t with
 fading copies of the few frames before it behind it, so that a single image shows which way and how fast the shape
-moves (the toy captions name a direction and a speed, which no single raw frame can show). Standard backends read
-raw frames. The frame mode is part of a backend's stored config.
+moves (the toy captions name a direction and a speed, which no single raw frame can show); its frames are spread
+over those with a full trail behind them. Standard backends read raw frames. The frame mode is part of a backend's stored config.
 """
 
 from __future__ import annotations
@@ -31,19 +31,26 @@ TRAIL_STRIDE = 2
 
 
 def motion_history(video: torch.Tensor, index: int) -> torch.Tensor:
-    """Frame `index` of a float video [T, H, W, 3] with a fading trail of earlier frames (the older, the fainter)
-    composited under it: where the current frame matches its own background the trail shows through."""
+    """Frame `index` of a float video [T, H, W, 3] with a trail of earlier frames (every TRAIL_STRIDE-th frame,
+    TRAIL of them, the older the fainter) composited under it: where the current frame matches its own background
+    the trail shows through. The trail's side gives the direction of travel and its length the speed."""
     frame = video[index]
     out = frame.clone()
     background = frame.reshape(-1, 3).median(dim=0).values
     for k in range(TRAIL, 0, -1):
-        j = max(index - k * TRAIL_STRIDE, 0)
-        past = video[j]
-        alpha = 0.5 * (1 - k / (TRAIL + 1))
+        past = video[max(index - k * TRAIL_STRIDE, 0)]
+        alpha = 0.5 - 0.05 * k
         moved = (past - background).abs().sum(-1, keepdim=True) > 0.25
         out = torch.where(moved, (1 - alpha) * background + alpha * past, out)
     current = (frame - background).abs().sum(-1, keepdim=True) > 0.25
     return torch.where(current, frame, out)
+
+
+def motion_history_indices(n_frames: int, k: int) -> torch.Tensor:
+    """k frames spread uniformly over those that have a full trail behind them (all frames of a clip too short
+    for one): a frame near the start has no history, so it would show neither direction nor speed."""
+    first = TRAIL * TRAIL_STRIDE if n_frames > TRAIL * TRAIL_STRIDE else 0
+    return first + uniform_frame_indices(n_frames - first, min(k, n_frames - first))
 
 
 @dataclass
@@ -100,9 +107,10 @@ class ClipBackend:
         """uint8 [T, H, W, 3] -> k preprocessed images [k, 3, S, S] (resize shorter side, centre crop,
         normalise: CLIP's eval preprocessing, done on tensors)."""
         v = video.float() / 255.0
-        idx = uniform_frame_indices(len(v), min(k, len(v))).tolist()
-        frames = torch.stack([motion_history(v, int(i)) if self.frame_mode == "motion_history" else v[int(i)]
-                              for i in idx])
+        if self.frame_mode == "motion_history":
+            frames = torch.stack([motion_history(v, int(i)) for i in motion_history_indices(len(v), k)])
+        else:
+            frames = v[uniform_frame_indices(len(v), min(k, len(v)))]
         x = frames.permute(0, 3, 1, 2)
         h, w = x.shape[-2:]
         scale = self.image_size / min(h, w)

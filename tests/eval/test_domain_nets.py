@@ -29,9 +29,7 @@ def test_domain_clip_ranks_the_true_caption_first(clip, held_out):
     scores = clip.score_matrix(videos, suite)
     truth = torch.tensor([suite.index(c) for c in captions])
     top1 = float((scores.argmax(1) == truth).double().mean())
-    # The eval issue's goal is >= 90%; the shipped domain CLIP measures 84.5% here (see docs/eval.md). This bar
-    # guards what it does today; raise it to 0.90 with a better-trained domain CLIP.
-    assert top1 >= 0.80, f"true caption ranked first for {top1:.1%} of held-out clips"
+    assert top1 >= 0.90, f"true caption ranked first for {top1:.1%} of held-out clips"
     assert top1 > 5 / len(suite)  # and far above chance
 
 
