@@ -136,9 +136,11 @@ def find(run: str | Path, checkpoint: str = "latest") -> Path:
     return folder
 
 
-def check_compatible(folder: Path, cfg: TrainConfig, world_size: int) -> dict:
-    """Refuse to resume from a checkpoint of a different config (naming the keys that differ)."""
+def check_compatible(folder: Path, cfg: TrainConfig, world_size: int, teacher_hash: str | None = None) -> dict:
+    """Refuse to resume from a checkpoint of a different config (naming the keys that differ), of another world
+    size, or trained against other teacher weights (`teacher_hash`: the teacher folder's `checkpoint_hash`)."""
     meta = json.loads((folder / "meta.json").read_text())
+    check_teacher(folder, meta, teacher_hash, "--resume")
     if meta["fingerprint"] != fingerprint_hash(cfg):
         saved = TrainConfig.model_validate(yaml.safe_load((folder / "config.yaml").read_text()))
         a, b = fingerprint(saved), fingerprint(cfg)
@@ -155,3 +157,11 @@ def check_compatible(folder: Path, cfg: TrainConfig, world_size: int) -> dict:
 
 def load_rng(folder: Path, generator: torch.Generator) -> None:
     set_rng_state(load_file(folder / "rng" / f"rank{_rank()}.safetensors"), generator)
+
+
+def check_teacher(folder: Path, meta: dict, teacher_hash: str | None, what: str) -> None:
+    """A student belongs to the teacher weights it was distilled from: same name, other weights is refused."""
+    if teacher_hash is not None and meta.get("teacher_hash") not in (None, teacher_hash):
+        raise ConfigError(f"{what}: checkpoint {str(folder)!r} was distilled from teacher {meta.get('teacher')!r} "
+                          f"with weights hash {meta['teacher_hash']}, but that teacher now hashes {teacher_hash} "
+                          f"(its weights or configs changed); start a new run folder")

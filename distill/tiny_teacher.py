@@ -22,13 +22,16 @@ SPECIAL = ["<pad>", "</s>", "<unk>"]
 
 @dataclass
 class TinyWanSpec:
-    """Sizes of the tiny teacher (defaults: about 2 M parameters in all, a few MB in fp32)."""
+    """Sizes of the tiny teacher (defaults: about 3.5 M parameters in all, 14 MB in fp32)."""
 
     text_dim: int = 32
     text_layers: int = 2
     text_heads: int = 4
-    vae_base_dim: int = 8
-    vae_z_dim: int = 16
+    vae_base_dim: int = 16
+    vae_z_dim: int = 8
+    vae_dim_mult: tuple[int, ...] = (1, 2, 4)  # two down-sampling stages: 4x spatial compression
+    vae_temporal_downsample: tuple[bool, ...] = (True, True)  # both stages halve time: 4x temporal (4k+1 frames)
+    dit_patch: tuple[int, int, int] = (1, 4, 4)
     dit_heads: int = 4
     dit_head_dim: int = 32
     dit_ffn: int = 384
@@ -61,10 +64,13 @@ def build_components(spec: TinyWanSpec, seed: int = 0) -> dict:
         relative_attention_num_buckets=8, dropout_rate=0.0, pad_token_id=0, eos_token_id=1,
         decoder_start_token_id=0))
     z = spec.vae_z_dim
-    vae = AutoencoderKLWan(base_dim=spec.vae_base_dim, z_dim=z, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
-                           temperal_downsample=[False, True, True], latents_mean=[0.0] * z, latents_std=[1.0] * z)
+    vae = AutoencoderKLWan(base_dim=spec.vae_base_dim, z_dim=z, dim_mult=list(spec.vae_dim_mult), num_res_blocks=1,
+                           temperal_downsample=list(spec.vae_temporal_downsample),
+                           scale_factor_spatial=2 ** len(spec.vae_temporal_downsample),
+                           scale_factor_temporal=2 ** sum(spec.vae_temporal_downsample),
+                           latents_mean=[0.0] * z, latents_std=[1.0] * z)
     transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=spec.dit_heads, attention_head_dim=spec.dit_head_dim,
+        patch_size=tuple(spec.dit_patch), num_attention_heads=spec.dit_heads, attention_head_dim=spec.dit_head_dim,
         in_channels=z, out_channels=z, text_dim=spec.text_dim, freq_dim=64, ffn_dim=spec.dit_ffn,
         num_layers=spec.dit_layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6,
         rope_max_seq_len=1024)

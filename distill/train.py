@@ -123,13 +123,15 @@ class Run:
         self.tcfg, folder, self.ds = preflight(cfg)
         self.recipe = make_recipe(cfg, self.tcfg)
         self.out = Path(cfg.out)
+        self.teacher_hash = checkpoint_hash(folder)
         self.resume_from, self.meta = None, {}
         if resume:
             try:
                 self.resume_from = checkpoint.find(self.out if resume == "latest" else resume)
             except ConfigError as err:
                 raise ConfigError(f"--resume {resume}: {err}") from None
-            self.meta = checkpoint.check_compatible(self.resume_from, cfg, int(os.environ.get("WORLD_SIZE", "1")))
+            self.meta = checkpoint.check_compatible(self.resume_from, cfg, int(os.environ.get("WORLD_SIZE", "1")),
+                                                    self.teacher_hash)
         elif (self.out / "checkpoints" / "latest").is_file():
             raise ConfigError(f"out: {str(self.out)!r} already holds a run; pass --resume latest to continue it, "
                               f"or choose another out=")
@@ -143,7 +145,6 @@ class Run:
         self.teacher = WanTeacher.from_pretrained(t.source, dtype=t.dtype, device=str(self.device),
                                                   revision=t.revision, max_sequence_length=t.max_sequence_length)
         cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else self.out / "cache"
-        self.teacher_hash = checkpoint_hash(folder)
         self.data = TrainData(cfg.data, self.teacher, t, self.teacher_hash, cache, progress)
         self.validation_prompts = cfg.train.validation_prompts or sorted(set(self.data.prompts))[:4]
         if cfg.data.cache_text:

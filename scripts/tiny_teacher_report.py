@@ -6,8 +6,9 @@
 Each clip is read back with the toy world's network-free reader (distill.toyworld.read_clip): the share of clips
 showing the prompted shape, colour, background, direction and speed, and the palette error (mean distance in RGB
 units of each pixel to the nearer of the clip's two colours; clean renders score ~0.4). Ground-truth renders of
-the same prompts are scored the same way as the reference. Writes docs/tiny-teacher.json and
-docs/tiny-teacher-grid.png.
+the same prompts are scored the same way as the reference, with the VAE's round trip of them (the ceiling the
+VAE leaves) and 50-step clips of as many *trained* prompts (does the DiT draw an attribute at all, or only fail
+to compose it?). Writes docs/tiny-teacher.json and docs/tiny-teacher-grid.png.
 """
 
 from __future__ import annotations
@@ -53,6 +54,22 @@ def write_report(teacher_ref: str, docs: Path, device: str = "cpu", seed: int = 
                          "seconds_per_clip": (time.time() - started) / len(prompts)}
     truth = np.stack([toyworld.render(toyworld.parse_caption(p), s) for p, s in zip(prompts, seeds)])
     results["ground truth render"] = toyworld.attribute_accuracy(truth, prompts)
+    # the ceiling the VAE leaves: its round trip of the same renders
+    with torch.no_grad():
+        pixels = torch.from_numpy(truth).permute(0, 4, 1, 2, 3).float().to(teacher.device) / 127.5 - 1
+        rec = teacher.vae.decode(teacher.vae.encode(pixels).latent_dist.mode()).sample
+    rec = ((rec.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu().numpy()
+    results["VAE round trip of the renders"] = toyworld.attribute_accuracy(rec, prompts)
+    # seen combinations: does the DiT draw an attribute at all, or only fail to compose it?
+    train = toyworld.prompt_suite("train").prompts[::len(toyworld.prompt_suite("train").prompts) // len(prompts)]
+    train = train[:len(prompts)]
+    out = []
+    for i in range(0, len(train), batch):
+        lat = teacher.sample(train[i:i + batch], steps=50, sampler="unipc", guidance=cfg.sampler.guidance,
+                             shift=cfg.sampler.shift, seed=seeds[i:i + batch], negative=cfg.negative_prompt,
+                             frames=v.frames, height=v.height, width=v.width)
+        out.append(teacher.decode(lat).numpy())
+    results["teacher@50 unipc cfg, train prompts"] = toyworld.attribute_accuracy(np.concatenate(out), train)
 
     show = list(range(0, len(prompts), max(1, len(prompts) // 6)))[:6]
     rows, labels = [], []
@@ -68,7 +85,7 @@ def write_report(teacher_ref: str, docs: Path, device: str = "cpu", seed: int = 
               "torch_threads": torch.get_num_threads(), "results": results}
     (docs / "tiny-teacher.json").write_text(json.dumps(report, indent=2) + "\n")
     for name, r in results.items():
-        print(f"{name:24s} all {r['all']:.3f}  shape {r['shape']:.2f} colour {r['colour']:.2f} "
+        print(f"{name:38s} all {r['all']:.3f}  shape {r['shape']:.2f} colour {r['colour']:.2f} "
               f"bg {r['background']:.2f} dir {r['direction']:.2f} speed {r['speed']:.2f}  "
               f"palette error {r['palette_error']:.1f}")
     return report

@@ -4,7 +4,8 @@
     python scripts/train_tiny_teacher.py --out teachers/builtin/tiny-wan      # or: make teacher
 
 Stages, each checkpointed under --work so that a killed run continues where it stopped (re-run the command):
-  1. vae      train the tiny AutoencoderKLWan on short toy clips, 5 frames (shape-weighted L1 + MSE, small KL)
+  1. vae      train the tiny AutoencoderKLWan on 5-frame 32x32 crops around the shape (shape-weighted L1 + MSE
+              on the unclamped decoder output, small KL)
   2. decoder  train the VAE decoder on whole 17-frame clips, encoder frozen (the causal decoder's path across
               4-frame chunks needs clips longer than one chunk)
   3. latents  encode the training clips; per-channel latent mean/std go into the VAE config as Wan expects
@@ -37,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from distill import toyworld  # noqa: E402
 from distill.tiny_teacher import TinyWanSpec, build_components  # noqa: E402
 
-MAX_SEQ = 64  # text length the tiny teacher is trained and sampled with (recorded in distill_teacher.json)
+MAX_SEQ = 16  # text length the tiny teacher is trained and sampled with (recorded in distill_teacher.json)
 
 
 def log(msg: str) -> None:
@@ -79,6 +80,21 @@ def to_pixels(video: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(video).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
 
 
+def decode_for_training(vae, z: torch.Tensor) -> torch.Tensor:
+    """`vae.decode(z).sample` without its final clamp to [-1, 1]: the clamp has no gradient, so a pixel that
+    overshoots (the white and black backgrounds sit at +-0.88) would stop learning. The same frame-by-frame
+    causal decode as diffusers' `AutoencoderKLWan._decode`."""
+    vae.clear_cache()
+    x = vae.post_quant_conv(z)
+    frames = []
+    for i in range(x.shape[2]):
+        vae._conv_idx = [0]
+        frames.append(vae.decoder(x[:, :, i:i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx,
+                                  first_chunk=i == 0))
+    vae.clear_cache()
+    return torch.cat(frames, dim=2)
+
+
 def reconstruction_loss(rec: torch.Tensor, x: torch.Tensor, object_weight: float) -> torch.Tensor:
     """L1 + MSE with the shape's pixels weighted up: the shape covers ~5% of a frame, and an unweighted loss is
     content to paint the background alone."""
@@ -89,14 +105,31 @@ def reconstruction_loss(rec: torch.Tensor, x: torch.Tensor, object_weight: float
     return ((rec - x).abs() * weight).mean() + ((rec - x).pow(2) * weight).mean()
 
 
-def batch_of_clips(rng: np.random.Generator, n: int, frames: int) -> np.ndarray:
+def batch_of_clips(rng: np.random.Generator, n: int, frames: int, crop: int = 0) -> np.ndarray:
+    """n random training clips, `frames` long; with `crop`, a crop x crop window around the shape, half of them
+    touching a frame's edge (so the decoder also learns the edge) -- a quarter of the pixels of a full frame at
+    32, and the shape is what there is to learn (convolutions do not care where the window was)."""
     attrs = toyworld.train_attributes()
     clips = []
     for _ in range(n):
         a = attrs[rng.integers(len(attrs))]
         clip = toyworld.render(a, int(rng.integers(2**31)))
         start = int(rng.integers(0, toyworld.FRAMES - frames + 1))
-        clips.append(clip[start:start + frames])
+        clip = clip[start:start + frames]
+        if crop:
+            h, w = clip.shape[1:3]
+            background = np.median(clip[0, 0], axis=0)
+            ys, xs = np.nonzero(np.abs(clip[frames // 2].astype(int) - background).sum(-1) > 30)
+            cy, cx = (ys.mean(), xs.mean()) if len(ys) else (h / 2, w / 2)
+            jitter = rng.integers(-crop // 4, crop // 4 + 1, size=2)
+            top = int(np.clip(cy - crop / 2 + jitter[0], 0, h - crop))
+            left = int(np.clip(cx - crop / 2 + jitter[1], 0, w - crop))
+            if rng.random() < 0.5:  # snap to the nearer edges
+                top = 0 if top < h - crop - top else h - crop
+            if rng.random() < 0.5:
+                left = 0 if left < w - crop - left else w - crop
+            clip = clip[:, top:top + crop, left:left + crop]
+        clips.append(clip)
     return np.stack(clips)
 
 
@@ -112,11 +145,11 @@ def train_vae(vae, args, work: Path) -> None:
         lr = args.vae_lr * (0.1 if step >= 0.8 * args.vae_steps else 1.0)
         for g in opt.param_groups:
             g["lr"] = lr
-        x = to_pixels(batch_of_clips(rng, args.vae_batch, args.vae_frames)).to(args.device)
+        x = to_pixels(batch_of_clips(rng, args.vae_batch, args.vae_frames, args.vae_crop)).to(args.device)
         post = vae.encode(x).latent_dist
         # The posterior mean, not a sample: the DiT learns from mode() latents, and sampling at the initial unit
         # variance drowns the shape's small signal for hundreds of steps (the KL term keeps the variance bounded).
-        rec = vae.decode(post.mode()).sample
+        rec = decode_for_training(vae, post.mode())
         kl = post.kl().mean() / x[0].numel()
         loss = reconstruction_loss(rec, x, args.object_weight) + args.vae_kl * kl
         opt.zero_grad(set_to_none=True)
@@ -153,7 +186,7 @@ def finetune_decoder(vae, args, work: Path) -> None:
         x = to_pixels(batch_of_clips(rng, args.decoder_batch, toyworld.FRAMES)).to(args.device)
         with torch.no_grad():
             z = vae.encode(x).latent_dist.mode()
-        rec = vae.decode(z).sample
+        rec = decode_for_training(vae, z)
         loss = reconstruction_loss(rec, x, args.object_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -315,19 +348,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--vae-steps", type=int, default=600)
-    p.add_argument("--vae-batch", type=int, default=8)
+    p.add_argument("--vae-steps", type=int, default=900)
+    p.add_argument("--vae-batch", type=int, default=16)
     p.add_argument("--vae-frames", type=int, default=5, help="clip length the VAE trains on (4k+1)")
-    p.add_argument("--vae-lr", type=float, default=1e-3)
+    p.add_argument("--vae-lr", type=float, default=2e-3)
+    p.add_argument("--vae-crop", type=int, default=32, help="square crop around the shape (0: whole frames)")
     p.add_argument("--vae-kl", type=float, default=1e-4)
     p.add_argument("--object-weight", type=float, default=10.0, help="loss weight of the shape's pixels")
-    p.add_argument("--decoder-steps", type=int, default=300)
+    p.add_argument("--decoder-steps", type=int, default=200)
     p.add_argument("--decoder-batch", type=int, default=4)
     p.add_argument("--decoder-lr", type=float, default=5e-4)
     p.add_argument("--n-clips", type=int, default=2400)
     p.add_argument("--dit-steps", type=int, default=3500)
     p.add_argument("--dit-batch", type=int, default=32)
-    p.add_argument("--dit-lr", type=float, default=6e-4)
+    p.add_argument("--dit-lr", type=float, default=1e-3)
     p.add_argument("--caption-dropout", type=float, default=0.1)
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--save-every", type=int, default=250)

@@ -35,3 +35,11 @@ def test_demo_runs_every_stage_and_reuses_finished_ones(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("done already") == 4  # both trainings and both exports
     assert "training" not in again.stdout
+
+    # a stage distilled from other teacher weights (say, before the teacher was re-made) is not silently reused
+    meta_path = out / "consistency" / "checkpoints" / "step-000004" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "teacher_hash": "0000000000000000"}))
+    stale = demo(out)
+    assert stale.returncode == 2
+    assert "hash 0000000000000000" in stale.stderr and str(out / "consistency") in stale.stderr
