@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--decoder-batch", type=int, default=4)
     p.add_argument("--decoder-lr", type=float, default=5e-4)
     p.add_argument("--n-clips", type=int, default=2400)
-    p.add_argument("--dit-steps", type=int, default=3500)
+    p.add_argument("--dit-steps", type=int, default=6000)
     p.add_argument("--dit-batch", type=int, default=32)
     p.add_argument("--dit-lr", type=float, default=1e-3)
     p.add_argument("--caption-dropout", type=float, default=0.1)
