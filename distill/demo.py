@@ -40,34 +40,37 @@ def _say(text: str) -> None:
     print(f"\n==> {text}", flush=True)
 
 
-def _final_step(run: Path) -> int | None:
+def _final_meta(run: Path) -> tuple[Path, dict] | None:
+    """The run's latest checkpoint folder and its meta.json, or None before its first checkpoint."""
     from distill.checkpoint import find
 
     if not (run / "checkpoints" / "latest").is_file():
         return None
-    return json.loads((find(run) / "meta.json").read_text())["step"]
+    folder = find(run)
+    return folder, json.loads((folder / "meta.json").read_text())
 
 
-def _check_teacher(run: Path, cfg) -> None:
+def _check_teacher(run: Path, folder: Path, meta: dict, cfg) -> None:
     """A finished or partial stage is reused only when it was distilled from today's teacher weights."""
-    from distill.checkpoint import check_teacher, find
+    from distill.checkpoint import check_teacher
     from distill.config import load_teacher_config
     from eval.harness import checkpoint_hash
     from teachers.resolve import resolve
 
     tcfg = load_teacher_config(cfg.teacher)
-    folder = find(run)
-    check_teacher(folder, json.loads((folder / "meta.json").read_text()),
-                  checkpoint_hash(resolve(tcfg.source, tcfg.revision)), f"demo (pass another --out, or remove {run})")
+    check_teacher(folder, meta, checkpoint_hash(resolve(tcfg.source, tcfg.revision)),
+                  f"demo (pass another --out, or remove {run})")
 
 
 def _train(name: str, config: Path, run: Path, overrides: list[str], nproc: int) -> None:
     from distill.train_config import load_train_config
 
     cfg = load_train_config(config, [*overrides, f"out={run}"])
-    done = _final_step(run)
-    if done is not None:
-        _check_teacher(run, cfg)
+    final = _final_meta(run)
+    done = None
+    if final is not None:
+        _check_teacher(run, *final, cfg)
+        done = final[1]["step"]
     if done is not None and done >= cfg.train.steps:
         _say(f"{name}: done already ({run}, step {done})")
         return

@@ -8,6 +8,7 @@ never see them in training, and the held-out prompt suite is made only of them.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import random
 from dataclasses import asdict, dataclass
@@ -225,14 +226,20 @@ def _coverage(shape: str, cx: float, cy: float, r: float, h: int, w: int) -> np.
     return _shape_mask(shape, cx * s, cy * s, r * s, h * s, w * s).reshape(h, s, w, s).mean(axis=(1, 3))
 
 
+@functools.cache
+def _unit_shape(shape: str) -> tuple[float, float, float]:
+    """The shape at radius 1: its area and its centroid's offset (y, x) from its centre."""
+    ref = _coverage(shape, 40.0, 40.0, 10.0, 80, 80)  # radius 10 at (40, 40), scaled down by 10
+    ys, xs = np.mgrid[0:80, 0:80] + 0.5
+    return (float(ref.sum()) / 100.0, ((ys * ref).sum() / ref.sum() - 40.0) / 10.0,
+            ((xs * ref).sum() / ref.sum() - 40.0) / 10.0)
+
+
 def _template(shape: str, area: float, cx: float, cy: float, h: int, w: int) -> np.ndarray:
     """The shape's coverage with the given area (in pixels), its centroid at (cx, cy)."""
-    ref = _coverage(shape, 40.0, 40.0, 10.0, 80, 80)  # radius 10 at (40, 40)
-    r = 10.0 * np.sqrt(area / max(ref.sum(), 1e-6))
-    ys, xs = np.mgrid[0:80, 0:80] + 0.5
-    oy = ((ys * ref).sum() / ref.sum() - 40.0) * r / 10.0  # centroid - centre, scaled to radius r
-    ox = ((xs * ref).sum() / ref.sum() - 40.0) * r / 10.0
-    return _coverage(shape, cx - ox, cy - oy, r, h, w)
+    unit_area, oy, ox = _unit_shape(shape)
+    r = np.sqrt(area / unit_area)
+    return _coverage(shape, cx - ox * r, cy - oy * r, r, h, w)
 
 
 def _read_shape(objectness: np.ndarray) -> str | None:

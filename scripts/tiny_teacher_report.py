@@ -61,8 +61,8 @@ def write_report(teacher_ref: str, docs: Path, device: str = "cpu", seed: int = 
     rec = ((rec.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu().numpy()
     results["VAE round trip of the renders"] = toyworld.attribute_accuracy(rec, prompts)
     # seen combinations: does the DiT draw an attribute at all, or only fail to compose it?
-    train = toyworld.prompt_suite("train").prompts[::len(toyworld.prompt_suite("train").prompts) // len(prompts)]
-    train = train[:len(prompts)]
+    trained = toyworld.prompt_suite("train").prompts
+    train = trained[::len(trained) // len(prompts)][:len(prompts)]
     out = []
     for i in range(0, len(train), batch):
         lat = teacher.sample(train[i:i + batch], steps=50, sampler="unipc", guidance=cfg.sampler.guidance,
