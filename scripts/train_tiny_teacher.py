@@ -9,8 +9,9 @@ Stages, each checkpointed under --work so that a killed run continues where it s
   2. decoder  train the VAE decoder on whole 17-frame clips, encoder frozen (the causal decoder's path across
               4-frame chunks needs clips longer than one chunk)
   3. latents  encode the training clips; per-channel latent mean/std go into the VAE config as Wan expects
-  4. dit      train the tiny WanTransformer3DModel with the flow-matching objective (v = noise - x0) at noise
-              levels t = shift(u, 3), u ~ U(0, 1), 10% caption dropout to the empty prompt (for CFG), EMA
+  4. dit      train the tiny WanTransformer3DModel (2x2 latent patches: 320 tokens) with the flow-matching
+              objective (v = noise - x0) at noise levels t = shift(u, 3), u ~ U(0, 1), 10% caption dropout to the
+              empty prompt (for CFG), EMA
   5. export   save the pipeline with save_pretrained (safetensors) plus distill_teacher.json (sampler defaults)
   6. report   sample held-out prompts at 50 UniPC steps and 4 Euler steps, read the clips back with the toy-world
               reader, write docs/tiny-teacher.json and the frame grid docs/tiny-teacher-grid.png
@@ -359,8 +360,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--decoder-batch", type=int, default=4)
     p.add_argument("--decoder-lr", type=float, default=5e-4)
     p.add_argument("--n-clips", type=int, default=2400)
-    p.add_argument("--dit-steps", type=int, default=6000)
-    p.add_argument("--dit-batch", type=int, default=32)
+    spec_defaults = TinyWanSpec()
+    p.add_argument("--dit-patch", type=int, default=spec_defaults.dit_patch[-1],
+                   help="spatial patch of the DiT, in latent cells (tokens per clip: 5 x (16 / patch)^2)")
+    p.add_argument("--dit-layers", type=int, default=spec_defaults.dit_layers)
+    p.add_argument("--dit-ffn", type=int, default=spec_defaults.dit_ffn)
+    p.add_argument("--dit-steps", type=int, default=5000)
+    p.add_argument("--dit-batch", type=int, default=16)
     p.add_argument("--dit-lr", type=float, default=1e-3)
     p.add_argument("--caption-dropout", type=float, default=0.1)
     p.add_argument("--ema", type=float, default=0.999)
@@ -373,7 +379,8 @@ def main(argv: list[str] | None = None) -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.time()
 
-    spec = TinyWanSpec()
+    spec = TinyWanSpec(dit_patch=(1, args.dit_patch, args.dit_patch), dit_layers=args.dit_layers,
+                       dit_ffn=args.dit_ffn)
     parts = build_components(spec, seed=args.seed)
     for name in ("text_encoder", "vae", "transformer"):
         parts[name].to(args.device)

@@ -12,11 +12,12 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def untrained_wan(tmp_path_factory):
-    """A real, untrained tiny WanPipeline folder (seeded): for tests of plumbing, not of quality."""
+    """A real, untrained tiny WanPipeline folder (seeded): for tests of plumbing, not of quality (4x4 patches and
+    two layers keep it cheap)."""
     from diffusers import WanPipeline
 
     from distill.tiny_teacher import TinyWanSpec, build_components
 
     folder = tmp_path_factory.mktemp("untrained-wan")
-    WanPipeline(**build_components(TinyWanSpec(dit_layers=2), seed=0)).save_pretrained(folder)
+    WanPipeline(**build_components(TinyWanSpec(dit_patch=(1, 4, 4), dit_layers=2), seed=0)).save_pretrained(folder)
     return folder

@@ -65,21 +65,22 @@ def worker(tmp: Path, config: Path, *overrides) -> dict:
 
 @pytest.mark.parametrize("stage", ["zero2", "zero3"])
 def test_two_ranks_train_and_agree(tmp_path, stage):
-    config = write_config(tmp_path, deepspeed=stage, optim={"lr": 1e-3}, train={"steps": 30, "checkpoint_every": 30})
+    config = write_config(tmp_path, deepspeed=stage, optim={"lr": 1e-3}, train={"steps": 40, "checkpoint_every": 40})
     report = worker(tmp_path, config)
     run = tmp_path / "run"
     trace = losses(run)
-    first, last = [trace[s] for s in range(1, 11)], [trace[s] for s in range(21, 31)]
+    # a student that starts as the teacher starts with a small, noisy loss: compare ten-step sums
+    first, last = [trace[s] for s in range(1, 11)], [trace[s] for s in range(31, 41)]
     assert sum(last) < 0.8 * sum(first), (first, last)
     # Every rank holds the same student and the same EMA after the steps.
     assert len({r["digest"] for r in report["ranks"]}) == 1
     assert len({r["ema_digest"] for r in report["ranks"]}) == 1
     assert len(report["changed"]) == len(report["all_weights"])  # full fine-tuning moves every weight
-    ckpt = run / "checkpoints" / "step-000030"
-    assert (run / "checkpoints" / "latest").read_text().strip() == "step-000030"
+    ckpt = run / "checkpoints" / "step-000040"
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step-000040"
     assert (ckpt / "student" / "diffusion_pytorch_model.safetensors").is_file()
     assert sorted(p.name for p in (ckpt / "rng").iterdir()) == ["rank0.safetensors", "rank1.safetensors"]
-    assert len(list((run / "validation" / "step-000030").glob("*.mp4"))) == 1
+    assert len(list((run / "validation" / "step-000040").glob("*.mp4"))) == 1
 
 
 def test_lora_trains_only_adapter_weights(tmp_path):

@@ -56,5 +56,5 @@ def test_shipped_teacher_is_small_and_loads_with_stock_pipeline(tiny):
     folder = resolve(cfg.source)
     size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
     assert size <= 25e6, f"built-in teacher is {size / 1e6:.1f} MB"
-    assert type(stock).__name__ == "WanPipeline" and tuple(stock.transformer.config.patch_size) == (1, 4, 4)
+    assert type(stock).__name__ == "WanPipeline" and tuple(stock.transformer.config.patch_size) == (1, 2, 2)
     assert not list(folder.rglob("*.bin")) and list(folder.rglob("*.safetensors"))
