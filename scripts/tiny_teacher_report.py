@@ -41,35 +41,31 @@ def write_report(teacher_ref: str, docs: Path, device: str = "cpu", seed: int = 
         "teacher@50 unipc cfg": dict(steps=50, sampler="unipc"),
         "teacher@4 euler cfg": dict(steps=4, sampler="euler"),
     }
+
+    def sample(suite: list[str], steps: int, sampler: str) -> np.ndarray:
+        out = []
+        for i in range(0, len(suite), batch):
+            lat = teacher.sample(suite[i:i + batch], steps=steps, sampler=sampler, guidance=cfg.sampler.guidance,
+                                 shift=cfg.sampler.shift, seed=seeds[i:i + batch], negative=cfg.negative_prompt,
+                                 frames=v.frames, height=v.height, width=v.width)
+            out.append(teacher.decode(lat).numpy())
+        return np.concatenate(out)
+
     results, clips = {}, {}
     for name, s in settings.items():
-        out, started = [], time.time()
-        for i in range(0, len(prompts), batch):
-            lat = teacher.sample(prompts[i:i + batch], steps=s["steps"], sampler=s["sampler"],
-                                 guidance=cfg.sampler.guidance, shift=cfg.sampler.shift, seed=seeds[i:i + batch],
-                                 negative=cfg.negative_prompt, frames=v.frames, height=v.height, width=v.width)
-            out.append(teacher.decode(lat).numpy())
-        clips[name] = np.concatenate(out)
+        started = time.time()
+        clips[name] = sample(prompts, s["steps"], s["sampler"])
         results[name] = {**toyworld.attribute_accuracy(clips[name], prompts),
                          "seconds_per_clip": (time.time() - started) / len(prompts)}
     truth = np.stack([toyworld.render(toyworld.parse_caption(p), s) for p, s in zip(prompts, seeds)])
     results["ground truth render"] = toyworld.attribute_accuracy(truth, prompts)
     # the ceiling the VAE leaves: its round trip of the same renders
-    with torch.no_grad():
-        pixels = torch.from_numpy(truth).permute(0, 4, 1, 2, 3).float().to(teacher.device) / 127.5 - 1
-        rec = teacher.vae.decode(teacher.vae.encode(pixels).latent_dist.mode()).sample
-    rec = ((rec.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu().numpy()
+    rec = teacher.decode(teacher.encode_video(torch.from_numpy(truth))).numpy()
     results["VAE round trip of the renders"] = toyworld.attribute_accuracy(rec, prompts)
     # seen combinations: does the DiT draw an attribute at all, or only fail to compose it?
     trained = toyworld.prompt_suite("train").prompts
     train = trained[::len(trained) // len(prompts)][:len(prompts)]
-    out = []
-    for i in range(0, len(train), batch):
-        lat = teacher.sample(train[i:i + batch], steps=50, sampler="unipc", guidance=cfg.sampler.guidance,
-                             shift=cfg.sampler.shift, seed=seeds[i:i + batch], negative=cfg.negative_prompt,
-                             frames=v.frames, height=v.height, width=v.width)
-        out.append(teacher.decode(lat).numpy())
-    results["teacher@50 unipc cfg, train prompts"] = toyworld.attribute_accuracy(np.concatenate(out), train)
+    results["teacher@50 unipc cfg, train prompts"] = toyworld.attribute_accuracy(sample(train, 50, "unipc"), train)
 
     show = list(range(0, len(prompts), max(1, len(prompts) // 6)))[:6]
     rows, labels = [], []

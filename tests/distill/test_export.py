@@ -102,8 +102,8 @@ def test_one_step_stock_pipeline_equals_wan_teacher_sample(full_export):
     teacher = WanTeacher.from_pretrained(str(full_export), device="cpu", max_sequence_length=MAX_LEN)
     seeds = [3, 4]
     # the pipeline's initial latents are WanTeacher's initial noise for the same seeds
-    initial = pipe.prepare_latents(2, pipe.transformer.config.in_channels, SIZE, SIZE, FRAMES, torch.float32, torch.device("cpu"),
-                                   [torch.Generator().manual_seed(s) for s in seeds])
+    initial = pipe.prepare_latents(2, pipe.transformer.config.in_channels, SIZE, SIZE, FRAMES, torch.float32,
+                                   torch.device("cpu"), [torch.Generator().manual_seed(s) for s in seeds])
     assert torch.equal(initial, teacher.noise(2, FRAMES, SIZE, SIZE, seeds))
     # one step re-noises to sigma 0: no fresh noise enters, so the two must agree exactly
     expected = _stock(pipe, PROMPTS, seeds, steps=1)

@@ -252,10 +252,9 @@ def test_resume_from_another_config_is_refused(tmp_path):
 
 def test_resume_against_changed_teacher_weights_is_refused(tmp_path):
     from distill.checkpoint import check_compatible
-
-    cfg = load_train_config(write_config(tmp_path))
     from distill.train_config import fingerprint_hash
 
+    cfg = load_train_config(write_config(tmp_path))
     folder = tmp_path / "ckpt"
     folder.mkdir()
     meta = {"fingerprint": fingerprint_hash(cfg), "world_size": 2, "teacher": "tiny-wan", "teacher_hash": "aaaa"}
