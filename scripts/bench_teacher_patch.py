@@ -23,9 +23,17 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from distill import toyworld  # noqa: E402
 from distill.tiny_teacher import TinyWanSpec, build_components  # noqa: E402
 
-LATENT = (5, 16, 16)  # the toy world's 17x64x64 clip through the tiny VAE
+
+def latent_grid(spec: TinyWanSpec) -> tuple[int, int, int]:
+    """The toy world's clip through the tiny VAE: (frames, height, width) in latent cells."""
+    temporal, spatial = 2 ** sum(spec.vae_temporal_downsample), 2 ** len(spec.vae_temporal_downsample)
+    return (toyworld.FRAMES - 1) // temporal + 1, toyworld.HEIGHT // spatial, toyworld.WIDTH // spatial
+
+
+LATENT = latent_grid(TinyWanSpec())
 
 
 def make_step(patch: int, batch: int, device: str):

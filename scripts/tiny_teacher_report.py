@@ -74,9 +74,9 @@ def write_report(teacher_ref: str, docs: Path, device: str = "cpu", seed: int = 
     truth = np.stack([toyworld.render(toyworld.parse_caption(p), s) for p, s in zip(prompts, seeds)])
     results["ground truth render"] = toyworld.attribute_accuracy(truth, prompts)
     # the ceiling the VAE leaves: its round trip of the same renders
-    rec = teacher.decode(teacher.encode_video(torch.from_numpy(truth))).numpy()
-    results["VAE round trip of the renders"] = toyworld.attribute_accuracy(rec, prompts)
-    results.update(renoised(teacher, torch.from_numpy(truth), prompts, seeds, cfg, batch))
+    z0 = teacher.encode_video(torch.from_numpy(truth))
+    results["VAE round trip of the renders"] = toyworld.attribute_accuracy(teacher.decode(z0).numpy(), prompts)
+    results.update(renoised(teacher, z0, prompts, seeds, cfg, batch))
     # the scale the shape lives at: the renders seen through the latent grid and through the DiT's token grid
     cell = teacher.vae_scale_spatial
     token = cell * teacher.transformer.config.patch_size[-1]
@@ -137,11 +137,10 @@ def denoise_from(teacher: WanTeacher, z0: torch.Tensor, noise: torch.Tensor, con
     return sample_euler(model, (1 - t) * z0 + t * noise, sigmas)
 
 
-def renoised(teacher: WanTeacher, truth: torch.Tensor, prompts: list[str], seeds: list[int], cfg, batch: int,
+def renoised(teacher: WanTeacher, z0: torch.Tensor, prompts: list[str], seeds: list[int], cfg, batch: int,
              levels=RENOISE_LEVELS, steps: int = 20) -> dict:
-    """Attribute accuracy of the renders re-noised to each level t and denoised by the teacher from t."""
+    """Attribute accuracy of the renders' latents z0 re-noised to each level t and denoised by the teacher from t."""
     v = cfg.video
-    z0 = torch.cat([teacher.encode_video(truth[i:i + batch]) for i in range(0, len(truth), batch)])
     noise = teacher.noise(len(prompts), v.frames, v.height, v.width, seeds)
     cond = teacher.encode(prompts, cfg.negative_prompt)
     out = {}
