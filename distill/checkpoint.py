@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -27,28 +26,10 @@ import torch.distributed as dist
 import yaml
 from safetensors.torch import load_file, save_file
 
-from distill.config import REPO_ROOT, ConfigError
+from distill.core.config import ConfigError
+from distill.core.dist import barrier, rank_world
+from distill.core.env import code_version
 from distill.train_config import TrainConfig, fingerprint, fingerprint_hash
-
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
-
-
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
-def code_version() -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                             timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return (sha + ("-dirty" if dirty else "")) or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def step_name(step: int) -> str:
@@ -79,16 +60,16 @@ def save(root: Path, step: int, cfg: TrainConfig, engines: dict, generator: torc
     ckpts = root / "checkpoints"
     final = ckpts / step_name(step)
     tmp = ckpts / f".tmp-{step_name(step)}"
-    if _rank() == 0:
+    if rank_world()[0] == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         (tmp / "rng").mkdir(parents=True)
-    _barrier()
+    barrier()
     for name, engine in engines.items():
         engine.save_checkpoint(str(tmp / "engines"), tag=name, save_latest=False)
     write_weights(tmp)
-    save_file(rng_state(generator), tmp / "rng" / f"rank{_rank()}.safetensors")
-    _barrier()
-    if _rank() == 0:
+    save_file(rng_state(generator), tmp / "rng" / f"rank{rank_world()[0]}.safetensors")
+    barrier()
+    if rank_world()[0] == 0:
         (tmp / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         full_meta = {"step": step, "fingerprint": fingerprint_hash(cfg), "code_version": code_version(),
                      "world_size": dist.get_world_size() if dist.is_initialized() else 1,
@@ -101,7 +82,7 @@ def save(root: Path, step: int, cfg: TrainConfig, engines: dict, generator: torc
         os.replace(latest_tmp, ckpts / "latest")
         for old in sorted(ckpts.glob("step-*"))[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
-    _barrier()
+    barrier()
     return final
 
 
@@ -156,7 +137,7 @@ def check_compatible(folder: Path, cfg: TrainConfig, world_size: int, teacher_ha
 
 
 def load_rng(folder: Path, generator: torch.Generator) -> None:
-    set_rng_state(load_file(folder / "rng" / f"rank{_rank()}.safetensors"), generator)
+    set_rng_state(load_file(folder / "rng" / f"rank{rank_world()[0]}.safetensors"), generator)
 
 
 def check_teacher(folder: Path, meta: dict, teacher_hash: str | None, what: str) -> None:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from distill.config import ConfigError
+from distill.core.config import ConfigError
 
 DEFAULT_TEACHER = "builtin:tiny-wan"
 
@@ -59,10 +59,10 @@ def _read_prompts(args) -> list[str]:
 
 
 def cmd_sample(args) -> int:
-    from distill.config import load_teacher_config
-    from distill.media import VIDEO_SUFFIXES, write_clip
-    from teachers.resolve import resolve
-    from teachers.wan import check_video_size, video_factors
+    from distill.teachers.config import load_teacher_config
+    from distill.core.media import VIDEO_SUFFIXES, write_clip
+    from distill.teachers.resolve import resolve
+    from distill.teachers.wan import check_video_size, video_factors
 
     prompts = _read_prompts(args)
     overrides = [f"{k}={v}" for k, v in (
@@ -82,7 +82,7 @@ def cmd_sample(args) -> int:
 
     from tqdm.auto import tqdm
 
-    from teachers.wan import WanTeacher
+    from distill.teachers.wan import WanTeacher
 
     teacher = WanTeacher.from_pretrained(cfg.source, dtype=cfg.dtype, device=cfg.device, revision=cfg.revision,
                                          max_sequence_length=cfg.max_sequence_length)

@@ -19,11 +19,12 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from distill import toyworld
-from distill.config import ConfigError, TeacherConfig
+from distill.core.config import ConfigError
+from distill.teachers.config import TeacherConfig
 from distill.train_config import DataConfig
 from distill.videos import VideoSource
-from eval.harness import gather_dict, rank_world
-from teachers.wan import WanTeacher
+from distill.core.dist import gather_dict, rank_world
+from distill.teachers.wan import WanTeacher
 
 
 # --- prompts ----------------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from distill.config import CONFIG_DIR
+from distill.core.config import CONFIG_DIR
 
 STAGES = ("consistency", "apt", "eval")
 
@@ -53,9 +53,9 @@ def _final_meta(run: Path) -> tuple[Path, dict] | None:
 def _check_teacher(run: Path, folder: Path, meta: dict, cfg) -> None:
     """A finished or partial stage is reused only when it was distilled from today's teacher weights."""
     from distill.checkpoint import check_teacher
-    from distill.config import load_teacher_config
-    from eval.harness import checkpoint_hash
-    from teachers.resolve import resolve
+    from distill.teachers.config import load_teacher_config
+    from distill.core.hashing import checkpoint_hash
+    from distill.teachers.resolve import resolve
 
     tcfg = load_teacher_config(cfg.teacher)
     check_teacher(folder, meta, checkpoint_hash(resolve(tcfg.source, tcfg.revision)),

@@ -7,12 +7,13 @@ import sys
 from pathlib import Path
 
 from distill import toyworld
-from distill.config import CONFIG_DIR, ConfigError, load, load_teacher_config
+from distill.core.config import CONFIG_DIR, ConfigError, load
+from distill.teachers.config import load_teacher_config
 
 
 def load_suite(ref: str, overrides: list[str] = ()):
     """A suite by file or by name under configs/eval/suites/."""
-    from eval.suite import SuiteConfig
+    from distill.eval.suite import SuiteConfig
 
     path = Path(ref)
     if path.suffix not in (".yaml", ".yml"):
@@ -79,7 +80,7 @@ def add_parsers(sub) -> None:
 
 
 def cmd_eval(args) -> int:
-    from eval.suite import parse_model_spec
+    from distill.eval.suite import parse_model_spec
 
     suite, path = load_suite(args.suite, args.overrides)
     prompts = suite_prompts(suite, path)
@@ -89,10 +90,10 @@ def cmd_eval(args) -> int:
     except Exception as err:  # pydantic errors for a bad sampler name etc. carry the model text
         raise ConfigError(str(err)) from None
 
-    from eval.harness import Harness
-    from eval.report import summary_markdown, write_outputs
-    from teachers.resolve import resolve
-    from teachers.wan import check_video_size, video_factors
+    from distill.eval.harness import Harness
+    from distill.eval.report import summary_markdown, write_outputs
+    from distill.teachers.resolve import resolve
+    from distill.teachers.wan import check_video_size, video_factors
 
     for spec in specs:  # refuse a bad folder or size before any sampling
         check_video_size(suite.frames, suite.height, suite.width,
@@ -127,6 +128,6 @@ def _join_ranks(teacher_cfg):
 
 
 def cmd_gate(args) -> int:
-    from eval.gate import run_gate
+    from distill.eval.gate import run_gate
 
     return run_gate(args.current, args.baseline, args.policy, args.out or args.current.parent)

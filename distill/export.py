@@ -25,8 +25,10 @@ from pathlib import Path
 
 import yaml
 
-from distill.config import ConfigError, load_teacher_config
-from teachers.resolve import has_two_experts, transformer_folder
+from distill.core.config import ConfigError
+
+from distill.teachers.config import load_teacher_config
+from distill.teachers.resolve import has_two_experts, transformer_folder
 
 SCHEDULER_CLASS = "FlowMatchEulerDiscreteScheduler"
 LORA_FILE = "pytorch_lora_weights.safetensors"
@@ -57,7 +59,7 @@ def _read_checkpoint(folder: Path) -> tuple[dict, dict]:
 
 def _teacher(meta: dict, config: dict, folder: Path):
     """The teacher's config (for its video defaults and revision) and its local folder."""
-    from teachers.resolve import TeacherNotFound, resolve
+    from distill.teachers.resolve import TeacherNotFound, resolve
 
     source = meta["teacher"]
     try:

@@ -19,10 +19,10 @@ import torch
 from deepspeed.runtime.zero.partition_parameters import GatheredParameters
 from diffusers import WanTransformer3DModel
 
-from distill.config import ConfigError
+from distill.core.config import ConfigError
 from distill.train_config import TrainConfig, deepspeed_path
-from eval.harness import rank_world
-from teachers.resolve import has_two_experts, transformer_folder
+from distill.core.dist import rank_world
+from distill.teachers.resolve import has_two_experts, transformer_folder
 
 # Transformer config keys a student must share with its teacher to be trained against it.
 _SHAPE_KEYS = ("in_channels", "out_channels", "patch_size", "text_dim", "freq_dim")

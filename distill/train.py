@@ -24,21 +24,22 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
 from distill import checkpoint
-from distill.config import ConfigError, TeacherConfig, load_teacher_config
+from distill.core.config import ConfigError
+from distill.teachers.config import TeacherConfig, load_teacher_config
 from distill.data import TrainData
 from distill.alarms import Alarms
-from distill.media import write_mp4
+from distill.core.media import write_mp4
 from distill.monitor import LossGuard, Monitor, TrainingAborted
 from distill.networks import (EMA, build_backbone, build_student, check_student_source, deepspeed_config,
                               full_state_dict, load_full_state_dict, partition_frozen, save_lora, trainable)
 from distill.train_config import TrainConfig
-from eval.harness import checkpoint_hash
-from students.apt import AdversarialPostTraining, Discriminator
-from students.consistency import ConsistencyDistillation
-from students.sampling import consistency_timesteps, sample_consistency
-from teachers.resolve import TeacherNotFound, resolve
-from teachers.schedule import flow_sigmas
-from teachers.wan import Cond, WanTeacher, check_video_size, video_factors
+from distill.core.hashing import checkpoint_hash
+from distill.students.apt import AdversarialPostTraining, Discriminator
+from distill.students.consistency import ConsistencyDistillation
+from distill.teachers.samplers import consistency_timesteps, sample_consistency
+from distill.teachers.resolve import TeacherNotFound, resolve
+from distill.teachers.schedule import flow_sigmas
+from distill.teachers.wan import Cond, WanTeacher, check_video_size, video_factors
 
 
 # --- launch -------------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
 
-from distill.config import CONFIG_DIR, REPO_ROOT, ConfigError, Strict, load_yaml, validate
+from distill.core.config import CONFIG_DIR, REPO_ROOT, ConfigError, Strict, load_yaml, validate
 
 # Wan's attention projections and feed-forward layers (diffusers' WanTransformer3DModel names).
 WAN_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"]

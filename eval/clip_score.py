@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
 
-from eval.fvd import uniform_frame_indices
+from distill.eval.fvd import uniform_frame_indices
 
 DOMAIN_CLIP_DIR = Path(__file__).resolve().parent / "builtin" / "domain-clip"
 STANDARD_MODEL, STANDARD_PRETRAINED = "ViT-B-32", "laion2b_s34b_b79k"

@@ -23,15 +23,7 @@ import torch.nn.functional as F
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-
-def check_videos(videos: torch.Tensor, min_frames: int = 2) -> None:
-    if not isinstance(videos, torch.Tensor) or videos.dtype != torch.uint8:
-        raise TypeError(f"videos must be a uint8 torch tensor [B, T, H, W, 3], got "
-                        f"{type(videos).__name__} of dtype {getattr(videos, 'dtype', None)}")
-    if videos.ndim != 5 or videos.shape[-1] != 3:
-        raise ValueError(f"videos must have shape [B, T, H, W, 3], got {tuple(videos.shape)}")
-    if videos.shape[1] < min_frames:
-        raise ValueError(f"flicker needs at least {min_frames} frames per clip, got T={videos.shape[1]}")
+from distill.core.video import check_videos
 
 
 # --- (a) VBench temporal flickering -------------------------------------------------------------------------------
@@ -40,7 +32,7 @@ def vbench_flicker(videos: torch.Tensor) -> torch.Tensor:
     """(255 − mean |f(t+1) − f(t)|) / 255 per clip, the mean over all pixels, channels and consecutive pairs on
     the uint8 scale, as VBench's `temporal_flickering` (which reads all frames at full size). In [0, 1]; higher is
     steadier, 1.0 for a static clip. It also drops with genuine motion: VBench applies it to near-static clips."""
-    check_videos(videos)
+    check_videos(videos, min_frames=2, what="flicker")
     scores = []
     for clip in videos:  # one clip at a time: the int16 differences of a full Wan clip are ~200 MB
         diff = (clip[1:].to(torch.int16) - clip[:-1].to(torch.int16)).abs()
@@ -165,7 +157,7 @@ def warp_error(videos: torch.Tensor, flow: str = "auto") -> torch.Tensor:
     t->t+1, keep pixels whose forward and backward flows agree and land inside the frame, and average the squared
     residual over those pixels and the 3 channels, on frames scaled to [0, 1]; then average over the T−1 pairs.
     Lower is steadier. `flow`: "auto", "raft_small" or "farneback" (see `resolve_flow_backend`)."""
-    check_videos(videos)
+    check_videos(videos, min_frames=2, what="flicker")
     flow_fn = FLOW_BACKENDS[resolve_flow_backend(flow)]
     return torch.stack([_clip_warp_error(clip, flow_fn) for clip in videos]).cpu()
 
@@ -201,7 +193,7 @@ def hf_energy(videos: torch.Tensor, cutoff: float = 0.25, detrend: str = "linear
     appear as a jump at the wrap-around with energy at every frequency (~35% above 0.25·Nyquist for a ramp over
     8 frames) and read as flicker.
     """
-    check_videos(videos, min_frames=3 if detrend == "linear" else 2)
+    check_videos(videos, min_frames=3 if detrend == "linear" else 2, what="flicker")
     if not 0.0 <= cutoff < 1.0:
         raise ValueError(f"cutoff is a fraction of the Nyquist frequency in [0, 1), got {cutoff}")
     if detrend not in DETRENDS:

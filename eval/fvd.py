@@ -8,7 +8,6 @@ comparison work, loaded only from a file whose sha256 matches the pinned hash.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import urllib.request
 from pathlib import Path
@@ -19,7 +18,9 @@ import torch.nn.functional as F
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from eval.frechet import feature_stats, frechet_distance
+from distill.core.hashing import sha256_of_file
+from distill.core.video import check_videos
+from distill.eval.frechet import feature_stats, frechet_distance
 
 # --- The standard I3D detector: facts looked up, with where they came from --------------------------------------
 #
@@ -52,22 +53,6 @@ class VideoDetector(Protocol):
     num_frames: int | None
 
     def features(self, videos: torch.Tensor) -> torch.Tensor: ...
-
-
-def check_videos(videos: torch.Tensor) -> None:
-    if not isinstance(videos, torch.Tensor) or videos.dtype != torch.uint8:
-        raise TypeError(f"videos must be a uint8 torch tensor [B, T, H, W, 3], got "
-                        f"{type(videos).__name__} of dtype {getattr(videos, 'dtype', None)}")
-    if videos.ndim != 5 or videos.shape[-1] != 3:
-        raise ValueError(f"videos must have shape [B, T, H, W, 3], got {tuple(videos.shape)}")
-
-
-def sha256_of_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def uniform_frame_indices(num_frames: int, target: int) -> torch.Tensor:

@@ -59,7 +59,9 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-SCHEMA = "distill.eval/1"
+from distill.core.config import format_validation_errors
+from distill.eval.schema import SCHEMA
+
 GATE_SCHEMA = "distill.gate/1"
 PASS, FAIL, ERROR = 0, 1, 2
 
@@ -130,19 +132,6 @@ class Policy(BaseModel):
     rules: list[Rule] = Field(min_length=1)
 
 
-def _format_validation(err: ValidationError, origin: str) -> str:
-    lines = []
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        if e["type"] == "extra_forbidden":
-            lines.append(f"{origin}: unknown key {key!r}")
-        elif e["type"] == "missing":
-            lines.append(f"{origin}: missing required key {key!r}")
-        else:
-            lines.append(f"{origin}: key {key!r}: {e['msg']} (got {e.get('input')!r})")
-    return "\n".join(lines)
-
-
 def load_policy(path: str | Path) -> Policy:
     path = Path(path)
     if not path.is_file():
@@ -157,7 +146,7 @@ def load_policy(path: str | Path) -> Policy:
     try:
         return Policy.model_validate(data)
     except ValidationError as err:
-        raise GateError(_format_validation(err, str(path))) from None
+        raise GateError(format_validation_errors(err, str(path))) from None
 
 
 # --------------------------------------------------------------------------------------------- eval.json input

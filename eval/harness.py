@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,50 +19,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from eval import stats
-from eval.suite import ModelSpec, SuiteConfig
-from teachers.resolve import checkpoint_defaults, resolve
-from teachers.wan import WanTeacher
+from distill.core.dist import gather_dict, rank_world
+from distill.core.env import environment
+from distill.core.hashing import checkpoint_hash
+from distill.eval import stats
+from distill.eval.schema import SCHEMA
+from distill.eval.suite import ModelSpec, SuiteConfig
+from distill.teachers.resolve import checkpoint_defaults, resolve
+from distill.teachers.wan import WanTeacher
 
-SCHEMA = "distill.eval/1"
 RealClips = Callable[[str, int], np.ndarray]  # (prompt, seed) -> uint8 [T, H, W, 3]
-
-
-# --- distributed sampling: each rank takes every world-th item; rank 0 gathers (results equal one process) ----
-def rank_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def gather_dict(local: dict) -> dict:
-    """Every rank's dict merged, on every rank."""
-    rank, world = rank_world()
-    if world == 1:
-        return local
-    parts = [None] * world
-    torch.distributed.all_gather_object(parts, local)
-    merged = {}
-    for part in parts:
-        merged.update(part)
-    return merged
-
-
-# --- checkpoint identity for the clip cache ---------------------------------------------------------------------
-def checkpoint_hash(folder: Path) -> str:
-    """Configs in full; weight files in full below 64 MB, else their size with the first and last 8 MB."""
-    h = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in (".json", ".safetensors", ".txt")):
-        h.update(str(path.relative_to(folder)).encode())
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            if size <= 64 << 20:
-                h.update(f.read())
-            else:
-                h.update(str(size).encode() + f.read(8 << 20))
-                f.seek(-(8 << 20), os.SEEK_END)
-                h.update(f.read())
-    return h.hexdigest()[:16]
 
 
 @dataclass
@@ -199,17 +163,17 @@ class Harness:
     # --- scoring --------------------------------------------------------------------------------------------
     def _metric_nets(self):
         s = self.suite
-        from eval.clip_score import ClipBackend
+        from distill.eval.clip_score import ClipBackend
 
         device = self._loaded[self.teacher_cfg.source].device if self._loaded else "cpu"
         clip = ClipBackend.domain(device=str(device)) if s.clip.backend == "domain" else \
             ClipBackend.open_clip(s.clip.model, s.clip.pretrained, device=str(device))
         if s.detector == "domain-video-net":
-            from eval.domain_video_net import DomainVideoDetector
+            from distill.eval.domain_video_net import DomainVideoDetector
 
             detector = DomainVideoDetector()
         else:
-            from eval.fvd import I3DDetector
+            from distill.eval.fvd import I3DDetector
 
             if not s.i3d_path:
                 raise ValueError(f"suite {s.name!r}: detector 'i3d' needs `i3d_path` (the TorchScript file)")
@@ -217,7 +181,7 @@ class Harness:
         return clip, detector
 
     def per_clip_metrics(self, videos: np.ndarray, captions: list[str], clip, detector) -> dict:
-        from eval import flicker
+        from distill.eval import flicker
 
         v = torch.from_numpy(videos)
         out = {
@@ -275,8 +239,8 @@ class Harness:
         return {"schema": SCHEMA, "suite": self._suite_record(), "models": models, "env": environment()}
 
     def _model_record(self, cand, is_ref, mine, ref, f_mine, f_ref, f_real, f_floor, d_mine, d_ref, det, t, t_ref):
-        from eval.diversity import pairwise_diversity
-        from eval.fvd import fvd_from_features
+        from distill.eval.diversity import pairwise_diversity
+        from distill.eval.fvd import fvd_from_features
 
         s = self.suite
         n_boot = s.bootstrap
@@ -342,16 +306,3 @@ SPEED_PROTOCOL = (
     "read. speedup_vs_teacher = teacher latency / model latency, both measured in this run on this device; "
     "nfe_ratio (teacher NFE / model NFE) is the bound on the denoising part. realtime_factor = seconds of video "
     "(frames / fps) per second of compute.")
-
-
-def environment() -> dict:
-    import diffusers
-
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent).stdout.strip() or None
-    except OSError:
-        sha = None
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or 'x86_64'}, {os.cpu_count()} cores)"
-    return {"torch": torch.__version__, "diffusers": diffusers.__version__, "python": platform.python_version(),
-            "device": device, "torch_threads": torch.get_num_threads(), "git_sha": sha}

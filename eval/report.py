@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from distill.core.media import write_gif
+
 
 def _fmt(x, digits=3) -> str:
     if x is None:
@@ -93,11 +95,8 @@ def summary_markdown(result: dict) -> str:
 
 
 def _gif_b64(video: np.ndarray, fps: int, scale: int = 2) -> str:
-    from PIL import Image
-
-    frames = [Image.fromarray(f).resize((f.shape[1] * scale, f.shape[0] * scale), Image.NEAREST) for f in video]
     buf = io.BytesIO()
-    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
+    write_gif(buf, video.repeat(scale, 1).repeat(scale, 2), fps)
     return base64.b64encode(buf.getvalue()).decode()
 
 

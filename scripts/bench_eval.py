@@ -22,12 +22,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from distill import toyworld  # noqa: E402
-from distill.config import load_teacher_config  # noqa: E402
-from eval import flicker  # noqa: E402
-from eval.clip_score import ClipBackend  # noqa: E402
-from eval.domain_video_net import DomainVideoDetector  # noqa: E402
-from eval.fvd import fvd_from_features  # noqa: E402
-from teachers.wan import WanTeacher  # noqa: E402
+from distill.teachers.config import load_teacher_config  # noqa: E402
+from distill.eval import flicker  # noqa: E402
+from distill.eval.clip_score import ClipBackend  # noqa: E402
+from distill.eval.domain_video_net import DomainVideoDetector  # noqa: E402
+from distill.eval.fvd import fvd_from_features  # noqa: E402
+from distill.teachers.wan import WanTeacher  # noqa: E402
 
 
 def timed(fn, repeat: int = 1) -> float:

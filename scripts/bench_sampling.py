@@ -28,10 +28,10 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from distill.config import load_teacher_config  # noqa: E402
-from eval.harness import Candidate  # noqa: E402
-from eval.suite import ModelSpec  # noqa: E402
-from teachers.wan import WanTeacher  # noqa: E402
+from distill.teachers.config import load_teacher_config  # noqa: E402
+from distill.eval.harness import Candidate  # noqa: E402
+from distill.eval.suite import ModelSpec  # noqa: E402
+from distill.teachers.wan import WanTeacher  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from distill import toyworld  # noqa: E402
-from distill.tiny_teacher import TinyWanSpec, build_components  # noqa: E402
+from distill.toyworld.tiny_teacher import TinyWanSpec, build_components  # noqa: E402
 
 
 def latent_grid(spec: TinyWanSpec) -> tuple[int, int, int]:

@@ -34,10 +34,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from distill import toyworld  # noqa: E402
-from distill.config import load_teacher_config  # noqa: E402
-from distill.media import frame_grid  # noqa: E402
-from teachers.samplers import sample_euler  # noqa: E402
-from teachers.wan import WanTeacher  # noqa: E402
+from distill.teachers.config import load_teacher_config  # noqa: E402
+from distill.core.media import frame_grid  # noqa: E402
+from distill.teachers.samplers import sample_euler  # noqa: E402
+from distill.teachers.wan import WanTeacher  # noqa: E402
 
 RENOISE_LEVELS = (0.3, 0.5, 0.7, 0.9)
 

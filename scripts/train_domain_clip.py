@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from distill import toyworld  # noqa: E402
-from eval.clip_score import ClipBackend  # noqa: E402
+from distill.eval.clip_score import ClipBackend  # noqa: E402
 
 MODEL_CFG = {
     "embed_dim": 64,

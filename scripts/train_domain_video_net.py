@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from distill import toyworld  # noqa: E402
-from eval.domain_video_net import DomainVideoNet  # noqa: E402
+from distill.eval.domain_video_net import DomainVideoNet  # noqa: E402
 
 FIELDS = {"shape": toyworld.SHAPES, "colour": list(toyworld.COLOURS), "background": list(toyworld.BACKGROUNDS),
           "direction": list(toyworld.DIRECTIONS), "speed": list(toyworld.SPEEDS)}

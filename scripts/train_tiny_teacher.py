@@ -37,7 +37,7 @@ from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from distill import toyworld  # noqa: E402
-from distill.tiny_teacher import TinyWanSpec, build_components  # noqa: E402
+from distill.toyworld.tiny_teacher import TinyWanSpec, build_components  # noqa: E402
 
 MAX_SEQ = 16  # text length the tiny teacher is trained and sampled with (recorded in distill_teacher.json)
 

@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from teachers.schedule import shift_sigmas
+from distill.core.types import VelocityFn
+from distill.teachers.schedule import shift_sigmas
 
-VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 LogitFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 

@@ -17,12 +17,13 @@ d is the squared L2 distance or the pseudo-Huber distance sqrt(‖a − b‖² +
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 
+from distill.core.types import VelocityFn
+
 # v(x_t, t, cond) -> velocity; t a float64 tensor [B]. The engine binds networks and conditioning into these.
-VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass

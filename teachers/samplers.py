@@ -10,9 +10,9 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from teachers.schedule import NUM_TRAIN_TIMESTEPS, flow_sigmas, unipc_scheduler
+from distill.core.types import VelocityFn
+from distill.teachers.schedule import NUM_TRAIN_TIMESTEPS, flow_sigmas, unipc_scheduler
 
-VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _t(value: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:

@@ -11,9 +11,9 @@ import torch
 from diffusers import WanPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
-from teachers import samplers
-from teachers.resolve import resolve
-from teachers.schedule import NUM_TRAIN_TIMESTEPS
+from distill.teachers import samplers
+from distill.teachers.resolve import resolve
+from distill.teachers.schedule import NUM_TRAIN_TIMESTEPS
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

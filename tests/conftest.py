@@ -16,7 +16,7 @@ def untrained_wan(tmp_path_factory):
     two layers keep it cheap)."""
     from diffusers import WanPipeline
 
-    from distill.tiny_teacher import TinyWanSpec, build_components
+    from distill.toyworld.tiny_teacher import TinyWanSpec, build_components
 
     folder = tmp_path_factory.mktemp("untrained-wan")
     WanPipeline(**build_components(TinyWanSpec(dit_patch=(1, 4, 4), dit_layers=2), seed=0)).save_pretrained(folder)

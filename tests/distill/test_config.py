@@ -1,6 +1,8 @@
 import pytest
 
-from distill.config import CONFIG_DIR, ConfigError, TeacherConfig, load, load_teacher_config
+from distill.core.config import CONFIG_DIR, ConfigError, load
+
+from distill.teachers.config import TeacherConfig, load_teacher_config
 
 
 def test_shipped_teacher_configs_load():

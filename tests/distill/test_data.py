@@ -6,7 +6,7 @@ import datasets
 import pytest
 import torch
 
-from distill.config import ConfigError
+from distill.core.config import ConfigError
 from distill.data import TrainData, load_prompts, trim
 from distill.train_config import DataConfig
 
@@ -63,7 +63,7 @@ def test_trim_drops_only_the_zero_padding():
 
 def test_a_video_folder_with_captions_gives_clips_at_the_teachers_size(tmp_path):
     from distill import toyworld
-    from distill.media import write_mp4
+    from distill.core.media import write_mp4
     from distill.videos import VideoSource, fit_clip
 
     attrs = toyworld.train_attributes()[:2]

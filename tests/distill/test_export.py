@@ -19,11 +19,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from distill.cli import main
-from distill.config import REPO_ROOT, ConfigError, load_teacher_config
+from distill.core.config import REPO_ROOT, ConfigError
+from distill.teachers.config import load_teacher_config
 from distill.export import export
-from students.sampling import consistency_timesteps, sample_consistency
-from teachers.resolve import checkpoint_defaults, resolve
-from teachers.wan import WanTeacher
+from distill.teachers.samplers import consistency_timesteps, sample_consistency
+from distill.teachers.resolve import checkpoint_defaults, resolve
+from distill.teachers.wan import WanTeacher
 
 PROMPTS = ["a red circle moving left slowly on a black background",
            "a yellow triangle moving up quickly on a gray background"]

@@ -5,7 +5,7 @@ import torch
 
 from scripts.bench_teacher_patch import main as bench_patch
 from scripts.tiny_teacher_report import denoise_from
-from teachers.wan import WanTeacher
+from distill.teachers.wan import WanTeacher
 
 PROMPT = "a red circle moving left slowly on a black background"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distill.config import ConfigError
+from distill.core.config import ConfigError
 from distill.train_config import load_train_config
 
 REPO = Path(__file__).resolve().parents[2]

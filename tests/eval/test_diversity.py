@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from eval.diversity import diversity, pairwise_diversity
+from distill.eval.diversity import diversity, pairwise_diversity
 
 
 def test_identical_clips_give_zero():

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from distill import toyworld
-from eval import flicker
-from eval.clip_score import ClipBackend, ClipScore
-from eval.domain_video_net import DomainVideoDetector
-from eval.fvd import fvd_from_features
+from distill.eval import flicker
+from distill.eval.clip_score import ClipBackend, ClipScore
+from distill.eval.domain_video_net import DomainVideoDetector
+from distill.eval.fvd import fvd_from_features
 
 
 @pytest.fixture(scope="module")

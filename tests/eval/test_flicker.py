@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-import eval.flicker as flicker
-from eval.flicker import HFEnergy, VBenchFlicker, WarpError, hf_energy, vbench_flicker, warp_error
+import distill.eval.flicker as flicker
+from distill.eval.flicker import HFEnergy, VBenchFlicker, WarpError, hf_energy, vbench_flicker, warp_error
 
 FRAMES, SIZE = 9, 32
 

@@ -7,8 +7,8 @@ import pytest
 import scipy.linalg
 import torch
 
-from eval.frechet import feature_stats, frechet_distance
-from eval.fvd import (
+from distill.eval.frechet import feature_stats, frechet_distance
+from distill.eval.fvd import (
     I3D_KWARGS,
     PINNED_I3D_SHA256,
     FrechetVideoDistance,

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.gate import GateError, load_policy, run_gate
+from distill.eval.gate import GateError, load_policy, run_gate
 
 ROOT = Path(__file__).resolve().parents[2]
 TOYWORLD = ROOT / "configs" / "eval" / "gates" / "toyworld.yaml"

@@ -7,13 +7,15 @@ import sys
 
 import pytest
 
-from distill.config import CONFIG_DIR, load_teacher_config
+from distill.core.config import CONFIG_DIR
+
+from distill.teachers.config import load_teacher_config
 from distill.eval_cmd import real_clips_for
 from distill import toyworld
-from eval.gate import run_gate
-from eval.harness import Harness
-from eval.report import write_outputs
-from eval.suite import SuiteConfig, parse_model_spec
+from distill.eval.gate import run_gate
+from distill.eval.harness import Harness
+from distill.eval.report import write_outputs
+from distill.eval.suite import SuiteConfig, parse_model_spec
 
 SUITE = SuiteConfig(name="tiny-test", toyworld_split="held_out", frames=17, height=64, width=64, fps=8,
                     real="toyworld", diversity={"prompts": 2, "seeds": 2}, speed={"clips": 1, "warmup": 0},

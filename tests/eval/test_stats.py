@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from eval.stats import (bootstrap_ci, bootstrap_set_statistic, json_float, json_safe, make_record, metric_record,
+from distill.eval.stats import (bootstrap_ci, bootstrap_set_statistic, json_float, json_safe, make_record, metric_record,
                         paired_diff_ci)
 
 N_BOOT = 300  # small: these tests run next to training jobs on two cores

@@ -2,9 +2,9 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from students.consistency import ConsistencyDistillation
-from students.sampling import consistency_timesteps, sample_consistency
-from teachers.schedule import flow_sigmas
+from distill.students.consistency import ConsistencyDistillation
+from distill.teachers.samplers import consistency_timesteps, sample_consistency
+from distill.teachers.schedule import flow_sigmas
 
 
 def point_mass_velocity(x0):

@@ -5,9 +5,9 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanPipeline
 
-from distill.config import load_teacher_config
-from teachers.resolve import resolve
-from teachers.wan import WanTeacher
+from distill.teachers.config import load_teacher_config
+from distill.teachers.resolve import resolve
+from distill.teachers.wan import WanTeacher
 
 PROMPTS = ["a red circle moving left slowly on a black background",
            "a yellow triangle moving up quickly on a gray background"]

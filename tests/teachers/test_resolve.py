@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from teachers.resolve import TeacherNotFound, builtin_names, resolve
+from distill.teachers.resolve import TeacherNotFound, builtin_names, resolve
 
 
 def test_builtin_tiny_wan_is_shipped():

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from teachers.schedule import flow_sigmas, shift_sigmas
-from teachers.wan import WanTeacher, seed_list
+from distill.teachers.schedule import flow_sigmas, shift_sigmas
+from distill.teachers.wan import WanTeacher, seed_list
 
 PROMPT = "a blue square moving right quickly on a white background"
 

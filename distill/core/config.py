@@ -1,5 +1,8 @@
 """Config as data: YAML files validated into typed objects, with `key=value` overrides from the command line.
 
+The primitives every layer shares (the strict base model, the error type and its formatting, YAML loading and
+overrides); the configs themselves live with what they configure.
+
 Every error names the file and the dotted key: an unknown key, a wrong type or a value out of range is refused
 before any work starts.
 """
@@ -7,12 +10,12 @@ before any work starts.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO_ROOT / "configs"
 
 
@@ -22,41 +25,6 @@ class ConfigError(ValueError):
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SamplerConfig(Strict):
-    name: Literal["euler", "unipc", "consistency"] = "unipc"
-    steps: int = Field(50, ge=1, le=1000)
-    guidance: float = Field(5.0, ge=0.0)
-    shift: float = Field(3.0, gt=0.0)
-
-
-class VideoConfig(Strict):
-    frames: int = Field(81, ge=1)
-    height: int = Field(480, ge=16)
-    width: int = Field(832, ge=16)
-    fps: int = Field(16, ge=1)
-
-
-class TeacherConfig(Strict):
-    """A teacher and the settings it samples with by default (its published defaults for real checkpoints)."""
-
-    name: str
-    source: str  # a local folder, a hub id (online only) or builtin:NAME
-    revision: str | None = None
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    device: str = "auto"
-    sampler: SamplerConfig = SamplerConfig()
-    video: VideoConfig = VideoConfig()
-    negative_prompt: str = ""
-    max_sequence_length: int = Field(512, ge=1)
-
-    @field_validator("source")
-    @classmethod
-    def _source_not_empty(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("must name a folder, a hub id or builtin:NAME")
-        return v
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -84,10 +52,11 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, object]]:
     return parsed
 
 
-def _format_errors(err: ValidationError, origin: str, overridden: set[str]) -> str:
+def format_validation_errors(err: ValidationError, origin: str, overridden: set[str] = frozenset()) -> str:
+    """One line per problem, each naming where it came from (the file, or the command-line override) and the key."""
     lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"])
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         where = "command-line override" if key in overridden else origin
         if e["type"] == "extra_forbidden":
             lines.append(f"{where}: unknown key {key!r}")
@@ -105,7 +74,7 @@ def validate(model: type[M], data: dict, origin: str, overrides: list[str] = ())
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_errors(err, origin, {k for k, _ in pairs})) from None
+        raise ConfigError(format_validation_errors(err, origin, {k for k, _ in pairs})) from None
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -126,18 +95,3 @@ def load_yaml(path: str | Path) -> dict:
 def load(model: type[M], path: str | Path, overrides: list[str] = ()) -> M:
     """Load a YAML file into `model`, applying `key=value` overrides; errors name the file and the key."""
     return validate(model, load_yaml(path), str(path), overrides)
-
-
-def load_teacher_config(ref: str, overrides: list[str] = ()) -> TeacherConfig:
-    """A teacher by config file (`configs/teachers/x.yaml`), by config name (`tiny-wan`), or by bare source
-    (`builtin:tiny-wan`, a folder, a hub id), whose defaults then come from the checkpoint itself."""
-    path = Path(ref)
-    if path.suffix in (".yaml", ".yml"):
-        return load(TeacherConfig, path, overrides)
-    named = CONFIG_DIR / "teachers" / f"{ref}.yaml"
-    if named.is_file():
-        return load(TeacherConfig, named, overrides)
-    from teachers.resolve import checkpoint_defaults
-
-    data = {"name": ref, "source": ref, **checkpoint_defaults(ref)}
-    return validate(TeacherConfig, data, f"teacher {ref!r}", overrides)

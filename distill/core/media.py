@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -19,9 +20,9 @@ def write_mp4(path: Path, video: np.ndarray, fps: int) -> None:
             writer.append_data(frame)
 
 
-def write_gif(path: Path, video: np.ndarray, fps: int) -> None:
+def write_gif(path: Path | BinaryIO, video: np.ndarray, fps: int) -> None:
     frames = [Image.fromarray(f) for f in video]
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
+    frames[0].save(path, format="GIF", save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
 
 
 def frame_grid(videos: list[np.ndarray], n_frames: int = 5, labels: list[str] | None = None,

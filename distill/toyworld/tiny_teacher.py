@@ -15,7 +15,7 @@ from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
-from distill.toyworld import vocabulary
+from distill.toyworld.domain import vocabulary
 
 SPECIAL = ["<pad>", "</s>", "<unk>"]
 

@@ -1,0 +1,30 @@
+"""Process-group helpers that work the same with and without torch.distributed initialised."""
+
+from __future__ import annotations
+
+import torch
+
+
+def rank_world() -> tuple[int, int]:
+    """(rank, world size); (0, 1) outside a process group."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def gather_dict(local: dict) -> dict:
+    """Every rank's dict merged, on every rank."""
+    _, world = rank_world()
+    if world == 1:
+        return local
+    parts = [None] * world
+    torch.distributed.all_gather_object(parts, local)
+    merged = {}
+    for part in parts:
+        merged.update(part)
+    return merged
+
+
+def barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()

@@ -1,0 +1,13 @@
+"""The toy world: a procedural text-to-video domain (`domain`) and the builder of the tiny Wan teacher trained on
+it (`tiny_teacher`, which imports diffusers and is therefore not imported here). Both eval and the engine may
+import this layer; it imports only the core."""
+
+from distill.toyworld.domain import (BACKGROUNDS, COLOURS, DIRECTIONS, FRAMES, HEIGHT, SHAPES, SPEEDS, SUPERSAMPLE,
+                                     WIDTH, Attributes, PromptSuite, all_attributes, attribute_accuracy, dataset,
+                                     held_out_attributes, parse_caption, prompt_suite, read_clip, render, render_pool,
+                                     sample_examples, train_attributes, vocabulary)
+
+__all__ = ["BACKGROUNDS", "COLOURS", "DIRECTIONS", "FRAMES", "HEIGHT", "SHAPES", "SPEEDS", "SUPERSAMPLE", "WIDTH",
+           "Attributes", "PromptSuite", "all_attributes", "attribute_accuracy", "dataset", "held_out_attributes",
+           "parse_caption", "prompt_suite", "read_clip", "render", "render_pool", "sample_examples",
+           "train_attributes", "vocabulary"]

@@ -1,0 +1,60 @@
+"""A teacher's config: where its weights are and the settings it samples with by default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from distill.core.config import CONFIG_DIR, Strict, load, validate
+
+
+class SamplerConfig(Strict):
+    name: Literal["euler", "unipc", "consistency"] = "unipc"
+    steps: int = Field(50, ge=1, le=1000)
+    guidance: float = Field(5.0, ge=0.0)
+    shift: float = Field(3.0, gt=0.0)
+
+
+class VideoConfig(Strict):
+    frames: int = Field(81, ge=1)
+    height: int = Field(480, ge=16)
+    width: int = Field(832, ge=16)
+    fps: int = Field(16, ge=1)
+
+
+class TeacherConfig(Strict):
+    """A teacher and the settings it samples with by default (its published defaults for real checkpoints)."""
+
+    name: str
+    source: str  # a local folder, a hub id (online only) or builtin:NAME
+    revision: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = "auto"
+    sampler: SamplerConfig = SamplerConfig()
+    video: VideoConfig = VideoConfig()
+    negative_prompt: str = ""
+    max_sequence_length: int = Field(512, ge=1)
+
+    @field_validator("source")
+    @classmethod
+    def _source_not_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must name a folder, a hub id or builtin:NAME")
+        return v
+
+
+def load_teacher_config(ref: str, overrides: list[str] = ()) -> TeacherConfig:
+    """A teacher by config file (`configs/teachers/x.yaml`), by config name (`tiny-wan`), or by bare source
+    (`builtin:tiny-wan`, a folder, a hub id), whose defaults then come from the checkpoint itself."""
+    path = Path(ref)
+    if path.suffix in (".yaml", ".yml"):
+        return load(TeacherConfig, path, overrides)
+    named = CONFIG_DIR / "teachers" / f"{ref}.yaml"
+    if named.is_file():
+        return load(TeacherConfig, named, overrides)
+    from distill.teachers.resolve import checkpoint_defaults
+
+    data = {"name": ref, "source": ref, **checkpoint_defaults(ref)}
+    return validate(TeacherConfig, data, f"teacher {ref!r}", overrides)
