@@ -87,6 +87,22 @@ def save(root: Path, step: int, cfg: TrainConfig, engines: dict, generator: torc
 
 
 # --- finding and checking -------------------------------------------------------------------------------------------
+RUN_MARKERS = ("checkpoints", "config.yaml", "metrics.jsonl")  # what a run writes into its out folder first
+
+
+def check_out_folder(out: str | Path) -> None:
+    """A run writes into a folder that is missing, empty, or a run already (to resume, or refused later as taken);
+    never into someone's non-empty folder, whose files it would mix with its own."""
+    out = Path(out).expanduser()
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ConfigError(f"out: {str(out)!r} is a file, not a folder; choose another out=")
+    if any(out.iterdir()) and not any((out / name).exists() for name in RUN_MARKERS):
+        raise ConfigError(f"out: {str(out)!r} exists, is not empty and is not a training run (none of "
+                          f"{', '.join(RUN_MARKERS)}); choose another out= or empty it")
+
+
 def find(run: str | Path, checkpoint: str = "latest") -> Path:
     """A checkpoint folder: `run` itself when it is one, else the run folder's `latest` or its checkpoint named
     `checkpoint` (e.g. step-000200)."""

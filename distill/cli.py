@@ -1,122 +1,64 @@
-"""The `distill` command. Subcommands validate everything they can before loading a model."""
+"""The `distill` command: a dispatcher over one module per command, `distill.commands.<name>`.
+
+Each command module exposes `add_parser(sub)` (which sets `func=run`) and `run(args) -> int`. Commands check what
+they can (config, inputs, output paths) before they load a model. Whatever stops a command from doing its job ends
+as one line on stderr, `distill <command>: error: <cause>`, and one of the exit codes below; `--debug` shows the
+traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from pathlib import Path
+import warnings
 
-from distill.core.config import ConfigError
+COMMANDS = ("sample", "train", "export", "eval", "gate", "demo", "plan")
 
-DEFAULT_TEACHER = "builtin:tiny-wan"
+OK, REGRESSION, FAILED, ABORTED, INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_CODES = f"""exit codes:
+  {OK}    done
+  {REGRESSION}    `distill gate` found a regression (only gate uses it)
+  {FAILED}    the command could not do its job: bad arguments or config, a missing, incomplete or corrupt file,
+       an output path that cannot be written, or any unexpected error
+  {ABORTED}    `distill train` was stopped by its loss guard (the last good checkpoint is kept)
+  {INTERRUPTED}  interrupted (Ctrl-C)
 
-
-def _add_sample(sub) -> None:
-    p = sub.add_parser(
-        "sample", help="sample clips from a teacher and write mp4, gif and a frame-grid png",
-        description="Sample clips from a teacher. Unset options take the teacher's own defaults (its config file, "
-                    "or the defaults a shipped checkpoint carries). Example:\n  distill sample --teacher "
-                    "builtin:tiny-wan --prompt 'a red circle moving left slowly on a black background' "
-                    "--steps 50 --seed 0 --out clip.mp4",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--teacher", default=DEFAULT_TEACHER,
-                   help="a teacher config (configs/teachers/X.yaml or its name X), a Wan folder, a hub id (online), "
-                        f"or builtin:NAME (default {DEFAULT_TEACHER})")
-    p.add_argument("--prompt", action="append", default=[], help="a prompt; repeat for several clips")
-    p.add_argument("--prompts-file", type=Path, help="a text file with one prompt per line")
-    p.add_argument("--negative-prompt", help="negative prompt for CFG (default: the teacher's)")
-    p.add_argument("--steps", type=int, help="denoising steps (default: the teacher's, 50)")
-    p.add_argument("--guidance", type=float, help="CFG scale; <= 1 turns CFG off")
-    p.add_argument("--shift", type=float, help="timestep shift of the flow-matching schedule")
-    p.add_argument("--sampler", choices=["euler", "unipc", "consistency"])
-    p.add_argument("--seed", type=int, default=0, help="seed of the first clip; clip i uses seed + i")
-    p.add_argument("--frames", type=int, help="number of frames, 4k+1")
-    p.add_argument("--height", type=int)
-    p.add_argument("--width", type=int)
-    p.add_argument("--fps", type=int)
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--device", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--batch-size", type=int, default=8, help="clips sampled together")
-    p.add_argument("--formats", default="mp4,gif,png",
-                   help="comma-separated formats written next to --out (default mp4,gif,png)")
-    p.add_argument("--out", type=Path, required=True,
-                   help="output path (clip.mp4); several prompts give clip-0.mp4, clip-1.mp4, ...")
-    p.set_defaults(func=cmd_sample)
-
-
-def _read_prompts(args) -> list[str]:
-    prompts = list(args.prompt)
-    if args.prompts_file:
-        if not args.prompts_file.is_file():
-            raise ConfigError(f"--prompts-file {str(args.prompts_file)!r} does not exist")
-        prompts += [line.strip() for line in args.prompts_file.read_text().splitlines() if line.strip()]
-    if not prompts:
-        raise ConfigError("no prompts: give --prompt TEXT (repeatable) or --prompts-file FILE")
-    empty = [i for i, p in enumerate(prompts) if not p.strip()]
-    if empty:
-        raise ConfigError(f"prompts at positions {empty} are empty; every prompt needs text")
-    return prompts
-
-
-def cmd_sample(args) -> int:
-    from distill.teachers.config import load_teacher_config
-    from distill.core.media import VIDEO_SUFFIXES, write_clip
-    from distill.teachers.resolve import resolve
-    from distill.teachers.wan import check_video_size, video_factors
-
-    prompts = _read_prompts(args)
-    overrides = [f"{k}={v}" for k, v in (
-        ("sampler.steps", args.steps), ("sampler.guidance", args.guidance), ("sampler.shift", args.shift),
-        ("sampler.name", args.sampler), ("video.frames", args.frames), ("video.height", args.height),
-        ("video.width", args.width), ("video.fps", args.fps), ("dtype", args.dtype), ("device", args.device),
-    ) if v is not None]
-    cfg = load_teacher_config(args.teacher, overrides)
-    if args.negative_prompt is not None:
-        cfg = cfg.model_copy(update={"negative_prompt": args.negative_prompt})
-    formats = [f".{f.strip().lstrip('.')}" for f in args.formats.split(",") if f.strip()]
-    bad = [f for f in formats + [args.out.suffix] if f not in VIDEO_SUFFIXES]
-    if bad:
-        raise ConfigError(f"output format(s) {bad} unknown; accepted: {list(VIDEO_SUFFIXES)}")
-    v, s = cfg.video, cfg.sampler
-    check_video_size(v.frames, v.height, v.width, *video_factors(resolve(cfg.source, cfg.revision)))
-
-    from tqdm.auto import tqdm
-
-    from distill.teachers.wan import WanTeacher
-
-    teacher = WanTeacher.from_pretrained(cfg.source, dtype=cfg.dtype, device=cfg.device, revision=cfg.revision,
-                                         max_sequence_length=cfg.max_sequence_length)
-    print(f"teacher {cfg.source} on {teacher.device}: {len(prompts)} clip(s), {v.frames}x{v.height}x{v.width}, "
-          f"{s.name} {s.steps} steps, guidance {s.guidance}, shift {s.shift}", file=sys.stderr)
-    seeds = [args.seed + i for i in range(len(prompts))]
-    written = []
-    for i in tqdm(range(0, len(prompts), args.batch_size), desc="clips", unit="batch"):
-        chunk = prompts[i:i + args.batch_size]
-        latents = teacher.sample(chunk, steps=s.steps, guidance=s.guidance, shift=s.shift,
-                                 seed=seeds[i:i + args.batch_size], sampler=s.name, negative=cfg.negative_prompt,
-                                 frames=v.frames, height=v.height, width=v.width, progress=True)
-        for j, video in enumerate(teacher.decode(latents).numpy()):
-            stem = args.out if len(prompts) == 1 else args.out.with_name(f"{args.out.stem}-{i + j}{args.out.suffix}")
-            for suffix in dict.fromkeys([args.out.suffix, *formats]):
-                written += write_clip(stem.with_suffix(suffix), video, fps=v.fps)
-    for path in written:
-        print(path)
-    return 0
+Errors are one line on stderr: `distill COMMAND: error: CAUSE`. Add --debug (before or after COMMAND) for the
+traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="distill",
+        prog="distill", epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Few-step distillation of flow-matching video DiTs (Wan 2.1/2.2) and their evaluation.")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_sample(sub)
-    from distill import demo, eval_cmd, export, train_cmd
-
-    train_cmd.add_parsers(sub)
-    demo.add_parser(sub)
-    export.add_parser(sub)
-    eval_cmd.add_parsers(sub)
+    for name in COMMANDS:
+        importlib.import_module(f"distill.commands.{name}").add_parser(sub)
+        # accepted after the command too; SUPPRESS keeps a --debug given before it
+        sub.choices[name].add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                       help="show the traceback of an error")
     return parser
+
+
+def _cause(err: BaseException) -> str:
+    """The error as a user reads it: our own errors say it all; others get their type, which is often the clue."""
+    from distill.core.config import ConfigError
+
+    text = str(err).strip() or type(err).__name__
+    if isinstance(err, (ConfigError, ValueError)):
+        return text
+    if isinstance(err, OSError) and err.filename is not None:
+        return f"{err.filename}: {err.strerror or text}"
+    return f"{type(err).__name__}: {text}"
+
+
+def _one_line_warnings(command: str) -> None:
+    """Warnings (a prompt cut at the text encoder's length, say) as one line each, like errors."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"distill {command}: warning: {message}", file=file or sys.stderr)
+    warnings.showwarning = show
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,11 +69,23 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if not args.debug:
+        _one_line_warnings(args.command)
     try:
         return args.func(args)
-    except (ConfigError, ValueError) as err:
-        print(f"distill {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"\ndistill {args.command}: error: interrupted", file=sys.stderr)
+        return INTERRUPTED
+    except Exception as err:
+        if args.debug:
+            raise
+        from distill.monitor import TrainingAborted
+
+        aborted = isinstance(err, TrainingAborted)  # its message says where and why the run stopped
+        print(f"distill {args.command}: error: {str(err) if aborted else _cause(err)}", file=sys.stderr)
+        return ABORTED if aborted else FAILED
 
 
 if __name__ == "__main__":

@@ -100,8 +100,11 @@ class TrainData:
     """Examples (prompt, x0) with cached text embeddings; `batch(position, n)` is deterministic."""
 
     def __init__(self, cfg: DataConfig, teacher: WanTeacher, teacher_cfg: TeacherConfig, checkpoint_id: str,
-                 cache_dir: Path, progress: bool = True):
+                 cache_dir: Path, progress: bool = True, shard: tuple[int, int] | None = None):
         self.cfg, self.teacher, self.teacher_cfg, self.checkpoint_id = cfg, teacher, teacher_cfg, checkpoint_id
+        # (index, count) of this rank's share of the precomputed latents: one per rank, or one per sequence-parallel
+        # group, whose ranks then compute the same clips together
+        self.shard = shard
         self.video = teacher_cfg.video
         self.cache_dir = Path(cache_dir)
         self.progress = progress
@@ -124,7 +127,8 @@ class TrainData:
     def _latents(self) -> torch.Tensor:
         cfg, v, t, tc = self.cfg, self.video, self.teacher, self.teacher_cfg
         rank, world = rank_world()
-        mine = list(range(rank, len(self.prompts), world))
+        index, count = self.shard or (rank, world)
+        mine = list(range(index, len(self.prompts), count))
         step = 16
         if cfg.latents == "real":
             key = _key("real", cfg.source, cfg.split if cfg.source == "toyworld" else self.prompts, cfg.size, cfg.seed,

@@ -7,6 +7,8 @@
                                   computes exactly the multistep consistency sampler (teachers.samplers)
         text_encoder/ tokenizer/ vae/   copied from the teacher
         lora/pytorch_lora_weights.safetensors   (LoRA runs) the adapter alone, for `pipe.load_lora_weights`
+        lora/wan_lora.safetensors               the same adapter in the original Wan key names (ComfyUI, DiffSynth,
+                                                LightX2V; diffusers reads it too): distill.lora_format
         distill_teacher.json      the sampler and video defaults `distill sample` and `distill eval` pick up
         distill_export.json       where it came from (run, checkpoint, step, teacher, code version)
         README.md                 how to load and sample it
@@ -16,16 +18,15 @@ The folder is written next to OUT under a temporary name and renamed at the end:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import yaml
 
 from distill.core.config import ConfigError
+from distill.lora_format import WAN_LORA_FILE, write_wan_lora
 
 from distill.teachers.config import load_teacher_config
 from distill.teachers.resolve import has_two_experts, transformer_folder
@@ -185,6 +186,10 @@ pipe = WanPipeline.from_pretrained("<the teacher folder>")
 pipe.load_lora_weights("{out_name}/lora")
 pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift={shift}, stochastic_sampling=True)
 ```
+
+`lora/{WAN_LORA_FILE}` is the same adapter in the original Wan key names (`diffusion_model.blocks.0.self_attn.q...`,
+its alpha / rank folded into `lora_B`), for ComfyUI, DiffSynth-Studio and LightX2V; diffusers loads it too, with
+`weight_name="{WAN_LORA_FILE}"`.
 """
     return text
 
@@ -242,6 +247,7 @@ def export(run: str | Path, out: Path, checkpoint: str = "latest", steps: int | 
             fuse_lora(_lora_base(config, teacher), folder / "lora" / LORA_FILE, tmp / "transformer")
             (tmp / "lora").mkdir()
             shutil.copy2(folder / "lora" / LORA_FILE, tmp / "lora" / LORA_FILE)
+            write_wan_lora(tmp / "lora" / LORA_FILE, tmp / "lora" / WAN_LORA_FILE)
         else:
             _copy_tree(folder / "student", tmp / "transformer")
         FlowMatchEulerDiscreteScheduler(shift=sampler["shift"], stochastic_sampling=True).save_pretrained(
@@ -268,31 +274,3 @@ def export(run: str | Path, out: Path, checkpoint: str = "latest", steps: int | 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-# --- the command ---------------------------------------------------------------------------------------------------
-def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "export", help="write a run's student as a diffusers Wan folder that stock WanPipeline samples in few steps",
-        description="Export the student of a `distill train` run (its latest checkpoint, or --checkpoint) as a "
-                    "complete diffusers Wan folder: the student transformer (LoRA runs: fused into its base, and "
-                    "the adapter alone under lora/), the teacher's text encoder, tokenizer and VAE, and a "
-                    "FlowMatchEulerDiscreteScheduler that does the student's consistency sampling. Example:\n"
-                    "  distill export runs/cd --out runs/cd/export\n"
-                    "  python -c \"from diffusers import WanPipeline; WanPipeline.from_pretrained('runs/cd/export')\"",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", help="a run folder (the `out` of distill train) or one of its checkpoints/step-N folders")
-    p.add_argument("--out", type=Path, required=True, help="the folder to write (must not exist, or be empty)")
-    p.add_argument("--checkpoint", default="latest", help="a checkpoint name under RUN/checkpoints, e.g. step-000200 "
-                                                          "(default: latest)")
-    p.add_argument("--steps", type=int, help="sampling steps to record (default: the steps the student was "
-                                             "distilled for)")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    p.set_defaults(func=cmd_export)
-
-
-def cmd_export(args) -> int:
-    out = export(args.run, args.out, checkpoint=args.checkpoint, steps=args.steps, overwrite=args.overwrite)
-    print(f"exported {args.run} to {out}", file=sys.stderr)
-    print(out)
-    return 0

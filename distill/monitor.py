@@ -39,7 +39,8 @@ class LossGuard:
 
 
 class Monitor:
-    def __init__(self, cfg: TrainConfig, out: Path, start_step: int, rank: int, samples_per_step: int):
+    def __init__(self, cfg: TrainConfig, out: Path, start_step: int, rank: int, samples_per_step: int,
+                 progress: bool = True):
         self.rank, self.out = rank, out
         self.samples_per_step = samples_per_step
         self.steps = cfg.train.steps
@@ -52,7 +53,8 @@ class Monitor:
             kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= start_step]
             metrics.write_text("".join(line + "\n" for line in kept))
         self.metrics = metrics.open("a")
-        self.bar = tqdm(total=cfg.train.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+        self.bar = tqdm(total=cfg.train.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
+                        disable=not progress)
         if cfg.wandb.mode != "disabled":
             import wandb
 

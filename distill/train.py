@@ -21,6 +21,7 @@ from pathlib import Path
 import deepspeed
 import torch
 import torch.distributed as dist
+import yaml
 from safetensors.torch import load_file, save_file
 
 from distill import checkpoint
@@ -30,6 +31,7 @@ from distill.data import TrainData
 from distill.alarms import Alarms
 from distill.core.media import write_mp4
 from distill.monitor import LossGuard, Monitor, TrainingAborted
+from distill.parallel import check_sequence_parallel, make_layout
 from distill.networks import (EMA, build_backbone, build_student, check_student_source, deepspeed_config,
                               full_state_dict, load_full_state_dict, partition_frozen, save_lora, trainable)
 from distill.train_config import TrainConfig
@@ -79,6 +81,16 @@ def preflight(cfg: TrainConfig) -> tuple[TeacherConfig, Path, dict]:
         check_video_size(v.frames, v.height, v.width, *video_factors(folder))
     except ValueError as err:
         raise ConfigError(f"teacher {cfg.teacher!r} video settings: {err}") from None
+    check_sequence_parallel(cfg, folder, v, int(os.environ.get("WORLD_SIZE", "1")))
+    if torch.cuda.is_available():  # refuse a run that cannot fit (distill/plan.py); on CPU there is nothing to plan
+        from distill.plan import plan, refusal
+
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        memory = torch.cuda.get_device_properties(local).total_memory / (1 << 30)
+        predicted = plan(cfg, int(os.environ.get("WORLD_SIZE", "1")), memory)
+        if not predicted.fits:
+            raise ConfigError(f"memory: {refusal(predicted)} (details: `distill plan CONFIG --gpus N --gpu-memory "
+                              f"GiB`)")
     return tcfg, folder, deepspeed_config(cfg)
 
 
@@ -121,6 +133,7 @@ class Run:
 
     def __init__(self, cfg: TrainConfig, resume: str | None = None, progress: bool = True):
         self.cfg, self.progress = cfg, progress
+        checkpoint.check_out_folder(cfg.out)
         self.tcfg, folder, self.ds = preflight(cfg)
         self.recipe = make_recipe(cfg, self.tcfg)
         self.out = Path(cfg.out)
@@ -139,14 +152,23 @@ class Run:
         self.rank, self.world, self.device = setup_distributed(cfg.train.collective_timeout_s)
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
+            # marks the folder as a run from its first second (checkpoint.check_out_folder), and says what it runs
+            (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
-        torch.manual_seed(cfg.train.seed * 1000 + self.rank)
-        self.generator = torch.Generator().manual_seed(cfg.train.seed * 1000 + self.rank + 1)
+        # The ranks of a sequence-parallel group compute one replica: the same batches, the same noise.
+        self.layout = make_layout(cfg.parallel.sequence)
+        replica = self.layout.data_rank
+        torch.manual_seed(cfg.train.seed * 1000 + replica)
+        self.generator = torch.Generator().manual_seed(cfg.train.seed * 1000 + replica + 1)
         t = self.tcfg
         self.teacher = WanTeacher.from_pretrained(t.source, dtype=t.dtype, device=str(self.device),
                                                   revision=t.revision, max_sequence_length=t.max_sequence_length)
         cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else self.out / "cache"
-        self.data = TrainData(cfg.data, self.teacher, t, self.teacher_hash, cache, progress)
+        shard = None  # real clips: each rank encodes its own share
+        if cfg.data.latents == "teacher":  # the teacher's x0 samples: one clip per group, spread over its ranks
+            self.teacher.shard_sequence(self.layout.group)
+            shard = (self.layout.data_rank, self.layout.data_world)
+        self.data = TrainData(cfg.data, self.teacher, t, self.teacher_hash, cache, progress, shard=shard)
         self.validation_prompts = cfg.train.validation_prompts or sorted(set(self.data.prompts))[:4]
         if cfg.data.cache_text:
             self.data.cache_text(self.validation_prompts)
@@ -180,17 +202,22 @@ class Run:
 
     def _build_networks(self) -> None:
         cfg = self.cfg
+        self.teacher.unshard_sequence()  # copies first: a process group cannot be deep-copied
         student = build_student(cfg, self.teacher.transformer)
         ema_module = copy.deepcopy(student).requires_grad_(False).eval() if cfg.student.ema_decay is not None else None
+        self.layout.shard(student, ema_module)
         self.engines, self.schedulers = {}, {}
         if "discriminator" in self.recipe.trains:
             backbone = build_backbone(cfg.recipe.discriminator_init, self.teacher.transformer,
                                       cfg.student.gradient_checkpointing)
             disc = Discriminator(backbone, tuple(cfg.recipe.head_fractions)).to(self.device, torch.float32)
+            self.layout.shard(disc.backbone)
+            self.layout.gather_inputs(*disc.heads)  # each head pools over every token of the clip
             scale = cfg.recipe.head_lr_scale
             self.engines["discriminator"], self.schedulers["discriminator"] = self._engine(
                 disc.train(), {"heads.": scale, "norm.": scale, "out.": scale})
         if "teacher" in self.recipe.reads:
+            self.teacher.shard_sequence(self.layout.group)
             self.teacher.transformer = partition_frozen(self.teacher.transformer, self.ds)
         else:  # APT never runs the teacher's DiT: free it (its VAE stays, for real clips and alarms)
             self.teacher.transformer = self.teacher.pipe.transformer = None
@@ -228,7 +255,8 @@ class Run:
         cfg, bs = self.cfg, self.cfg.data.batch_size
         totals: dict[str, float] = {}
         for micro in range(cfg.train.grad_accum):
-            position = ((step * cfg.train.grad_accum + micro) * self.world + self.rank) * bs
+            replicas, replica = self.layout.data_world, self.layout.data_rank
+            position = ((step * cfg.train.grad_accum + micro) * replicas + replica) * bs
             batch = self.data.batch(position, bs)
             embeds = self.data.embed(batch.prompts).to(self.device)
             x0 = batch.x0.to(self.device)
@@ -251,7 +279,9 @@ class Run:
 
     def loop(self) -> dict:
         cfg = self.cfg
-        monitor = Monitor(cfg, self.out, self.start, self.rank, self.world * cfg.data.batch_size * cfg.train.grad_accum)
+        samples_per_step = self.layout.data_world * cfg.data.batch_size * cfg.train.grad_accum
+        monitor = Monitor(cfg, self.out, self.start, self.rank, samples_per_step,
+                          progress=self.progress)
         last = {}
         try:
             for step in range(self.start, cfg.train.steps):
@@ -299,7 +329,8 @@ class Run:
                 save_file(ema, folder / "ema.safetensors")
 
     def save(self, step: int) -> None:
-        meta = {"data_position": (step * self.cfg.train.grad_accum) * self.world * self.cfg.data.batch_size,
+        replicas = self.layout.data_world
+        meta = {"data_position": (step * self.cfg.train.grad_accum) * replicas * self.cfg.data.batch_size,
                 "teacher": self.tcfg.source, "teacher_revision": self.tcfg.revision,
                 "teacher_hash": self.teacher_hash, "recipe": self.cfg.recipe.name, "guard": self.guard.state(),
                 "alarms": self.alarms.state() if self.alarms else None,

@@ -138,6 +138,14 @@ class TrainLoop(Strict):
     collective_timeout_s: int = Field(600, ge=10)  # a rank stuck this long in a collective fails the job
 
 
+class ParallelConfig(Strict):
+    """How the ranks of a job share the work beyond data parallelism (docs/parallelism.md)."""
+
+    # Ranks per sequence-parallel group: N consecutive ranks split each clip's tokens (DeepSpeed-Ulysses) in every
+    # DiT forward and backward; the world/N groups are data-parallel replicas, each with its own batches.
+    sequence: int = Field(1, ge=1)
+
+
 class WandbConfig(Strict):
     mode: Literal["offline", "online", "disabled"] = "offline"
     project: str = "distill"
@@ -153,6 +161,7 @@ class TrainConfig(Strict):
     optim: OptimConfig = OptimConfig()
     deepspeed: str = "configs/deepspeed/zero2.json"
     train: TrainLoop
+    parallel: ParallelConfig = ParallelConfig()
     wandb: WandbConfig = WandbConfig()
     out: str = "runs/train"
 
@@ -192,6 +201,11 @@ RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.checkpoint_every",
                      "train.validate_every", "train.collective_timeout_s", "wandb", "out")
 
 
+# Keys added after checkpoints were written, left out of the fingerprint at their default value so that those
+# checkpoints still resume.
+ADDED_SINCE_CHECKPOINTS = {"parallel.sequence": 1}
+
+
 def fingerprint(cfg: TrainConfig) -> dict:
     """The config minus the keys a resume may change, flattened to dotted keys."""
     flat: dict = {}
@@ -204,6 +218,9 @@ def fingerprint(cfg: TrainConfig) -> dict:
             flat[prefix] = node
 
     walk(cfg.model_dump(mode="json"), "")
+    for key, default in ADDED_SINCE_CHECKPOINTS.items():
+        if flat.get(key) == default:
+            flat.pop(key)
     return {k: v for k, v in flat.items() if not any(k == p or k.startswith(p + ".") for p in RESUMABLE_CHANGES)}
 
 

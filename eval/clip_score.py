@@ -1,10 +1,18 @@
-"""CLIP prompt adherence: 100·cos(image, text) per sampled frame, averaged per clip, with open_clip backends.
+"""CLIP prompt adherence, `clipsim[<backend>]`: 100·cos(image, text) per sampled frame, averaged per clip.
+
+What is computed, exactly: per clip, `frames` frames are encoded by the CLIP image tower and the caption by its
+text tower; both embeddings are L2-normalised; the clip's value is the MEAN over those frames of 100·cosine. It is
+not torchmetrics' `CLIPScore`, which is max(100·cos, 0) per image-caption pair: no clamp at 0 here (a clamp
+biases a mean upward and hides how far below zero a bad sample goes), and the mean is over frames of one clip.
+Hence its own name, `clipsim` (the CLIPSIM of the text-to-video literature: mean frame-caption CLIP similarity),
+on the ×100 scale. A cosine has no meaningful zero, so ratios of two clipsims depend on the backend; compare
+models by the PAIRED DIFFERENCE in points on the same prompts and seeds (`paired_diff_vs_teacher`).
 
 Backends:
 - a standard open_clip model by name and pretrained tag (`ViT-B-32` with `laion2b_s34b_b79k` by default), the
-  weights from open_clip's cache or a local file; named `clip_score[ViT-B-32/laion2b_s34b_b79k]`;
+  weights from open_clip's cache or a local file; named `clipsim[ViT-B-32/laion2b_s34b_b79k]`;
 - the toy world's domain CLIP (`eval/builtin/domain-clip`, an open_clip `CLIP` trained by
-  `scripts/train_domain_clip.py`), loaded through open_clip's `local-dir:` schema; named `clip_score[domain-clip]`.
+  `scripts/train_domain_clip.py`), loaded through open_clip's `local-dir:` schema; named `clipsim[domain-clip]`.
 
 Frames: `frames` sampled uniformly over the clip. The domain CLIP reads *motion-history frames*: frame t with
 fading copies of the few frames before it behind it, so that a single image shows which way and how fast the shape
@@ -20,8 +28,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torchmetrics import Metric
-
 from distill.eval.fvd import uniform_frame_indices
 
 DOMAIN_CLIP_DIR = Path(__file__).resolve().parent / "builtin" / "domain-clip"
@@ -149,30 +155,3 @@ class ClipBackend:
             img = F.normalize(self.model.encode_image(self.prepare_frames(video, frames).to(self.device)).float(), -1)
             rows.append(100.0 * (img @ text.T).mean(0))
         return torch.stack(rows).double().cpu()
-
-
-class ClipScore(Metric):
-    """CLIP prompt adherence as a torchmetrics Metric; per-clip scores are kept (and gathered across ranks) for
-    confidence intervals."""
-
-    full_state_update = False
-
-    def __init__(self, backend: ClipBackend, frames: int = 8, **kwargs):
-        super().__init__(**kwargs)
-        self.backend = backend
-        self.frames = frames
-        self.add_state("scores", default=[], dist_reduce_fx="cat")
-
-    @property
-    def metric_name(self) -> str:
-        return f"clip_score[{self.backend.name}]"
-
-    def update(self, videos: torch.Tensor, captions: list[str]) -> None:
-        self.scores.append(self.backend.clip_scores(videos, captions, self.frames).to(self.device))
-
-    def per_clip(self) -> torch.Tensor:
-        s = self.scores
-        return torch.cat(s) if isinstance(s, list) and s else (s if isinstance(s, torch.Tensor) else torch.zeros(0))
-
-    def compute(self) -> torch.Tensor:
-        return self.per_clip().mean()

@@ -73,6 +73,22 @@ class DomainVideoDetector:
         self.num_frames = self.net.config["frames"]
         self.batch_size = batch_size
 
+    def metric_name(self, statistic: str, frames: int) -> str:
+        """`fvd[domain-video-net,17f]`: the frame count the net read, and `from{T}` when it had to resample."""
+        self.check_frames(frames)
+        tag = f"{frames}f" if frames == self.num_frames else f"{frames}to{self.num_frames}f"
+        return f"{statistic}[{self.name},{tag}]"
+
+    def protocol(self, frames: int) -> str:
+        rule = (f"all {frames} frames, consecutive" if frames == self.num_frames else
+                f"{frames} frames resampled trilinearly to {self.num_frames} (a non-standard, resampled protocol)")
+        return (f"domain video net: {rule}, at {self.net.config['size']}x{self.net.config['size']}, with their "
+                f"frame differences; {self.feature_dim}-d pooled features")
+
+    def check_frames(self, frames: int) -> None:
+        if frames < 2:
+            raise ValueError(f"detector {self.name!r} needs clips of at least 2 frames, got {frames}")
+
     @torch.no_grad()
     def features(self, videos: torch.Tensor) -> torch.Tensor:
         out = [self.net.features(videos[i:i + self.batch_size]) for i in range(0, len(videos), self.batch_size)]

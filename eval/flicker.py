@@ -1,13 +1,16 @@
-"""Temporal flicker: three per-clip measures of frame-to-frame instability, and a torchmetrics Metric for each.
+"""Temporal flicker: three per-clip measures of frame-to-frame instability, and VBench's static filter.
 
-- `vbench_flicker`: VBench's temporal-flickering score. HIGHER is steadier (1.0 = no change at all).
+- `vbench_flicker`: VBench's temporal-flickering score. HIGHER is steadier (1.0 = no change at all). It reads
+  any change as flicker, motion included, so VBench scores it only on STATIC clips: its temporal-flickering
+  prompts describe still scenes, and a static filter drops the clips that move anyway. `static_clips` is that
+  filter here; the eval reports `flicker.vbench` on the clips of static prompts that pass it, and nothing else.
 - `warp_error`: flow-compensated warping error (Lai et al., ECCV 2018). LOWER is steadier. Unlike the raw frame
-  difference it does not punish motion, only change that motion does not explain.
+  difference it does not punish motion, only change that motion does not explain: the flicker evidence for
+  moving clips, with `hf_energy`.
 - `hf_energy`: share of temporal spectral energy at high frequencies. LOWER is steadier.
 
 Each function takes uint8 videos [B, T, H, W, 3] (T >= 2; 3 for `hf_energy`'s default linear detrend) and
-returns float64 [B], one value per clip. The Metric classes keep the per-clip values (list state, "cat" across
-ranks, for bootstrap intervals) and compute their mean.
+returns float64 [B], one value per clip. The eval reaches them through its metric registry (eval/metrics.py).
 """
 
 from __future__ import annotations
@@ -20,9 +23,6 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchmetrics import Metric
-from torchmetrics.utilities import dim_zero_cat
-
 from distill.core.video import check_videos
 
 
@@ -56,10 +56,10 @@ def raft_weights_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(RAFT_WEIGHTS_URL).path).name
 
 
-def resolve_flow_backend(flow: str = "auto") -> str:
-    """"auto" -> "raft_small" if its weights are in the local torch hub cache, else "farneback" (no weights)."""
-    if flow == "auto":
-        return "raft_small" if raft_weights_path().is_file() else "farneback"
+def resolve_flow_backend(flow: str) -> str:
+    """Check that `flow` can run here and return it. There is no "auto": a metric's name carries its flow backend,
+    and a name that changed with what happens to be cached would make the same suite score differently (and a
+    gate refuse) on another machine."""
     if flow == "raft_small":
         if not raft_weights_path().is_file():
             raise FileNotFoundError(f"flow='raft_small' needs its weights at {raft_weights_path()} (not "
@@ -67,7 +67,7 @@ def resolve_flow_backend(flow: str = "auto") -> str:
         return flow
     if flow == "farneback":
         return flow
-    raise ValueError(f"flow must be 'auto', 'raft_small' or 'farneback', got {flow!r}")
+    raise ValueError(f"flow must be 'raft_small' or 'farneback', got {flow!r}")
 
 
 @functools.lru_cache(maxsize=2)
@@ -152,11 +152,11 @@ def _clip_warp_error(clip: torch.Tensor, flow_fn) -> torch.Tensor:
 
 
 @torch.no_grad()
-def warp_error(videos: torch.Tensor, flow: str = "auto") -> torch.Tensor:
+def warp_error(videos: torch.Tensor, flow: str = "farneback") -> torch.Tensor:
     """Flow-compensated warping error per clip (Lai et al. 2018): warp frame t+1 back onto frame t with the flow
     t->t+1, keep pixels whose forward and backward flows agree and land inside the frame, and average the squared
     residual over those pixels and the 3 channels, on frames scaled to [0, 1]; then average over the T−1 pairs.
-    Lower is steadier. `flow`: "auto", "raft_small" or "farneback" (see `resolve_flow_backend`)."""
+    Lower is steadier. `flow`: "farneback" (OpenCV, no weights) or "raft_small" (torchvision, cached weights)."""
     check_videos(videos, min_frames=2, what="flicker")
     flow_fn = FLOW_BACKENDS[resolve_flow_backend(flow)]
     return torch.stack([_clip_warp_error(clip, flow_fn) for clip in videos]).cpu()
@@ -218,71 +218,34 @@ def hf_energy(videos: torch.Tensor, cutoff: float = 0.25, detrend: str = "linear
     return torch.stack(scores).cpu()
 
 
-# --- torchmetrics wrappers ----------------------------------------------------------------------------------------
+# --- (d) the static filter VBench's temporal flickering needs -----------------------------------------------------
 
-class _PerClipMean(Metric):
-    """Keeps each clip's score (list state, "cat" across ranks); computes their mean in float64."""
-
-    is_differentiable = False
-    full_state_update = False
-    name: str
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.add_state("per_clip", default=[], dist_reduce_fx="cat")
-
-    def score(self, videos: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def update(self, videos: torch.Tensor) -> None:
-        self.per_clip.append(self.score(videos).to(device=self.device, dtype=torch.float64))
-
-    def scores(self) -> torch.Tensor:
-        """All per-clip scores so far, [N] float64 (this rank's only, outside `compute`)."""
-        if isinstance(self.per_clip, list) and not self.per_clip:
-            raise ValueError(f"{self.name}: no clips yet; call update(videos) first")
-        return dim_zero_cat(self.per_clip)
-
-    def compute(self) -> torch.Tensor:
-        return self.scores().mean()
+STATIC_TOP_FRACTION = 0.05  # the fastest 5% of pixels: a small moving subject on a still background still counts
+STATIC_MAX_FLOW_PX = 0.5  # pixels per frame at the clip's own resolution
 
 
-class VBenchFlicker(_PerClipMean):
-    higher_is_better = True
-    name = "flicker.vbench"
-
-    def score(self, videos: torch.Tensor) -> torch.Tensor:
-        return vbench_flicker(videos)
-
-
-class WarpError(_PerClipMean):
-    """The flow backend is fixed at construction (never mixed within a run) and named in `name`."""
-
-    higher_is_better = False
-
-    def __init__(self, flow: str = "auto", **kwargs):
-        super().__init__(**kwargs)
-        self.backend = resolve_flow_backend(flow)
-
-    @property
-    def name(self) -> str:
-        return f"flicker.warp_error[{self.backend}]"
-
-    def score(self, videos: torch.Tensor) -> torch.Tensor:
-        return warp_error(videos, flow=self.backend)
+@torch.no_grad()
+def motion_score(videos: torch.Tensor, flow: str = "farneback") -> torch.Tensor:
+    """How much a clip moves, per clip [B] float64, in pixels per frame at the clip's resolution: for every pair
+    of consecutive frames, the mean optical-flow magnitude over its fastest `STATIC_TOP_FRACTION` of pixels; the
+    clip's score is the largest over its pairs (one moving moment makes a clip non-static). Like VBench's static
+    filter (flow magnitudes of the fastest pixels), with the suite's pinned flow backend instead of RAFT-things.
+    Flow, not frame difference: a ±3-level flicker and a square gliding 2 px per frame change the frames by about
+    as much, and only the flow tells them apart."""
+    check_videos(videos, min_frames=2, what="static filter")
+    flow_fn = FLOW_BACKENDS[resolve_flow_backend(flow)]
+    scores = []
+    for clip in videos:
+        frames = clip.permute(0, 3, 1, 2).float() / 255.0
+        magnitude = flow_fn(frames[:-1], frames[1:]).pow(2).sum(dim=1).sqrt().flatten(1)  # [T-1, H*W]
+        k = max(1, int(round(STATIC_TOP_FRACTION * magnitude.shape[1])))
+        scores.append(magnitude.topk(k, dim=1).values.mean(dim=1).max().double())
+    return torch.stack(scores).cpu()
 
 
-class HFEnergy(_PerClipMean):
-    higher_is_better = False
-    name = "flicker.hf_energy"
-
-    def __init__(self, cutoff: float = 0.25, detrend: str = "linear", **kwargs):
-        super().__init__(**kwargs)
-        if not 0.0 <= cutoff < 1.0:
-            raise ValueError(f"cutoff is a fraction of the Nyquist frequency in [0, 1), got {cutoff}")
-        if detrend not in DETRENDS:
-            raise ValueError(f"detrend must be one of {DETRENDS}, got {detrend!r}")
-        self.cutoff, self.detrend = cutoff, detrend
-
-    def score(self, videos: torch.Tensor) -> torch.Tensor:
-        return hf_energy(videos, cutoff=self.cutoff, detrend=self.detrend)
+def static_clips(videos: torch.Tensor, flow: str = "farneback",
+                 max_flow_px: float = STATIC_MAX_FLOW_PX) -> tuple[torch.Tensor, torch.Tensor]:
+    """VBench's static filter: (is_static [B] bool, motion_score [B]); a clip is static when no pair of its
+    consecutive frames has its fastest pixels moving more than `max_flow_px` pixels per frame on average."""
+    score = motion_score(videos, flow)
+    return score <= max_flow_px, score

@@ -97,3 +97,28 @@ def feature_stats(features) -> tuple[np.ndarray, np.ndarray]:
         warnings.warn(f"feature_stats: only N={n} samples for D={d} feature dimensions; the covariance is "
                       f"singular and the Fréchet distance is a high-variance, biased estimate", stacklevel=2)
     return feats.mean(axis=0), np.atleast_2d(np.cov(feats, rowvar=False))
+
+
+def frechet_distance_of_features(x, y) -> float:
+    """`frechet_distance(*feature_stats(x), *feature_stats(y))` for feature sets x [N, D] and y [M, D], computed
+    in the N × M space when both sets have no more rows than dimensions (the usual FVD case, and the jackknife's
+    many leave-out evaluations): with centred features X, Y and the (N − 1), (M − 1) covariances,
+    tr Σ_x = ‖X‖²_F/(N − 1), and the non-zero eigenvalues of Σ_x Σ_y are those of (X Yᵀ)(X Yᵀ)ᵀ/((N − 1)(M − 1)),
+    so tr((Σ_x Σ_y)^½) is the sum of the singular values of X Yᵀ over √((N − 1)(M − 1)). Same number to round-off
+    (tests/eval/test_intervals.py), an N × M SVD instead of two D × D eigen-decompositions."""
+    xs, ys = _as_float64(x, "x"), _as_float64(y, "y")
+    if xs.ndim != 2 or ys.ndim != 2 or xs.shape[1] != ys.shape[1]:
+        raise ValueError(f"x and y must be [N, D] and [M, D] with the same D, got shapes {xs.shape} and {ys.shape}")
+    (n, d), m = xs.shape, ys.shape[0]
+    if max(n, m) > d:
+        return frechet_distance(*feature_stats(xs), *feature_stats(ys))
+    if min(n, m) < 2:
+        raise ValueError(f"features: a covariance needs at least 2 samples, got N={n} and M={m}")
+    warnings.warn(f"feature_stats: only N={min(n, m)} samples for D={d} feature dimensions; the covariance is "
+                  f"singular and the Fréchet distance is a high-variance, biased estimate", stacklevel=2)
+    mu_x, mu_y = xs.mean(axis=0), ys.mean(axis=0)
+    xc, yc = xs - mu_x, ys - mu_y
+    diff = mu_x - mu_y
+    trace_sqrt = float(np.linalg.svd(xc @ yc.T, compute_uv=False).sum()) / np.sqrt((n - 1) * (m - 1))
+    distance = diff @ diff + np.sum(xc * xc) / (n - 1) + np.sum(yc * yc) / (m - 1) - 2.0 * trace_sqrt
+    return max(float(distance), 0.0)

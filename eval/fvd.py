@@ -1,9 +1,13 @@
 """Fréchet Video Distance: the Fréchet distance between Gaussians fitted to video-detector features of two clip sets.
 
-A detector is anything with the `VideoDetector` face; the metric is named after it (`fvd[<detector.name>]`), so a
-score from a stand-in network is never reported under the standard name. The standard detector is `I3DDetector`:
-the TorchScript port of the TF-Hub I3D (Kinetics-400, 400-d pre-softmax features) used by StyleGAN-V and the FVD
-comparison work, loaded only from a file whose sha256 matches the pinned hash.
+A detector is anything with the `VideoDetector` face. A set metric is named after the detector AND its frame
+protocol (`detector.metric_name("fvd")`), so a score from a stand-in network or a non-standard frame rule is never
+reported under the standard name:
+- `fvd16[i3d]`: the standard FVD16 (StyleGAN-V): I3D on 16 CONSECUTIVE frames, here the first 16 of each clip.
+  The standard detector is `I3DDetector`: the TorchScript port of the TF-Hub I3D (Kinetics-400, 400-d pre-softmax
+  features) used by StyleGAN-V and the FVD comparison work, loaded only from a file whose sha256 matches the pin.
+- `fvd[domain-video-net,17f]`: the toy world's detector on all 17 frames of a toy clip (eval/domain_video_net.py).
+The same names with `kvd` are the kernel distance on the same features (eval/kvd.py).
 """
 
 from __future__ import annotations
@@ -15,9 +19,6 @@ from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
-from torchmetrics import Metric
-from torchmetrics.utilities import dim_zero_cat
-
 from distill.core.hashing import sha256_of_file
 from distill.core.video import check_videos
 from distill.eval.frechet import feature_stats, frechet_distance
@@ -38,7 +39,7 @@ PINNED_I3D_SHA256 = "bec6519f66ea534e953026b4ae2c65553c17bf105611c746d904657e586
 # to 224×224 and scales to [-1, 1] itself, and asks for the raw 400-d features before the softmax. (StyleGAN-V's own
 # loop instead feeds uint8 clips with rescale=True, resize=True and lets the module do both.)
 I3D_KWARGS = {"rescale": False, "resize": False, "return_features": True}
-I3D_FRAMES = 16  # the usual FVD clip length (the original TF FVD example; StyleGAN-V's 16-frame FVD)
+I3D_FRAMES = 16  # FVD16: 16 consecutive frames (the original TF FVD example; StyleGAN-V's FVD16)
 I3D_SIZE = 224
 I3D_FEATURE_DIM = 400
 
@@ -46,7 +47,9 @@ I3D_FEATURE_DIM = 400
 @runtime_checkable
 class VideoDetector(Protocol):
     """What FVD needs from a video network: a name for reports, the feature width, the clip length it expects
-    (None: any), and per-clip features of uint8 clips [B, T, H, W, 3] as a float tensor [B, feature_dim]."""
+    (None: any), per-clip features of uint8 clips [B, T, H, W, 3] as a float tensor [B, feature_dim], and the name
+    of a set statistic under its frame protocol for clips of `frames` frames (`metric_name("fvd", 17)`), with
+    `protocol(frames)` saying in words which frames it reads. `check_frames(frames)` raises when it cannot."""
 
     name: str
     feature_dim: int
@@ -54,24 +57,35 @@ class VideoDetector(Protocol):
 
     def features(self, videos: torch.Tensor) -> torch.Tensor: ...
 
+    def metric_name(self, statistic: str, frames: int) -> str: ...
+
+    def protocol(self, frames: int) -> str: ...
+
+    def check_frames(self, frames: int) -> None: ...
+
 
 def uniform_frame_indices(num_frames: int, target: int) -> torch.Tensor:
     """`target` frame indices spread evenly over a clip of `num_frames` (nearest frame; repeats when shorter)."""
     return torch.linspace(0, num_frames - 1, target).round().long()
 
 
+I3D_WINDOW_RULE = "the first 16 consecutive frames of each clip (frames 0-15), the rest unread"
+
+
 def preprocess_for_i3d(videos: torch.Tensor, num_frames: int = I3D_FRAMES, size: int = I3D_SIZE) -> torch.Tensor:
     """uint8 [B, T, H, W, 3] -> float32 [B, 3, num_frames, size, size] in [-1, 1], on the videos' device.
 
-    Time: the clip is *uniformly resampled* to `num_frames` (nearest frame at evenly spaced times), so the whole
-    clip is seen whatever its length; a clip shorter than that repeats frames (it plays slower), none is padded.
-    This differs from StyleGAN-V, which takes `num_frames` consecutive frames: compare FVDs only under one rule.
+    Time: the first `num_frames` CONSECUTIVE frames (FVD16's rule, as StyleGAN-V: a window of the clip at its own
+    frame rate; a uniform resample would change the motion the detector sees, by 5x for an 81-frame Wan clip).
+    A clip shorter than `num_frames` is refused, not padded or slowed down.
     Space: each frame is resized straight to size×size, bilinear without antialiasing (as the original TF FVD's
     `resize_bilinear`), so non-square frames are squashed rather than cropped.
     """
     check_videos(videos)
     b, t, h, w, _ = videos.shape
-    clip = videos[:, uniform_frame_indices(t, num_frames).to(videos.device)]
+    if t < num_frames:
+        raise ValueError(f"I3D FVD{num_frames} reads {num_frames} consecutive frames; these clips have {t}")
+    clip = videos[:, :num_frames]
     frames = clip.reshape(b * num_frames, h, w, 3).permute(0, 3, 1, 2).float()
     frames = F.interpolate(frames, size=(size, size), mode="bilinear", align_corners=False)
     frames = frames.reshape(b, num_frames, 3, size, size).transpose(1, 2)
@@ -124,6 +138,20 @@ class I3DDetector(torch.nn.Module):
             os.replace(partial, path)  # atomic: a broken download never sits under the final name
         return cls.from_file(path, sha256=sha256, **kwargs)
 
+    def metric_name(self, statistic: str, frames: int) -> str:
+        """`fvd16[i3d]`, `kvd16[i3d]`: the standard FVD16 window on the pinned I3D."""
+        self.check_frames(frames)
+        return f"{statistic}{self.num_frames}[{self.name}]"
+
+    def protocol(self, frames: int) -> str:
+        return (f"FVD16 window: {I3D_WINDOW_RULE} (clips of {frames} frames); each frame resized to "
+                f"{I3D_SIZE}x{I3D_SIZE}, scaled to [-1, 1]; {self.feature_dim}-d pre-softmax features")
+
+    def check_frames(self, frames: int) -> None:
+        if frames < self.num_frames:
+            raise ValueError(f"detector {self.name!r} (FVD{self.num_frames}) needs clips of at least "
+                             f"{self.num_frames} frames; the suite has frames={frames}")
+
     def _device(self) -> torch.device:
         return next(self.model.parameters(), torch.empty(0)).device
 
@@ -147,63 +175,3 @@ def fvd_from_features(real_features, fake_features) -> float:
     mu_real, sigma_real = feature_stats(real_features)
     mu_fake, sigma_fake = feature_stats(fake_features)
     return frechet_distance(mu_real, sigma_real, mu_fake, sigma_fake)
-
-
-class FrechetVideoDistance(Metric):
-    """FVD between the clips passed with real=True and those with real=False.
-
-    Per-clip features are kept (list states reduced by "cat"), so they sync across ranks and stay available for
-    bootstrap intervals (`features(real=...)`). Use `update`/`compute`; `forward` on one batch is meaningless here.
-    """
-
-    is_differentiable = False
-    higher_is_better = False
-    full_state_update = False
-
-    def __init__(self, detector: VideoDetector, **kwargs):
-        super().__init__(**kwargs)
-        if not isinstance(detector, VideoDetector):
-            raise TypeError(f"detector {type(detector).__name__} lacks the VideoDetector face "
-                            f"(name, feature_dim, num_frames, features(videos))")
-        self.detector = detector
-        self.add_state("real_features", default=[], dist_reduce_fx="cat")
-        self.add_state("fake_features", default=[], dist_reduce_fx="cat")
-
-    @property
-    def name(self) -> str:
-        return f"fvd[{self.detector.name}]"
-
-    def update(self, videos: torch.Tensor | None = None, real: bool | None = None, *,
-               features: torch.Tensor | None = None) -> None:
-        """Add uint8 clips [B, T, H, W, 3] to the real or the fake side; or, with `features=`, their precomputed
-        per-clip features [B, feature_dim] (e.g. teacher features cached once)."""
-        if not isinstance(real, bool):
-            raise TypeError(f"real must be a bool, got {type(real).__name__}")
-        if (videos is None) == (features is None):
-            raise ValueError("pass exactly one of videos or features=")
-        if videos is not None:
-            check_videos(videos)
-            features = self.detector.features(videos)
-        features = torch.as_tensor(features)
-        if features.ndim != 2 or features.shape[1] != self.detector.feature_dim:
-            raise ValueError(f"features must be [B, {self.detector.feature_dim}] for detector "
-                             f"{self.detector.name!r}, got {tuple(features.shape)}")
-        state = self.real_features if real else self.fake_features
-        state.append(features.detach().to(device=self.device, dtype=torch.float64))
-
-    def update_features(self, features: torch.Tensor, real: bool) -> None:
-        """Shorthand for `update(features=features, real=real)` (through `update`, so torchmetrics' cached
-        `compute` result is invalidated)."""
-        self.update(features=features, real=real)
-
-    def features(self, real: bool) -> torch.Tensor:
-        """All per-clip features of one side so far, [N, D] float64 (this rank's only, outside `compute`)."""
-        state = self.real_features if real else self.fake_features
-        if isinstance(state, list) and not state:
-            side = "real" if real else "fake"
-            raise ValueError(f"{self.name}: no {side} clips yet; call update(videos, real={real}) first")
-        return dim_zero_cat(state)
-
-    def compute(self) -> torch.Tensor:
-        distance = fvd_from_features(self.features(real=True).cpu(), self.features(real=False).cpu())
-        return torch.tensor(distance, dtype=torch.float64)

@@ -2,51 +2,62 @@
 
     exit 0  every check passed (skipped checks do not fail a gate)
     exit 1  at least one check failed: a regression
-    exit 2  the gate could not be judged: a file missing or not valid JSON, a schema string other than
-            "distill.eval/1", an invalid policy, a required model or metric missing, no teacher for a ratio
-            rule, a malformed metric record. Messages name the file, the model and the metric.
+    exit 2  the gate could not judge: a file missing, unreadable or not valid JSON, a schema other than
+            "distill.eval/2" (the older "distill.eval/1" is refused by name: its FVD intervals and protocols are
+            not comparable), an invalid policy, a rule naming a metric no model in the eval has (unless the rule
+            says `optional: true`; the message names the closest known metrics), a required model or metric
+            missing, no teacher for a teacher-relative rule, a malformed metric record, an output folder that
+            cannot be written, or any unexpected error. Always one line per cause, never a traceback.
 
 A policy (YAML, e.g. configs/eval/gates/toyworld.yaml):
 
     name: toyworld
     description: "..."                       # optional
     rules:
-      - metric: "clip_score[domain-clip]"    # exact metric name in eval.json
+      - metric: "clipsim[domain-clip]"       # exact metric name in eval.json
         models: "student-*"                  # fnmatch pattern (or a list of them) over model names; default "*"
         roles: [student]                     # optional: only models with one of these eval.json roles
-        min_ratio_to_teacher: 0.95           # exactly ONE bound per rule, one of:
-                                             #   min, max                  absolute bounds on the value
-                                             #   min_ratio_to_teacher,     bounds on value / teacher's value, the
-                                             #   max_ratio_to_teacher      teacher being the model in the same
-                                             #                             eval.json with role "teacher"
-                                             #   max_regression_vs_baseline  r >= 0: at most r (relative) worse
-                                             #                             than the same model in the baseline
+        min_paired_diff_vs_teacher: -3.0     # exactly ONE bound per rule, of the kinds below
         interval_aware: false                # see below
-        required: false                      # see below
+        required: false                      # every matched model must have the metric (else: skip)
+        optional: false                      # the metric may be absent from the whole eval (else: exit 2)
         name: "..."                          # optional label for reports
 
-Bounds and directions. `min`/`min_ratio_to_teacher` are lower bounds (observed >= bound), `max`/
-`max_ratio_to_teacher` upper bounds (observed <= bound). For `max_regression_vs_baseline: r` the metric's own
-`higher_is_better` decides: higher-is-better must stay >= base - r*|base|, lower-is-better <= base + r*|base|.
+Rule kinds. The point check, and (after "|") what `interval_aware: true` does with the record's interval:
 
-interval_aware. Off: a point check of the value against the bound. On: the check fails only when the whole 95%
-interval lies on the wrong side of the bound -- for a lower bound `hi < bound`, for an upper bound `lo > bound` --
-so a bound inside the interval passes ("not significantly worse"). The interval used is the record's `ci95`;
-for ratio rules it is `(t + d_lo)/t, (t + d_hi)/t` from the record's `paired_diff_vs_teacher.ci95` when present
-(it accounts for pairing), else `ci95 / t`, t being the teacher's value. Baseline values and teacher values are
-taken as fixed. A record without an interval falls back to the point check, and the message says so.
+    min: b                          value >= b | fails only if the whole ci95 is below b (hi < b)
+    max: b                          value <= b | fails only if the whole ci95 is above b (lo > b)
+    min_paired_diff_vs_teacher: b   (model - teacher) on the same prompts and seeds >= b, in the metric's own
+                                    units (points for clipsim) | fails only if the whole paired ci95 is below b
+    max_paired_diff_vs_teacher: b   (model - teacher) <= b | fails only if the whole paired ci95 is above b
+    min_ratio_to_teacher: r         value / teacher's value >= r (the teacher: the model with role "teacher" in
+                                    the same eval.json; only for metrics with a true zero: warp error, speed)
+                                    | the ratio's interval (t + d_lo)/t .. (t + d_hi)/t from the record's paired
+                                    difference when present, else ci95 / t; fails only if it is all below r
+    max_ratio_to_teacher: r         value / teacher's value <= r | likewise, fails only if all above r
+    max_regression_vs_baseline: r   r >= 0: at most r (relative) worse than the same model in the baseline
+                                    eval.json, the direction from the record's `higher_is_better`
+                                    (higher-is-better: value >= base - r|base|; else value <= base + r|base|)
+                                    | fails only if the whole ci95 is on the wrong side of that bound
 
-required. On: every matched model must have the metric in the current eval.json (and the teacher too, for ratio
-rules), and the pattern must match at least one model; a gap is an error (exit 2). Off: a gap is a skipped check.
-Baseline gaps (no baseline given, the model or metric not in it: a new model has no history) are always skips.
-A ratio rule with no teacher in the current eval.json is an error whatever `required` says.
+interval_aware. It can only forgive, never be stricter than the point check: a check passes when the point passes
+OR the interval reaches the bound ("not significantly worse"). Teacher and baseline values are taken as fixed. A
+record without an interval (speed: min/median/max only) falls back to the point check, and the message says so.
 
-Outputs in out_dir: gate.json (every check), gate.junit.xml (one testsuite, one testcase per rule x model),
-gate.md (a summary line, then a table).
+required / optional. `required: true`: every matched model must have the metric in the current eval.json (and the
+teacher too, for teacher-relative rules), and the pattern must match at least one model; a gap is an error (exit 2).
+Otherwise a gap is a skipped check (with the record's own reason when it says why, e.g. VBench flicker skipped
+for want of static clips). Independently of both, a metric that NO model in the eval has is a misspelt or stale
+rule and an error (a typo must not turn the gate into a no-op), unless `optional: true`. Baseline gaps (no
+baseline given, the model or metric not in it: a new model has no history) are always skips.
+
+Outputs in out_dir: gate.json (every check, with its rule's meaning), gate.junit.xml (one testsuite, one testcase
+per rule x model), gate.md (a summary line, then a table).
 """
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import json
 import math
@@ -60,12 +71,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from distill.core.config import format_validation_errors
-from distill.eval.schema import SCHEMA
+from distill.eval.schema import OLD_SCHEMAS, SCHEMA
 
 GATE_SCHEMA = "distill.gate/1"
 PASS, FAIL, ERROR = 0, 1, 2
 
-BOUND_KINDS = ("min", "max", "min_ratio_to_teacher", "max_ratio_to_teacher", "max_regression_vs_baseline")
+BOUND_KINDS = ("min", "max", "min_paired_diff_vs_teacher", "max_paired_diff_vs_teacher", "min_ratio_to_teacher",
+               "max_ratio_to_teacher", "max_regression_vs_baseline")
+LOWER_BOUNDS = ("min", "min_paired_diff_vs_teacher", "min_ratio_to_teacher")  # observed >= bound
 
 
 class GateError(ValueError):
@@ -83,11 +96,14 @@ class Rule(BaseModel):
     roles: list[str] | None = None  # and only models whose eval.json role is one of these (student, baseline, ...)
     min: float | None = None
     max: float | None = None
+    min_paired_diff_vs_teacher: float | None = None
+    max_paired_diff_vs_teacher: float | None = None
     min_ratio_to_teacher: float | None = Field(None, gt=0)
     max_ratio_to_teacher: float | None = Field(None, gt=0)
     max_regression_vs_baseline: float | None = Field(None, ge=0)
     interval_aware: bool = False
     required: bool = False
+    optional: bool = False
     name: str | None = None
 
     @field_validator("models", mode="before")
@@ -101,6 +117,9 @@ class Rule(BaseModel):
         if len(given) != 1:
             raise ValueError(f"give exactly one bound of {', '.join(BOUND_KINDS)}; got "
                              f"{', '.join(given) if given else 'none'} (write two rules for a range)")
+        if self.required and self.optional:
+            raise ValueError("a rule cannot be both required (every model must have the metric) and optional "
+                             "(the metric may be absent)")
         return self
 
     @property
@@ -117,12 +136,32 @@ class Rule(BaseModel):
         text = {
             "min": f">= {self.limit:g}",
             "max": f"<= {self.limit:g}",
+            "min_paired_diff_vs_teacher": f"- teacher >= {self.limit:g} (paired)",
+            "max_paired_diff_vs_teacher": f"- teacher <= {self.limit:g} (paired)",
             "min_ratio_to_teacher": f">= {self.limit:g} x teacher",
             "max_ratio_to_teacher": f"<= {self.limit:g} x teacher",
             "max_regression_vs_baseline": f"regresses <= {self.limit:.0%} vs baseline",
         }[self.kind]
         return f"{self.metric} {text}" + (" (interval-aware)" if self.interval_aware else "")
 
+    def meaning(self) -> str:
+        """What passing this rule means, in words (written next to every check in gate.json and gate.md)."""
+        b = f"{self.limit:g}"
+        point, side = {
+            "min": (f"the value is at least {b}", "below"),
+            "max": (f"the value is at most {b}", "above"),
+            "min_paired_diff_vs_teacher": (f"model minus teacher on the same prompts and seeds is at least {b}",
+                                           "below"),
+            "max_paired_diff_vs_teacher": (f"model minus teacher on the same prompts and seeds is at most {b}",
+                                           "above"),
+            "min_ratio_to_teacher": (f"model / teacher is at least {b}", "below"),
+            "max_ratio_to_teacher": (f"model / teacher is at most {b}", "above"),
+            "max_regression_vs_baseline": (f"at most {self.limit:.0%} worse than the baseline's value", "beyond"),
+        }[self.kind]
+        if not self.interval_aware:
+            return f"point check: passes when {point}"
+        return (f"interval-aware: passes when {point}, or when the 95% interval reaches the bound; fails only when "
+                f"the point and the whole interval lie {side} it (never stricter than the point check)")
 
 class Policy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
@@ -163,6 +202,7 @@ class Metric:
     value: float
     ci95: tuple[float, float] | None
     higher_is_better: bool | None
+    paired_diff: float | None
     paired_diff_ci95: tuple[float, float] | None
 
 
@@ -204,9 +244,26 @@ class EvalDoc:
         if hib is not None and not isinstance(hib, bool):
             raise GateError(f"{where}: 'higher_is_better' must be true or false, got {hib!r}")
         paired = rec.get("paired_diff_vs_teacher")
-        paired_ci = _interval(paired.get("ci95"), f"{where} paired_diff_vs_teacher") \
-            if isinstance(paired, dict) else None
-        return Metric(float(value), _interval(rec.get("ci95"), where), hib, paired_ci)
+        paired_value = paired_ci = None
+        if paired is not None:
+            if not isinstance(paired, dict):
+                raise GateError(f"{where}: 'paired_diff_vs_teacher' must be a mapping, not a {type(paired).__name__}")
+            paired_value = paired.get("value")
+            if paired_value is not None and (not _is_number(paired_value) or not math.isfinite(paired_value)):
+                raise GateError(f"{where}: 'paired_diff_vs_teacher.value' must be a finite number, "
+                                f"got {paired_value!r}")
+            paired_ci = _interval(paired.get("ci95"), f"{where} paired_diff_vs_teacher")
+        return Metric(float(value), _interval(rec.get("ci95"), where), hib,
+                      None if paired_value is None else float(paired_value), paired_ci)
+
+    def why_absent(self, model: str, metric: str) -> str:
+        """The record's own reason for having no value (e.g. "skipped": no static clips), or ''."""
+        rec = ((self.models.get(model) or {}).get("metrics") or {}).get(metric)
+        reason = rec.get("skipped") if isinstance(rec, dict) else None
+        return f" ({reason})" if reason else ""
+
+    def metric_names(self) -> set[str]:
+        return {k for e in self.models.values() for k in (e.get("metrics") or {})}
 
 
 def _interval(ci, where: str) -> tuple[float, float] | None:
@@ -231,8 +288,12 @@ def load_eval(path: str | Path, what: str = "eval.json") -> EvalDoc:
         raise GateError(f"{path}: not valid JSON: {err}") from None
     if not isinstance(data, dict):
         raise GateError(f"{path}: the top level must be an object, not a {type(data).__name__}")
-    if data.get("schema") != SCHEMA:
-        raise GateError(f"{path}: schema is {data.get('schema')!r}; this gate reads {SCHEMA!r}")
+    schema = data.get("schema")
+    if schema in OLD_SCHEMAS:
+        raise GateError(f"{path}: schema {schema!r} is no longer read by this gate, which reads {SCHEMA!r}: "
+                        f"{OLD_SCHEMAS[schema]}")
+    if schema != SCHEMA:
+        raise GateError(f"{path}: schema is {schema!r}; this gate reads {SCHEMA!r}")
     models = data.get("models")
     if not isinstance(models, dict):
         raise GateError(f"{path}: 'models' must be an object of model name -> entry")
@@ -261,6 +322,7 @@ class Check:
     bound: float | None = None
     interval: tuple[float, float] | None = None
     message: str = ""
+    meaning: str = ""
 
     @property
     def passed(self) -> bool | None:
@@ -307,18 +369,23 @@ class GateResult:
 
 
 def _compare(observed: float, interval, bound: float, lower: bool, interval_aware: bool) -> tuple[bool, str]:
-    """Is `observed` on the right side of `bound` (lower: observed >= bound)? See the module doc for
-    interval-aware checks."""
+    """Is `observed` on the right side of `bound` (lower: observed >= bound)? Interval-aware, the interval may
+    rescue a failing point but never fail a passing one (see the module doc)."""
     op = ">=" if lower else "<="
+    point_ok = observed >= bound if lower else observed <= bound
     if interval_aware and interval is not None:
         lo, hi = interval
-        ok = hi >= bound if lower else lo <= bound
-        edge = f"ci95 hi {hi:.4g}" if lower else f"ci95 lo {lo:.4g}"
-        return ok, (f"{edge} {op} {bound:.4g} (interval-aware; value {observed:.4g})" if ok else
-                    f"whole ci95 [{lo:.4g}, {hi:.4g}] is {'below' if lower else 'above'} {bound:.4g}")
-    ok = observed >= bound if lower else observed <= bound
+        reach_ok = hi >= bound if lower else lo <= bound
+        if point_ok:
+            return True, f"{observed:.4g} {op} {bound:.4g} (interval-aware; ci95 [{lo:.4g}, {hi:.4g}])"
+        if reach_ok:
+            edge = f"ci95 hi {hi:.4g}" if lower else f"ci95 lo {lo:.4g}"
+            return True, f"{edge} {op} {bound:.4g} (interval-aware; value {observed:.4g} is not)"
+        return False, (f"{observed:.4g} and its whole ci95 [{lo:.4g}, {hi:.4g}] are "
+                       f"{'below' if lower else 'above'} {bound:.4g}")
     note = " (no ci95 in the record: point check)" if interval_aware else ""
-    return ok, f"{observed:.4g} {op} {bound:.4g}{note}" if ok else f"{observed:.4g} is not {op} {bound:.4g}{note}"
+    return point_ok, (f"{observed:.4g} {op} {bound:.4g}{note}" if point_ok else
+                      f"{observed:.4g} is not {op} {bound:.4g}{note}")
 
 
 def _finish(check: Check, observed, interval, bound, lower: bool, rule: Rule, context: str = "") -> Check:
@@ -338,8 +405,21 @@ def _gap(check: Check, rule: Rule, message: str, required: bool | None = None) -
 def check_absolute(rule: Rule, model: str, cur: EvalDoc, check: Check) -> Check:
     m = cur.metric(model, rule.metric)
     if m is None:
-        return _gap(check, rule, f"{cur.path}: model {model!r} has no metric {rule.metric!r}")
+        return _gap(check, rule, f"{cur.path}: model {model!r} has no metric {rule.metric!r}"
+                                 f"{cur.why_absent(model, rule.metric)}")
     return _finish(check, m.value, m.ci95, rule.limit, rule.kind == "min", rule)
+
+
+def check_paired_diff_vs_teacher(rule: Rule, model: str, cur: EvalDoc, check: Check) -> Check:
+    m = cur.metric(model, rule.metric)
+    if m is None:
+        return _gap(check, rule, f"{cur.path}: model {model!r} has no metric {rule.metric!r}"
+                                 f"{cur.why_absent(model, rule.metric)}")
+    if m.paired_diff is None:
+        return _gap(check, rule, f"{cur.path}: model {model!r} metric {rule.metric!r} has no "
+                                 "'paired_diff_vs_teacher' (is it the teacher, or a set metric?)")
+    return _finish(check, m.paired_diff, m.paired_diff_ci95, rule.limit,
+                   rule.kind == "min_paired_diff_vs_teacher", rule, f"; {model} - teacher, value {m.value:.4g}")
 
 
 def check_ratio_to_teacher(rule: Rule, model: str, cur: EvalDoc, check: Check) -> Check:
@@ -349,7 +429,8 @@ def check_ratio_to_teacher(rule: Rule, model: str, cur: EvalDoc, check: Check) -
                                  f"{rule.metric!r}", required=True)
     m = cur.metric(model, rule.metric)
     if m is None:
-        return _gap(check, rule, f"{cur.path}: model {model!r} has no metric {rule.metric!r}")
+        return _gap(check, rule, f"{cur.path}: model {model!r} has no metric {rule.metric!r}"
+                                 f"{cur.why_absent(model, rule.metric)}")
     t = cur.metric(teacher, rule.metric)
     if t is None:
         return _gap(check, rule, f"{cur.path}: teacher {teacher!r} has no metric {rule.metric!r}")
@@ -363,15 +444,15 @@ def check_ratio_to_teacher(rule: Rule, model: str, cur: EvalDoc, check: Check) -
     else:
         interval = None
     context = f"; {model} {m.value:.4g} / {teacher} {t.value:.4g}"
-    return _finish(check, m.value / t.value, interval, rule.limit, rule.kind == "min_ratio_to_teacher", rule,
-                   context)
+    return _finish(check, m.value / t.value, interval, rule.limit, rule.kind in LOWER_BOUNDS, rule, context)
 
 
 def check_regression_vs_baseline(rule: Rule, model: str, cur: EvalDoc, base: EvalDoc | None,
                                  check: Check) -> Check:
     m = cur.metric(model, rule.metric)
     if m is None:
-        return _gap(check, rule, f"{cur.path}: model {model!r} has no metric {rule.metric!r}")
+        return _gap(check, rule, f"{cur.path}: model {model!r} has no metric {rule.metric!r}"
+                                 f"{cur.why_absent(model, rule.metric)}")
     if base is None:
         return _gap(check, rule, "no baseline eval.json given", required=False)
     b = base.metric(model, rule.metric)
@@ -387,22 +468,41 @@ def check_regression_vs_baseline(rule: Rule, model: str, cur: EvalDoc, base: Eva
     return _finish(check, m.value, m.ci95, bound, higher, rule, f"; baseline {b.value:.4g}")
 
 
+def unknown_metric_message(rule: Rule, index: int, current: EvalDoc) -> str:
+    known = sorted(current.metric_names())
+    close = difflib.get_close_matches(rule.metric, known, n=3, cutoff=0.5)
+    hint = (f"closest known: {', '.join(close)}" if close else
+            f"known metrics: {', '.join(known[:8])}{', ...' if len(known) > 8 else ''}")
+    return (f"rules[{index}] ({rule.describe()}): no model in {current.path} has metric {rule.metric!r}; {hint} "
+            "(a rule on a metric that may be absent says `optional: true`)")
+
+
 def evaluate(policy: Policy, current: EvalDoc, baseline: EvalDoc | None) -> GateResult:
     result = GateResult(policy=policy.name, current=current.path, baseline=baseline.path if baseline else None)
+    known = current.metric_names()
     for i, rule in enumerate(policy.rules):
         label = f"rules[{i}]: {rule.describe()}"
+        if rule.metric not in known:
+            check = Check(label, ",".join(rule.models), rule.metric, rule.kind, "skip", meaning=rule.meaning())
+            check.status = "skip" if rule.optional else "error"
+            check.message = (f"{current.path}: no model has {rule.metric!r} (optional rule)" if rule.optional
+                             else unknown_metric_message(rule, i, current))
+            result.checks.append(check)
+            continue
         models = [m for m in current.models if any(fnmatch.fnmatchcase(m, p) for p in rule.models)
                   and (rule.roles is None or current.models[m].get("role") in rule.roles)]
         if not models:
-            check = Check(label, ",".join(rule.models), rule.metric, rule.kind, "skip")
+            check = Check(label, ",".join(rule.models), rule.metric, rule.kind, "skip", meaning=rule.meaning())
             result.checks.append(_gap(check, rule, f"{current.path}: no model matches {rule.models} "
                                                    f"(models: {', '.join(current.models) or 'none'})"))
             continue
         for model in models:
-            check = Check(label, model, rule.metric, rule.kind, "skip")
+            check = Check(label, model, rule.metric, rule.kind, "skip", meaning=rule.meaning())
             try:
                 if rule.kind in ("min", "max"):
                     check_absolute(rule, model, current, check)
+                elif rule.kind in ("min_paired_diff_vs_teacher", "max_paired_diff_vs_teacher"):
+                    check_paired_diff_vs_teacher(rule, model, current, check)
                 elif rule.kind in ("min_ratio_to_teacher", "max_ratio_to_teacher"):
                     check_ratio_to_teacher(rule, model, current, check)
                 else:
@@ -459,11 +559,11 @@ def write_markdown(result: GateResult, path: Path) -> None:
              f"- current: `{result.current}`", f"- baseline: `{result.baseline or 'none'}`", ""]
     lines += [f"- ERROR: {_md_cell(e)}" for e in result.errors]
     if result.checks:
-        lines += ["| status | rule | model | metric | observed | bound | message |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["| status | rule | model | metric | observed | bound | message | meaning |",
+                  "|---|---|---|---|---|---|---|---|"]
         for c in result.checks:
             lines.append(f"| {c.status.upper()} | {_md_cell(c.rule)} | `{_md_cell(c.model)}` | `{_md_cell(c.metric)}` "
-                         f"| {_fmt(c.observed)} | {_fmt(c.bound)} | {_md_cell(c.message)} |")
+                         f"| {_fmt(c.observed)} | {_fmt(c.bound)} | {_md_cell(c.message)} | {_md_cell(c.meaning)} |")
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -471,29 +571,53 @@ def write_markdown(result: GateResult, path: Path) -> None:
 
 
 def gate(current: str | Path, baseline: str | Path | None, policy: str | Path) -> GateResult:
-    """Load the inputs and evaluate; input errors become `result.errors` (exit 2) instead of raising."""
+    """Load the inputs and evaluate; input errors become `result.errors` (exit 2) instead of raising, and so does
+    anything unexpected (the gate then cannot judge: exit 2, never 1)."""
     name = Path(policy).stem
     result = GateResult(policy=name, current=str(current), baseline=None if baseline is None else str(baseline))
     try:
         pol = load_policy(policy)
         cur = load_eval(current, "current eval.json")
         base = None if baseline is None else load_eval(baseline, "baseline eval.json")
+        return evaluate(pol, cur, base)
     except GateError as err:
         result.errors.append(str(err))
-        return result
-    return evaluate(pol, cur, base)
+    except Exception as err:  # a bug or an input nobody foresaw: still "cannot judge", in one line
+        result.errors.append(f"unexpected {type(err).__name__} while gating {current}: {err}")
+    return result
+
+
+def check_out_dir(out_dir: str | Path) -> Path:
+    """The folder for gate.* exists or can be made, and takes new files; GateError (one line) otherwise."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".gate-write-probe"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise GateError(f"--out {str(out)!r} cannot be written: {err.strerror or err}") from None
+    return out
 
 
 def run_gate(current: str | Path, baseline: str | Path | None, policy: str | Path,
              out_dir: str | Path, quiet: bool = False) -> int:
     """Gate `current` by `policy` (and `baseline`), write gate.json, gate.junit.xml and gate.md into `out_dir`,
-    print a summary with every failure and error to stderr, and return the exit code (0 pass, 1 fail, 2 error)."""
+    print a summary with every failure and error to stderr, and return the exit code (0 pass, 1 fail, 2 error).
+    Never raises: an output folder that cannot be written is one line on stderr and exit 2."""
+    try:
+        out = check_out_dir(out_dir)
+    except GateError as err:
+        print(f"gate: error: {err}", file=sys.stderr)
+        return ERROR
     result = gate(current, baseline, policy)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(result, out / "gate.json")
-    write_junit(result, out / "gate.junit.xml")
-    write_markdown(result, out / "gate.md")
+    try:
+        write_json(result, out / "gate.json")
+        write_junit(result, out / "gate.junit.xml")
+        write_markdown(result, out / "gate.md")
+    except OSError as err:
+        print(f"gate: error: writing the reports into {str(out)!r} failed: {err.strerror or err}", file=sys.stderr)
+        return ERROR
     if not quiet:
         print(result.summary(), file=sys.stderr)
         for e in result.errors:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,16 +20,34 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from distill.core.config import ConfigError
 from distill.core.dist import gather_dict, rank_world
 from distill.core.env import environment
 from distill.core.hashing import checkpoint_hash
-from distill.eval import stats
+from distill.eval import flicker, metrics, stats
+from distill.eval.diversity import pairwise_diversity
 from distill.eval.schema import SCHEMA
 from distill.eval.suite import ModelSpec, SuiteConfig
 from distill.teachers.resolve import checkpoint_defaults, resolve
-from distill.teachers.wan import WanTeacher
+from distill.teachers.wan import WanTeacher, check_video_size, video_factors
 
 RealClips = Callable[[str, int], np.ndarray]  # (prompt, seed) -> uint8 [T, H, W, 3]
+
+
+def check_writable_folder(path: Path, what: str) -> None:
+    """`path` is, or can become, a folder this process can create files in (tried, not guessed from permission
+    bits: root ignores them, read-only mounts and full disks say no only when asked). Creates nothing."""
+    path = Path(path).expanduser()
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise ConfigError(f"{what} {str(path)!r} is not a folder ({str(existing)!r} is a file)")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".distill-probe-", dir=existing)
+    except OSError as err:
+        raise ConfigError(f"{what} {str(path)!r} cannot be written: {existing} refuses new files "
+                          f"({err.strerror or err})") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 @dataclass
@@ -75,6 +94,31 @@ class Candidate:
         return video
 
 
+@dataclass
+class Prepared:
+    """What `Harness.preflight` checked and loaded: the models (the reference first) and the metric networks."""
+
+    names: list[str]
+    specs: list[ModelSpec]
+    candidates: dict[str, Candidate]
+    scorers: metrics.Scorers
+
+
+@dataclass
+class Scored:
+    """Every model's per-clip values and features, the inputs of its eval.json record."""
+
+    roles: dict[str, str]
+    values: dict[str, dict[str, np.ndarray]]
+    static: dict[str, tuple[np.ndarray, np.ndarray]]
+    feats: dict[str, np.ndarray]
+    div: dict[str, np.ndarray]
+    timings: dict[str, dict]
+    is_static_prompt: np.ndarray
+    real: np.ndarray | None = None
+    floor: np.ndarray | None = None
+
+
 class Harness:
     def __init__(self, suite: SuiteConfig, teacher_cfg, prompts: list[str], out_dir: Path,
                  cache_dir: Path | None = None, real_clips: RealClips | None = None, progress: bool = True):
@@ -89,6 +133,9 @@ class Harness:
         self._hashes: dict[str, str] = {}
         self.items = [(p, suite.seed + 1000 * i + k) for i, p in enumerate(prompts)
                       for k in range(suite.seeds_per_prompt)]
+        # the prompt of each clip: seeds of one prompt share its effect, so intervals resample prompts
+        self.clusters = np.repeat(np.arange(len(prompts)), suite.seeds_per_prompt)
+        self._prepared: Prepared | None = None
 
     # --- models ---------------------------------------------------------------------------------------------
     def _load(self, source: str) -> WanTeacher:
@@ -160,47 +207,106 @@ class Harness:
                 "decode_s": med["decode_s"], "realtime_factor": video_seconds / med["total_s"],
                 "runs": [r["total_s"] for r in runs]}
 
-    # --- scoring --------------------------------------------------------------------------------------------
-    def _metric_nets(self):
+    # --- preflight: every input checked before the first clip is sampled ----------------------------------------
+    def preflight(self, specs: list[ModelSpec]) -> Prepared:
+        """Check the output and cache folders, every model folder and the clip size it allows, the pinned flow
+        backend, the CLIP backend and the detector (the I3D file by its sha256; its frame protocol against the
+        suite's clip length) and the real clips, and load what the eval will use. Anything wrong raises
+        `ConfigError` with one line naming it, before any sampling. Idempotent for the same specs."""
+        s = self.suite
+        ref = self.reference()
+        specs = [ref] + [m for m in specs if m.name != ref.name]
+        names = [m.name for m in specs]
+        if self._prepared is not None and self._prepared.names == names:
+            return self._prepared
+        if len(set(names)) != len(names):
+            raise ConfigError(f"model names must be unique; got {names}")
+        check_writable_folder(self.out_dir, "the eval output folder")
+        check_writable_folder(self.cache_dir, "the clip cache folder")
+        try:
+            flow = flicker.resolve_flow_backend(s.flow)
+        except (FileNotFoundError, ValueError) as err:
+            raise ConfigError(f"suite {s.name!r} key 'flow': {err}") from None
+        self._check_detector_file()  # cheap, so a wrong I3D file is refused before any model is loaded
+        candidates = {}
+        for spec in specs:
+            source = self.teacher_cfg.source if spec.source == "teacher" else spec.source
+            try:
+                check_video_size(s.frames, s.height, s.width, *video_factors(resolve(source)))
+                candidates[spec.name] = self.candidate(spec)
+            except (ConfigError, ValueError, OSError) as err:
+                raise ConfigError(f"model {spec.name!r} ({source}): {err}") from None
+        scorers = self._scorers(flow)
+        if self.real_clips is not None:
+            prompt, seed = self.items[0]
+            try:
+                real = np.asarray(self.real_clips(prompt, seed))
+            except Exception as err:  # a renderer that cannot read the suite's prompts
+                raise ConfigError(f"suite {s.name!r}: real clips for {prompt!r}: {err}") from None
+            if real.shape != (s.frames, s.height, s.width, 3) or real.dtype != np.uint8:
+                raise ConfigError(f"suite {s.name!r}: real clips are {real.dtype} {real.shape}, expected uint8 "
+                                  f"{(s.frames, s.height, s.width, 3)}")
+        self._prepared = Prepared(names, specs, candidates, scorers)
+        return self._prepared
+
+    def _check_detector_file(self) -> None:
+        s = self.suite
+        if s.detector != "i3d":
+            return
+        from distill.core.hashing import sha256_of_file
+        from distill.eval.fvd import I3D_URL, PINNED_I3D_SHA256
+
+        if not s.i3d_path:
+            raise ConfigError(f"suite {s.name!r}: detector 'i3d' needs `i3d_path` (the TorchScript file)")
+        path = Path(s.i3d_path).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"suite {s.name!r} key 'i3d_path': {str(path)!r} does not exist; download {I3D_URL}")
+        actual = sha256_of_file(path)
+        if actual != PINNED_I3D_SHA256:
+            raise ConfigError(f"suite {s.name!r} key 'i3d_path': {str(path)!r} has sha256 {actual}, not the pinned "
+                              f"I3D's {PINNED_I3D_SHA256}; refusing to load it")
+
+    def _scorers(self, flow: str) -> metrics.Scorers:
         s = self.suite
         from distill.eval.clip_score import ClipBackend
 
-        device = self._loaded[self.teacher_cfg.source].device if self._loaded else "cpu"
-        clip = ClipBackend.domain(device=str(device)) if s.clip.backend == "domain" else \
-            ClipBackend.open_clip(s.clip.model, s.clip.pretrained, device=str(device))
+        device = str(next(iter(self._loaded.values())).device) if self._loaded else "cpu"
+        try:
+            clip = ClipBackend.domain(device=device) if s.clip.backend == "domain" else \
+                ClipBackend.open_clip(s.clip.model, s.clip.pretrained, device=device)
+        except Exception as err:  # open_clip raises RuntimeError for an unknown tag offline, OSError for files
+            raise ConfigError(f"suite {s.name!r} key 'clip': cannot load the CLIP backend ({s.clip.backend}"
+                              f"{'' if s.clip.backend == 'domain' else f' {s.clip.model}/{s.clip.pretrained}'}): "
+                              f"{err}") from None
         if s.detector == "domain-video-net":
             from distill.eval.domain_video_net import DomainVideoDetector
 
-            detector = DomainVideoDetector()
+            try:
+                detector = DomainVideoDetector()
+            except (OSError, RuntimeError) as err:
+                raise ConfigError(f"suite {s.name!r} key 'detector': {err}") from None
         else:
             from distill.eval.fvd import I3DDetector
 
             if not s.i3d_path:
-                raise ValueError(f"suite {s.name!r}: detector 'i3d' needs `i3d_path` (the TorchScript file)")
-            detector = I3DDetector.from_file(s.i3d_path)
-        return clip, detector
+                raise ConfigError(f"suite {s.name!r}: detector 'i3d' needs `i3d_path` (the TorchScript file)")
+            try:
+                detector = I3DDetector.from_file(s.i3d_path, device=device)
+            except (OSError, ValueError, RuntimeError) as err:
+                raise ConfigError(f"suite {s.name!r} key 'i3d_path': {err}") from None
+        try:
+            detector.check_frames(s.frames)
+        except ValueError as err:
+            raise ConfigError(f"suite {s.name!r}: {err}") from None
+        return metrics.Scorers(clip=clip, clip_frames=s.clip.frames, detector=detector, flow=flow,
+                               frames=s.frames, static_max_flow_px=s.static_filter.max_flow_px)
 
-    def per_clip_metrics(self, videos: np.ndarray, captions: list[str], clip, detector) -> dict:
-        from distill.eval import flicker
-
-        v = torch.from_numpy(videos)
-        out = {
-            f"clip_score[{clip.name}]": clip.clip_scores(v, captions, self.suite.clip.frames).numpy(),
-            "flicker.vbench": flicker.vbench_flicker(v).numpy(),
-            f"flicker.warp_error[{flicker.resolve_flow_backend(self.suite.flow)}]":
-                flicker.warp_error(v, flow=self.suite.flow).numpy(),
-            "flicker.hf_energy": flicker.hf_energy(v).numpy(),
-        }
-        return out, detector.features(v).numpy()
-
+    # --- scoring --------------------------------------------------------------------------------------------
     def run(self, specs: list[ModelSpec]) -> dict:
         s, rank = self.suite, rank_world()[0]
-        ref = self.reference()
-        specs = [ref] + [m for m in specs if m.name != ref.name]
-        names = [m.name for m in specs]
-        if len(set(names)) != len(names):
-            raise ValueError(f"model names must be unique; got {names}")
-        candidates = {m.name: self.candidate(m) for m in specs}
+        prep = self.preflight(specs)
+        names, candidates, scorers = prep.names, prep.candidates, prep.scorers
+        ref = names[0]
         captions = [p for p, _ in self.items]
         div_prompts = self.prompts[:s.diversity.prompts]
         div_items = [(p, s.seed + 500_000 + 1000 * i + k) for i, p in enumerate(div_prompts)
@@ -213,96 +319,110 @@ class Harness:
         floor_videos = None
         if s.noise_floor:
             floor_items = [(p, seed + 777_777) for p, seed in self.items]
-            floor_videos = self.clips(candidates[ref.name], floor_items, "noise floor")
+            floor_videos = self.clips(candidates[ref], floor_items, "noise floor")
         timings = {name: self.time_model(cand) for name, cand in candidates.items()} if rank == 0 else {}
         self.videos = videos  # for the report's side-by-side clips
         if rank != 0:
             return {}
 
-        clip, detector = self._metric_nets()
-        scores, feats = {}, {}
+        detector = scorers.detector
+
+        def features(v: np.ndarray) -> np.ndarray:
+            return np.asarray(detector.features(torch.from_numpy(v)), dtype=np.float64)
+
+        is_static_prompt = np.array([p in set(s.static_prompts) for p in captions], dtype=bool)
+        scored = Scored(roles={m.name: ("teacher" if m.name == ref else m.role) for m in prep.specs},
+                        values={}, static={}, feats={}, div={}, timings=timings, is_static_prompt=is_static_prompt)
         for name in tqdm(names, desc="metrics", disable=not self.progress):
-            scores[name], feats[name] = self.per_clip_metrics(videos[name], captions, clip, detector)
-        real_feats = None
+            scored.values[name] = metrics.clip_values(videos[name], captions, scorers)
+            scored.static[name] = metrics.static_mask(videos[name], is_static_prompt, scorers)
+            scored.feats[name] = features(videos[name])
+            if name in div_videos:
+                scored.div[name] = features(div_videos[name])
         if self.real_clips is not None:
-            real = np.stack([self.real_clips(p, seed) for p, seed in self.items])
-            real_feats = detector.features(torch.from_numpy(real)).numpy()
-        floor_feats = detector.features(torch.from_numpy(floor_videos)).numpy() if floor_videos is not None else None
-        div_feats = {name: detector.features(torch.from_numpy(v)).numpy() for name, v in div_videos.items()}
+            scored.real = features(np.stack([self.real_clips(p, seed) for p, seed in self.items]))
+        if floor_videos is not None:
+            scored.floor = features(floor_videos)
 
-        models = {}
-        for name in names:
-            models[name] = self._model_record(candidates[name], name == ref.name, scores[name], scores[ref.name],
-                                              feats[name], feats[ref.name], real_feats, floor_feats,
-                                              div_feats.get(name), div_feats.get(ref.name), detector.name,
-                                              timings[name], timings[ref.name])
-        return {"schema": SCHEMA, "suite": self._suite_record(), "models": models, "env": environment()}
+        models = {name: self._model_record(name, candidates[name], scored, scorers, ref) for name in names}
+        return {"schema": SCHEMA, "suite": self._suite_record(scorers), "models": models, "env": environment()}
 
-    def _model_record(self, cand, is_ref, mine, ref, f_mine, f_ref, f_real, f_floor, d_mine, d_ref, det, t, t_ref):
-        from distill.eval.diversity import pairwise_diversity
-        from distill.eval.fvd import fvd_from_features
-
+    def _model_record(self, name: str, cand: Candidate, sc: "Scored", scorers: metrics.Scorers, ref: str) -> dict:
         s = self.suite
-        n_boot = s.bootstrap
-        higher = {"clip_score": True, "flicker.vbench": True, "flicker.warp_error": False, "flicker.hf_energy": False}
-        metrics = {}
-        for key, values in mine.items():
-            better = next(v for k, v in higher.items() if key.startswith(k))
-            metrics[key] = stats.metric_record(values, better, None if is_ref else ref[key], n_boot=n_boot)
-        fvd_note = {"n": len(f_mine), "frames": s.frames, "resolution": [s.height, s.width], "detector": det}
-
-        def fvd(a, b, **extra):
-            value = fvd_from_features(a, b)
-            lo, hi = stats.bootstrap_set_statistic(a, b, fvd_from_features, n_boot=min(n_boot, 200))
-            return stats.make_record(value, (lo, hi), len(a), False, **fvd_note, **extra)
-
-        if not is_ref:
-            metrics[f"fvd[{det}]:vs_teacher"] = fvd(f_ref, f_mine)
-        elif f_floor is not None:
-            metrics[f"fvd[{det}]:noise_floor"] = fvd(f_ref, f_floor, note="teacher vs teacher on other seeds")
-        if f_real is not None:
-            metrics[f"fvd[{det}]:vs_real"] = fvd(f_real, f_mine)
-        if d_mine is not None:
+        is_ref = name == ref
+        clusters = self.clusters
+        out: dict[str, dict] = {}
+        for m in metrics.by_level("clip"):
+            key = m.name(scorers)
+            mine, teacher = sc.values[name][key], None if is_ref else sc.values[ref][key]
+            if not m.static_only:
+                out[key] = metrics.clip_record(m, mine, clusters, teacher)
+                continue
+            out[key] = self._static_record(m, name, ref, sc, mine, teacher)
+        students = [n for n, role in sc.roles.items() if role == "student"]
+        others = [n for n, role in sc.roles.items() if role != "teacher" and n != name]
+        references = {"vs_teacher": None if is_ref else sc.feats[ref], "vs_real": sc.real,
+                      "noise_floor": sc.floor if is_ref else None}
+        for m in metrics.by_level("set"):
+            for ref_name in m.references:
+                reference = references[ref_name]
+                if reference is None:
+                    continue
+                key = m.name(scorers, ref_name)
+                mine = sc.feats[name] if ref_name != "noise_floor" else sc.floor
+                target = reference if ref_name != "noise_floor" else sc.feats[ref]
+                record = metrics.set_record(m, scorers, mine, target, ref_name, clusters)
+                if ref_name == "vs_real" and not is_ref:
+                    # closer to the real clips than the 50-step teacher (negative) or farther (positive)
+                    record["paired_diff_vs_teacher"] = metrics.set_difference(m, mine, sc.feats[ref], target,
+                                                                              clusters)
+                if name in students and ref_name != "noise_floor" and others:
+                    record["paired_diff_vs_models"] = {
+                        other: metrics.set_difference(m, mine, sc.feats[other], target, clusters)
+                        for other in others}
+                out[key] = record
+        if name in sc.div:
             k = s.diversity.seeds
-            per_prompt = np.array([pairwise_diversity(d_mine[i:i + k]) for i in range(0, len(d_mine), k)])
-            ref_prompt = None if is_ref else np.array([pairwise_diversity(d_ref[i:i + k])
-                                                       for i in range(0, len(d_ref), k)])
-            metrics[f"diversity[{det}]"] = stats.metric_record(per_prompt, True, ref_prompt, n_boot=n_boot,
-                                                               seeds_per_prompt=k)
-        runs = np.array(t["runs"])
-        metrics["speed.latency_s"] = stats.metric_record(runs, False, None if is_ref else np.array(t_ref["runs"]),
-                                                         statistic=np.median, n_boot=n_boot)
-        # Intervals over the timed clips: both models' runs resampled independently, the ratio of their medians.
-        ref_runs = np.array(t_ref["runs"])
-        speedup_ci = (1.0, 1.0) if is_ref else stats.bootstrap_set_statistic(
-            ref_runs, runs, lambda a, b: float(np.median(a) / np.median(b)), n_boot=n_boot)
-        metrics["speed.speedup_vs_teacher"] = stats.make_record(
-            t_ref["latency_s"] / t["latency_s"], speedup_ci, len(runs), True,
-            nfe_ratio=(self.reference_nfe() / cand.nfe))
-        seconds = s.frames / s.fps
-        metrics["speed.realtime_factor"] = stats.make_record(
-            t["realtime_factor"], stats.bootstrap_set_statistic(runs, None, lambda a: seconds / float(np.median(a)),
-                                                                n_boot=n_boot), len(runs), True)
+            (m,) = metrics.by_level("prompt")
+
+            def per_prompt(f):
+                return np.array([pairwise_diversity(f[i:i + k]) for i in range(0, len(f), k)])
+            out[m.name(scorers)] = metrics.prompt_record(m, per_prompt(sc.div[name]),
+                                                         None if is_ref else per_prompt(sc.div[ref]),
+                                                         seeds_per_prompt=k)
+        t, t_ref = sc.timings[name], sc.timings[ref]
+        out.update(metrics.timing_records(t["runs"], t_ref["runs"], s.frames / s.fps,
+                                          self.reference_nfe() / cand.nfe, is_ref))
         return stats.json_safe({
-            "role": "teacher" if is_ref else cand.spec.role, "source": cand.spec.source, "steps": cand.steps,
+            "role": sc.roles[name], "source": cand.spec.source, "steps": cand.steps,
             "sampler": cand.sampler, "guidance": cand.guidance, "shift": cand.shift, "nfe": cand.nfe,
             "latency_s": t["latency_s"], "denoise_s": t["denoise_s"], "text_s": t["text_s"],
-            "decode_s": t["decode_s"], "checkpoint_hash": cand.ckpt_hash, "metrics": metrics})
+            "decode_s": t["decode_s"], "checkpoint_hash": cand.ckpt_hash, "metrics": out})
+
+    def _static_record(self, m: metrics.MetricDef, name: str, ref: str, sc: "Scored", mine, teacher) -> dict:
+        mask, motion = sc.static[name]
+        return metrics.static_record(m, mine, self.clusters, sc.is_static_prompt, mask, motion,
+                                     self.suite.flow, self.suite.static_filter.max_flow_px, teacher,
+                                     None if name == ref else sc.static[ref][0])
 
     def reference_nfe(self) -> int:
         g = self.teacher_cfg.sampler.guidance
         return self.teacher_cfg.sampler.steps * (2 if g > 1 else 1)
 
-    def _suite_record(self) -> dict:
+    def _suite_record(self, scorers: metrics.Scorers) -> dict:
         s = self.suite
         return {**s.model_dump(), "prompts": self.prompts, "n_clips": len(self.items),
                 "seeds": [seed for _, seed in self.items], "teacher": self.teacher_cfg.source,
-                "speed_protocol": SPEED_PROTOCOL}
+                "detector": {"name": scorers.detector.name, "dim": scorers.detector.feature_dim,
+                             "protocol": scorers.detector.protocol(s.frames)},
+                "clip_backend": scorers.clip.name, "speed_protocol": SPEED_PROTOCOL,
+                "metric_definitions": {m.family: {"level": m.level, "higher_is_better": m.higher_is_better,
+                                                  "how": m.how} for m in metrics.REGISTRY}}
 
 
 SPEED_PROTOCOL = (
     "End-to-end latency per clip = text encoding + denoising + VAE decode, one clip at a time, batch 1, after "
-    "`speed.warmup` untimed clips; the median of `speed.clips` timed clips; CUDA synchronised before every clock "
-    "read. speedup_vs_teacher = teacher latency / model latency, both measured in this run on this device; "
+    "`speed.warmup` untimed clips; the median of `speed.clips` timed clips, with their min and max and no "
+    "interval; CUDA synchronised before every clock read. speedup_vs_teacher = teacher latency / model latency, both measured in this run on this device; "
     "nfe_ratio (teacher NFE / model NFE) is the bound on the denoising part. realtime_factor = seconds of video "
     "(frames / fps) per second of compute.")

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from distill.core.media import write_gif
+from distill.eval.metrics import REGISTRY, family_of
 
 
 def _fmt(x, digits=3) -> str:
@@ -25,24 +26,35 @@ def _fmt(x, digits=3) -> str:
     return f"{x:.{digits}g}" if abs(x) < 0.01 and x != 0 else f"{x:.{digits}f}"
 
 
+def _ci(ci) -> str:
+    return f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci and ci[0] is not None else ""
+
+
 def _cell(record: dict | None) -> str:
     if record is None:
         return "–"
-    text = _fmt(record["value"])
-    ci = record.get("ci95")
-    if ci and ci[0] is not None:
-        text += f" [{_fmt(ci[0])}, {_fmt(ci[1])}]"
+    if record.get("value") is None:
+        return "skipped" if record.get("skipped") else "–"
+    text = _fmt(record["value"]) + _ci(record.get("ci95"))
+    if record.get("level") == "timing" and record.get("min") is not None:
+        text += f" ({_fmt(record['min'])}–{_fmt(record['max'])})"
+    if "n_static" in record:
+        text += f" n={record['n_static']}"
     return text
 
 
+def _order(name: str) -> tuple:
+    m = family_of(name)
+    return (REGISTRY.index(m) if m is not None else len(REGISTRY), name)
+
+
 def metric_names(result: dict) -> list[str]:
-    order = ("clip_score", "fvd", "flicker", "diversity", "speed")
     seen: list[str] = []
     for model in result["models"].values():
         for k in model["metrics"]:
             if k not in seen:
                 seen.append(k)
-    return sorted(seen, key=lambda k: (next((i for i, p in enumerate(order) if k.startswith(p)), 99), k))
+    return sorted(seen, key=_order)
 
 
 def scorecard_markdown(result: dict) -> str:
@@ -59,37 +71,101 @@ def scorecard_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def summary_markdown(result: dict) -> str:
-    suite = result["suite"]
-    env = result["env"]
-    ratios = []
+def vs_teacher_lines(result: dict) -> list[str]:
+    """Each model's paired differences vs the teacher (same prompts and seeds), ratios where a ratio means
+    something, and the speed-up."""
+    lines = []
     for name, r in result["models"].items():
         if r["role"] == "teacher":
             continue
-        parts = [f"{k}: {_fmt(v['ratio_to_teacher'])}×" for k, v in r["metrics"].items()
-                 if v.get("ratio_to_teacher") is not None and not k.startswith("speed")]
+        parts = []
+        for k in sorted(r["metrics"], key=_order):
+            v = r["metrics"][k]
+            d = v.get("paired_diff_vs_teacher")
+            if d and d.get("value") is not None and not k.startswith("speed"):
+                unit = " points" if k.startswith("clipsim") else ""
+                parts.append(f"{k} {d['value']:+.3g}{unit}{_ci(d.get('ci95'))}")
+            if v.get("ratio_to_teacher") is not None and not k.startswith("speed"):
+                parts.append(f"{k} {_fmt(v['ratio_to_teacher'])}×")
         speed = r["metrics"].get("speed.speedup_vs_teacher", {})
-        ratios.append(f"- **{name}** ({r['steps']} steps, {r['nfe']} NFE): speedup {_fmt(speed.get('value'))}× "
-                      f"(NFE bound {_fmt(speed.get('nfe_ratio'))}×); vs teacher: " + ", ".join(parts))
+        lines.append(f"- **{name}** ({r['steps']} steps, {r['nfe']} NFE): speed-up {_fmt(speed.get('value'))}× "
+                     f"(range {_fmt(speed.get('min'))}–{_fmt(speed.get('max'))}; NFE bound "
+                     f"{_fmt(speed.get('nfe_ratio'))}×); model − teacher: " + "; ".join(parts))
+    return lines or ["(no students)"]
+
+
+def model_vs_model_rows(result: dict) -> list[tuple[str, str, str, dict]]:
+    """(metric, model A, model B, record) for every paired set-metric difference statistic(A) − statistic(B), each
+    pair once (B − A is the same interval negated)."""
+    rows, seen = [], set()
+    for name, r in result["models"].items():
+        for k in sorted(r["metrics"], key=_order):
+            for other, d in (r["metrics"][k].get("paired_diff_vs_models") or {}).items():
+                if (k, other, name) not in seen:
+                    seen.add((k, name, other))
+                    rows.append((k, name, other, d))
+    return sorted(rows, key=lambda row: (_order(row[0]), row[1], row[2]))
+
+
+def model_vs_model_markdown(result: dict) -> list[str]:
+    rows = model_vs_model_rows(result)
+    if not rows:
+        return ["(no students to compare)"]
+    lines = ["| metric | A | B | A − B [95% CI] | A | B |", "|---|---|---|---|---|---|"]
+    for k, a, b, d in rows:
+        lines.append(f"| {k} | {a} | {b} | {_fmt(d.get('value'))}{_ci(d.get('ci95'))} | {_fmt(d.get('value_a'))} "
+                     f"| {_fmt(d.get('value_b'))} |")
+    return lines
+
+
+def static_flicker_lines(result: dict) -> list[str]:
+    lines = []
+    for name, r in result["models"].items():
+        rec = r["metrics"].get("flicker.vbench")
+        if rec is None:
+            continue
+        if rec.get("value") is None:
+            lines.append(f"- {name}: skipped: {rec.get('skipped', 'no value')}")
+        else:
+            lines.append(f"- {name}: {_cell(rec)} on {rec['n_static']} static clips of "
+                         f"{rec['n_static_prompt_clips']} clips of static prompts ({rec['n_total']} clips in all)")
+    return lines
+
+
+def summary_markdown(result: dict) -> str:
+    suite = result["suite"]
+    env = result["env"]
+    det = suite.get("detector", {})
     return "\n".join([
         f"# Eval: {suite['name']}",
         "",
         f"{suite['n_clips']} clips ({len(suite['prompts'])} prompts × {suite['seeds_per_prompt']} seeds), "
         f"{suite['frames']} frames at {suite['height']}×{suite['width']}; teacher `{suite['teacher']}`; "
-        f"device: {env['device']}. Values with 95% bootstrap intervals; ↑ higher is better, ↓ lower is better.",
+        f"device: {env['device']}. Values with 95% intervals (prompts are the independent units); speed as "
+        "median (min–max) of the timed clips, no interval; ↑ higher is better, ↓ lower is better.",
         "",
         scorecard_markdown(result),
         "",
-        "## Each model against the teacher",
+        "## Each model against the teacher (paired: same prompts and seeds)",
         "",
-        *(ratios or ["(no students)"]),
+        *vs_teacher_lines(result),
+        "",
+        "## Model vs model: FVD and KVD differences (all sets resampled jointly; negative: A is closer)",
+        "",
+        *model_vs_model_markdown(result),
+        "",
+        "## VBench temporal flickering (static clips only)",
+        "",
+        *static_flicker_lines(result),
         "",
         "## Protocol",
         "",
+        f"Detector `{det.get('name', '?')}` ({det.get('dim', '?')}-d): {det.get('protocol', '?')}.",
+        "FVD/KVD intervals: a jackknife over prompts with the model and reference sets deleted jointly, centred on "
+        "the point estimate; they target the statistic's expected value at this n (FVD's n < d bias included, "
+        "KVD has none). `:noise_floor` is the teacher against itself on other seeds: what a perfect student "
+        "would still score at this n.",
         suite["speed_protocol"],
-        "FVD intervals are bootstrap intervals over clips; resampling shrinks covariances, so they need not "
-        "contain the point value. `fvd[...]:noise_floor` is the teacher against itself on other seeds: the FVD a "
-        "perfect student would still get at this N.",
         "",
     ])
 
@@ -106,13 +182,13 @@ def _plot_b64(result: dict) -> str | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    key = next((k for k in metric_names(result) if k.startswith("clip_score")), None)
+    key = next((k for k in metric_names(result) if k.startswith("clipsim")), None)
     if key is None:
         return None
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=110)
     for name, r in result["models"].items():
         rec = r["metrics"][key]
-        lo, hi = rec["ci95"]
+        lo, hi = rec["ci95"] if rec.get("ci95") and rec["ci95"][0] is not None else (rec["value"], rec["value"])
         ax.errorbar(r["latency_s"], rec["value"], yerr=[[rec["value"] - lo], [hi - rec["value"]]], fmt="o",
                     capsize=3)
         ax.annotate(name, (r["latency_s"], rec["value"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
@@ -145,6 +221,18 @@ def report_html(result: dict, clips: dict[str, np.ndarray] | None = None, show: 
         parts.append(f"<tr><td>{html.escape(m)}</td>" + "".join(
             f"<td>{html.escape(_cell(result['models'][n]['metrics'].get(m)))}</td>" for n in models) + "</tr>")
     parts.append("</table>")
+    mvm = model_vs_model_rows(result)
+    if mvm:
+        parts.append("<h2>Model vs model (FVD, KVD; A − B, negative: A is closer)</h2><table><tr><th>metric</th>"
+                     "<th>A</th><th>B</th><th>A − B [95% CI]</th></tr>")
+        for k, a, b, d in mvm:
+            parts.append(f"<tr><td>{html.escape(k)}</td><td>{html.escape(a)}</td><td>{html.escape(b)}</td>"
+                         f"<td>{html.escape(_fmt(d.get('value')) + _ci(d.get('ci95')))}</td></tr>")
+        parts.append("</table>")
+    parts.append("<h2>Each model against the teacher</h2><ul>" + "".join(
+        f"<li>{html.escape(line[2:])}</li>" for line in vs_teacher_lines(result)) + "</ul>")
+    parts.append("<h2>VBench flicker (static clips only)</h2><ul>" + "".join(
+        f"<li>{html.escape(line[2:])}</li>" for line in static_flicker_lines(result)) + "</ul>")
     if clips:
         parts.append("<h2>Same prompt, same seed</h2><table><tr><th>prompt / seed</th>"
                      + "".join(f"<th>{html.escape(m)}</th>" for m in models if m in clips) + "</tr>")

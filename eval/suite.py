@@ -7,7 +7,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from distill.core.config import Strict
+from distill import toyworld
+from distill.core.config import CONFIG_DIR, ConfigError, Strict, load
 
 
 class ClipSettings(Strict):
@@ -23,8 +24,14 @@ class DiversitySettings(Strict):
 
 
 class SpeedSettings(Strict):
-    clips: int = Field(3, ge=1)  # timed one clip at a time, after one untimed warm-up clip
+    clips: int = Field(3, ge=1)  # timed one clip at a time; reported as min/median/max, no interval
     warmup: int = Field(1, ge=0)
+
+
+class StaticFilterSettings(Strict):
+    """VBench's static filter for `flicker.vbench` (eval/flicker.py `static_clips`)."""
+
+    max_flow_px: float = Field(0.5, gt=0)  # fastest 5% of pixels, mean flow per frame, at the clip's resolution
 
 
 class SuiteConfig(Strict):
@@ -32,6 +39,9 @@ class SuiteConfig(Strict):
     prompts: list[str] = []
     toyworld_split: Literal["train", "held_out"] | None = None  # the toy world's prompt suite
     prompts_file: str | None = None  # one prompt per line, relative to the suite file
+    # Prompts of still scenes (no subject or camera motion): the only clips `flicker.vbench` scores (VBench's
+    # protocol), after the static filter. Appended to the suite's prompts.
+    static_prompts: list[str] = []
     max_prompts: int | None = Field(None, ge=1)
     seeds_per_prompt: int = Field(1, ge=1)
     seed: int = 0
@@ -43,17 +53,19 @@ class SuiteConfig(Strict):
     clip: ClipSettings = ClipSettings()
     detector: Literal["domain-video-net", "i3d"] = "domain-video-net"
     i3d_path: str | None = None
-    flow: Literal["auto", "raft_small", "farneback"] = "auto"
+    # pinned: the warp error's name carries it, so it never depends on what happens to be cached
+    flow: Literal["raft_small", "farneback"] = "farneback"
+    static_filter: StaticFilterSettings = StaticFilterSettings()
     diversity: DiversitySettings = DiversitySettings()
     speed: SpeedSettings = SpeedSettings()
     noise_floor: bool = True  # teacher vs teacher on other seeds: the FVD a perfect student would still get
     batch_size: int = Field(8, ge=1)
-    bootstrap: int = Field(1000, ge=10)
 
     @model_validator(mode="after")
     def _has_prompts(self):
-        if not (self.prompts or self.toyworld_split or self.prompts_file):
-            raise ValueError("a suite needs prompts: `prompts`, `toyworld_split` or `prompts_file`")
+        if not (self.prompts or self.toyworld_split or self.prompts_file or self.static_prompts):
+            raise ValueError("a suite needs prompts: `prompts`, `toyworld_split`, `prompts_file` or "
+                             "`static_prompts`")
         return self
 
 
@@ -93,3 +105,44 @@ def parse_model_spec(text: str) -> ModelSpec:
         fields.setdefault("role", "baseline")
     fields["name"] = name or (f"teacher@{steps_text}" if source == "teacher" else f"{Path(source).name}@{steps_text}")
     return ModelSpec.model_validate(fields)
+
+
+# --- resolving a suite: its file, its prompts, its real clips ------------------------------------------------------
+def load_suite(ref: str, overrides: list[str] = ()) -> tuple[SuiteConfig, Path]:
+    """A suite by file or by name under configs/eval/suites/."""
+    path = Path(ref)
+    if path.suffix not in (".yaml", ".yml"):
+        path = CONFIG_DIR / "eval" / "suites" / f"{ref}.yaml"
+        if not path.is_file():
+            known = sorted(p.stem for p in (CONFIG_DIR / "eval" / "suites").glob("*.yaml"))
+            raise ConfigError(f"no eval suite {ref!r}; give a YAML file or one of {known}")
+    return load(SuiteConfig, path, overrides), path
+
+
+def suite_prompts(suite: SuiteConfig, path: Path) -> list[str]:
+    prompts = list(suite.prompts)
+    if suite.toyworld_split:
+        prompts += toyworld.prompt_suite(suite.toyworld_split).prompts
+    if suite.prompts_file:
+        file = (path.parent / suite.prompts_file) if not Path(suite.prompts_file).is_absolute() else Path(suite.prompts_file)
+        if not file.is_file():
+            raise ConfigError(f"{path}: key 'prompts_file': {str(file)!r} does not exist")
+        prompts += [line.strip() for line in file.read_text().splitlines() if line.strip()]
+    if suite.max_prompts:
+        # an even spread over the list rather than its head, so every attribute stays represented
+        step = max(1, len(prompts) // suite.max_prompts)
+        prompts = prompts[::step][:suite.max_prompts]
+    prompts += [p for p in suite.static_prompts if p not in prompts]  # the static subset is kept whole
+    if not prompts:
+        raise ConfigError(f"{path}: the suite resolved to no prompts")
+    return prompts
+
+
+def real_clips_for(suite: SuiteConfig):
+    """The suite's real clips as `render(prompt, seed) -> uint8 [T, H, W, 3]`, or None when it has none."""
+    if suite.real != "toyworld":
+        return None
+
+    def render(prompt: str, seed: int):
+        return toyworld.render(toyworld.parse_caption(prompt), seed, suite.frames, suite.height, suite.width)
+    return render

@@ -53,10 +53,10 @@ def main() -> None:
     detector = DomainVideoDetector()
     feats = detector.features(videos).numpy()
     stages = {
-        "clip_score[domain-clip]": lambda: clip.clip_scores(videos, captions),
+        "clipsim[domain-clip]": lambda: clip.clip_scores(videos, captions),
         "features[domain-video-net]": lambda: detector.features(videos),
         "flicker.vbench": lambda: flicker.vbench_flicker(videos),
-        f"flicker.warp_error[{flicker.resolve_flow_backend('auto')}]": lambda: flicker.warp_error(videos),
+        "flicker.warp_error[farneback]": lambda: flicker.warp_error(videos, flow="farneback"),
         "flicker.hf_energy": lambda: flicker.hf_energy(videos),
         "fvd (from features)": lambda: fvd_from_features(feats, feats[::-1].copy()),
     }

@@ -17,6 +17,41 @@ class TeacherNotFound(ValueError):
     """A teacher name that does not lead to a usable Wan checkpoint folder."""
 
 
+class IncompleteWeights(ValueError):
+    """A weights file of a checkpoint folder that is cut short or corrupt (an interrupted download or copy)."""
+
+
+def check_safetensors(path: Path) -> None:
+    """A safetensors file whose header parses and whose tensors all lie inside the file. Reads the header only:
+    an 8-byte little-endian length, then that many bytes of JSON naming each tensor's byte range."""
+    size = path.stat().st_size
+    problem = None
+    with path.open("rb") as f:
+        head = f.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if length < 2 or 8 + length > size:
+            problem = f"its header says {length} bytes of metadata but the file has {size} bytes"
+        else:
+            try:
+                header = json.loads(f.read(length))
+                end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+            except (ValueError, KeyError, TypeError, IndexError) as err:
+                problem = f"its header is not valid safetensors metadata ({err})"
+            else:
+                if 8 + length + end > size:
+                    problem = f"it has {size} bytes but its tensors need {8 + length + end}"
+    if problem:
+        raise IncompleteWeights(f"weights file {str(path)!r} is incomplete or corrupt: {problem}; download or "
+                                f"copy it again")
+
+
+def check_weight_files(folder: Path) -> None:
+    """Every safetensors file of a checkpoint folder is whole (headers only; no weights are read)."""
+    for path in sorted(Path(folder).rglob("*.safetensors")):
+        if not any(part.startswith(".") for part in path.relative_to(folder).parts):
+            check_safetensors(path)
+
+
 def builtin_names() -> list[str]:
     if not BUILTIN_DIR.is_dir():
         return []

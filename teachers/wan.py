@@ -4,6 +4,7 @@ expert `transformer_2`), `AutoencoderKLWan`, and the pipeline's UMT5 text encode
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from diffusers import WanPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
 from distill.teachers import samplers
-from distill.teachers.resolve import resolve
+from distill.teachers.resolve import check_weight_files, resolve
 from distill.teachers.schedule import NUM_TRAIN_TIMESTEPS
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -70,6 +71,33 @@ def check_video_size(frames: int, height: int, width: int, temporal: int, spatia
                              f"use for example {max(m, value // m * m)} or {(value // m + 1) * m}")
 
 
+class PromptWarning(UserWarning):
+    """A prompt the text encoder does not read whole: cut at its maximum length, or with words it does not know."""
+
+
+def prompt_problems(tokenizer, text: str, max_length: int) -> list[str]:
+    """What the text encoder will not see of `text`: the tokens cut beyond `max_length` (the pipeline truncates
+    silently) and the words its tokenizer maps to the unknown token."""
+    fast = getattr(tokenizer, "is_fast", False)
+    enc = tokenizer(text, add_special_tokens=True, truncation=False, verbose=False, return_offsets_mapping=fast)
+    ids = list(enc["input_ids"])
+    shown = text if len(text) <= 60 else text[:57] + "..."
+    problems = []
+    if len(ids) > max_length:
+        problems.append(f"prompt {shown!r} is {len(ids)} tokens long but the text encoder reads {max_length}: "
+                        f"{len(ids) - max_length} tokens were cut")
+    unk = tokenizer.unk_token_id
+    if unk is not None and unk in ids:
+        if fast:
+            words = list(dict.fromkeys(text[a:b] for i, (a, b) in zip(ids, enc["offset_mapping"]) if i == unk))
+            what = f"the words {words}"
+        else:
+            what = f"{ids.count(unk)} token(s)"
+        problems.append(f"prompt {shown!r}: the tokenizer does not know {what}; the text encoder reads "
+                        f"{tokenizer.unk_token} in their place")
+    return problems
+
+
 def _param_dtype(model) -> torch.dtype:
     module = getattr(model, "module", model)  # a DeepSpeed engine wraps the DiT
     return next(module.parameters()).dtype
@@ -83,6 +111,7 @@ class WanTeacher:
         self.folder = folder
         self.device = device
         self.max_sequence_length = max_sequence_length
+        self._checked_prompts: set[str] = set()  # each prompt's PromptWarning is given once
         self.transformer = pipe.transformer
         self.transformer_2 = getattr(pipe, "transformer_2", None)
         self.vae = pipe.vae
@@ -104,6 +133,7 @@ class WanTeacher:
         folder = resolve(source, revision)
         if dtype not in DTYPES:
             raise ValueError(f"dtype {dtype!r} is not one of {list(DTYPES)}")
+        check_weight_files(folder)  # a truncated download fails here, naming its file
         # The VAE stays in fp32: it is small next to the DiT, and fp32 keeps decoded colours exact.
         pipe = WanPipeline.from_pretrained(folder, dtype={"default": DTYPES[dtype], "vae": torch.float32})
         dev = pick_device(device)
@@ -113,6 +143,26 @@ class WanTeacher:
             if module is not None:
                 module.eval().requires_grad_(False)
         return cls(pipe, folder, dev, max_sequence_length)
+
+    # --- sequence parallelism ----------------------------------------------------------------------------------
+    def shard_sequence(self, group) -> "WanTeacher":
+        """Spread each clip's tokens over the ranks of `group` (a torch.distributed group) in every DiT forward
+        (DeepSpeed-Ulysses, distill.teachers.parallel): every rank of the group must then call `sample` or
+        `velocity` with the same prompts and seeds, and every rank gets the whole result."""
+        from distill.teachers.parallel import shard_sequence
+
+        for model in (self.transformer, self.transformer_2):
+            if model is not None:
+                shard_sequence(getattr(model, "module", model), group)
+        return self
+
+    def unshard_sequence(self) -> "WanTeacher":
+        from distill.teachers.parallel import unshard_sequence
+
+        for model in (self.transformer, self.transformer_2):
+            if model is not None:
+                unshard_sequence(getattr(model, "module", model))
+        return self
 
     # --- shapes -------------------------------------------------------------------------------------------------
     def check_video_size(self, frames: int, height: int, width: int) -> None:
@@ -124,6 +174,18 @@ class WanTeacher:
                 height // self.vae_scale_spatial, width // self.vae_scale_spatial)
 
     # --- text ---------------------------------------------------------------------------------------------------
+    def check_prompts(self, texts: list[str]) -> None:
+        """Warn (PromptWarning, once per prompt) about what the text encoder will not read of a prompt."""
+        tokenizer = getattr(self.pipe, "tokenizer", None)
+        if tokenizer is None:
+            return
+        for text in dict.fromkeys(texts):
+            if not isinstance(text, str) or not text.strip() or text in self._checked_prompts:
+                continue
+            self._checked_prompts.add(text)
+            for problem in prompt_problems(tokenizer, text, self.max_sequence_length):
+                warnings.warn(problem, PromptWarning, stacklevel=3)
+
     @torch.no_grad()
     def encode(self, prompts: list[str], negative: str | list[str] | None = "") -> Cond:
         """UMT5 embeddings of the prompts and, unless `negative` is None, of the negative prompt(s)."""
@@ -133,6 +195,7 @@ class WanTeacher:
         empty = [i for i, p in enumerate(prompts) if not isinstance(p, str) or not p.strip()]
         if empty:
             raise ValueError(f"prompts at positions {empty} are empty; every prompt needs text")
+        self.check_prompts([*prompts, *([negative] if isinstance(negative, str) else negative or [])])
         pos, neg = self.pipe.encode_prompt(
             prompt=prompts, negative_prompt=negative, do_classifier_free_guidance=negative is not None,
             max_sequence_length=self.max_sequence_length, device=self.device)
@@ -141,6 +204,7 @@ class WanTeacher:
     @torch.no_grad()
     def embed(self, texts: list[str]) -> torch.Tensor:
         """UMT5 embeddings [B, L, D] of any texts, the empty negative prompt included (zero-padded to L)."""
+        self.check_prompts(list(texts))
         pos, _ = self.pipe.encode_prompt(prompt=list(texts), do_classifier_free_guidance=False,
                                          max_sequence_length=self.max_sequence_length, device=self.device)
         return pos.to(self.dtype)

@@ -202,6 +202,9 @@ def test_lora_export_fuses_the_adapter_and_ships_it_alone(runs, lora_export):
     assert torch.allclose(fused.state_dict()[f"{layer}.weight"], base[f"{layer}.weight"].float() + delta, atol=1e-6)
     ckpt = runs[1] / "checkpoints" / (runs[1] / "checkpoints" / "latest").read_text().strip()
     assert load_file(ckpt / "lora" / "pytorch_lora_weights.safetensors").keys() == lora.keys()
+    # the same adapter in the original Wan key names, which diffusers converts back (tests/distill/test_lora_format.py)
+    wan = WanPipeline.lora_state_dict(str(lora_export / "lora"), weight_name="wan_lora.safetensors")
+    assert wan.keys() == lora.keys()
     assert json.loads((lora_export / "distill_export.json").read_text())["student"] == "lora"
     assert "load_lora_weights" in (lora_export / "README.md").read_text()
 

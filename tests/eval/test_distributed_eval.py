@@ -11,7 +11,7 @@ from tests.eval.test_harness import _flatten, _numbers
 
 ARGS = ["eval", "--suite", "toyworld-held-out", "--teacher", "tiny-wan", "--model", "teacher@2",
         "max_prompts=4", "diversity.prompts=2", "diversity.seeds=2", "speed.clips=1", "speed.warmup=0",
-        "bootstrap=50", "batch_size=2"]
+        "batch_size=2"]
 
 
 def test_two_ranks_equal_one_process(tmp_path):

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from distill import toyworld
-from distill.eval import flicker
-from distill.eval.clip_score import ClipBackend, ClipScore
+from distill.eval import flicker, metrics
+from distill.eval.clip_score import ClipBackend
 from distill.eval.domain_video_net import DomainVideoDetector
 from distill.eval.fvd import fvd_from_features
 
@@ -35,17 +35,13 @@ def test_domain_clip_ranks_the_true_caption_first(clip, held_out):
 
 def test_wrong_caption_lowers_clip_score(clip, held_out):
     videos, captions = held_out
-    metric = ClipScore(clip)
-    metric.update(videos[:24], captions[:24])
-    right = metric.compute()
+    right = clip.clip_scores(videos[:24], captions[:24]).mean()
     wrong_captions = [c.replace("left", "TMP").replace("right", "left").replace("TMP", "right")
                       .replace("red", "blue") if "red" in c else c.replace("circle", "square").replace("triangle",
                       "circle") for c in captions[:24]]
     assert wrong_captions != captions[:24]
-    metric.reset()
-    metric.update(videos[:24], wrong_captions)
-    assert metric.compute() < right - 1.0
-    assert metric.metric_name == "clip_score[domain-clip]"
+    assert clip.clip_scores(videos[:24], wrong_captions).mean() < right - 1.0
+    assert metrics.REGISTRY[0].name(metrics.Scorers(clip, 8, None, "farneback", 17, 0.5)) == "clipsim[domain-clip]"
 
 
 def test_shuffling_frames_raises_domain_fvd(held_out):

@@ -1,4 +1,5 @@
-"""Flicker measures (eval/flicker.py) on tiny synthetic clips: a square gliding over a textured background."""
+"""Flicker measures (eval/flicker.py) on tiny synthetic clips: a square gliding over a textured background; and
+VBench's protocol: its flicker score only on static clips."""
 
 from pathlib import Path
 
@@ -7,7 +8,8 @@ import pytest
 import torch
 
 import distill.eval.flicker as flicker
-from distill.eval.flicker import HFEnergy, VBenchFlicker, WarpError, hf_energy, vbench_flicker, warp_error
+from distill.eval import metrics
+from distill.eval.flicker import hf_energy, static_clips, vbench_flicker, warp_error
 
 FRAMES, SIZE = 9, 32
 
@@ -112,44 +114,20 @@ def test_inputs_are_checked():
         warp_error(torch.zeros(1, 3, 4, 4, 3, dtype=torch.uint8), flow="optical")
 
 
-def test_metrics_keep_per_clip_scores_and_average(clips):
-    for metric, fn in [(VBenchFlicker(), vbench_flicker), (HFEnergy(cutoff=0.25), hf_energy)]:
-        metric.update(clips[:2])
-        metric.update(clips[2:])
-        expected = fn(clips)
-        assert torch.allclose(metric.scores(), expected)
-        assert float(metric.compute()) == pytest.approx(float(expected.mean()))
-        metric.reset()
-        with pytest.raises(ValueError, match="no clips"):
-            metric.scores()
-    assert VBenchFlicker.higher_is_better and not HFEnergy.higher_is_better and not WarpError.higher_is_better
+def test_there_is_no_auto_flow_backend():
+    """A metric's name carries its flow backend; "auto" would make it depend on what happens to be cached."""
+    with pytest.raises(ValueError, match="'auto'"):
+        flicker.resolve_flow_backend("auto")
+    assert flicker.resolve_flow_backend("farneback") == "farneback"
 
 
-def test_per_clip_scores_sync_across_ranks_by_concatenation(clips):
-    metric = VBenchFlicker()
-    metric.update(clips)
-    metric.sync(dist_sync_fn=lambda x, group=None: [x, x], distributed_available=lambda: True)
-    assert torch.equal(metric.scores(), torch.cat([vbench_flicker(clips)] * 2))
-    metric.unsync()
-    assert metric.scores().shape == (4,)
-
-
-def test_warp_error_metric_names_its_backend(clips):
-    metric = WarpError(flow="farneback")
-    assert metric.backend == "farneback" and metric.name == "flicker.warp_error[farneback]"
-    metric.update(clips)
-    assert float(metric.compute()) == pytest.approx(float(warp_error(clips, flow="farneback").mean()))
-
-
-def test_auto_uses_farneback_without_local_raft_weights(monkeypatch, tmp_path):
+def test_raft_small_refuses_without_its_cached_weights(monkeypatch, tmp_path):
     monkeypatch.setattr(flicker, "raft_weights_path", lambda: tmp_path / "absent.pth")
-    assert flicker.resolve_flow_backend("auto") == "farneback"
-    assert WarpError().name == "flicker.warp_error[farneback]"
     with pytest.raises(FileNotFoundError, match="absent.pth"):
         flicker.resolve_flow_backend("raft_small")
 
 
-def test_auto_uses_raft_when_its_weights_are_cached(monkeypatch, tmp_path):
+def test_raft_small_runs_when_its_weights_are_cached(monkeypatch, tmp_path):
     """The RAFT path, run with untrained weights standing in for the cached file (only plumbing is tested)."""
     from torchvision.models.optical_flow import raft_small
 
@@ -157,7 +135,68 @@ def test_auto_uses_raft_when_its_weights_are_cached(monkeypatch, tmp_path):
     weights: Path = tmp_path / "raft_small_C_T_V2-01064c6d.pth"
     torch.save(raft_small(weights=None).state_dict(), weights)
     monkeypatch.setattr(flicker, "raft_weights_path", lambda: weights)
-    metric = WarpError()
-    assert metric.name == "flicker.warp_error[raft_small]"
-    metric.update(as_videos(square_clip()[:3]))
-    assert torch.isfinite(metric.compute())
+    assert torch.isfinite(warp_error(as_videos(square_clip()[:3]), flow="raft_small")).all()
+
+
+# --- the counter-example: a smooth moving clip versus a static flickering one -----------------------------------
+
+T, S = 17, 64  # a toy clip's size
+
+
+def soft_square_clip(speed: int) -> np.ndarray:
+    """A 12 px square with soft (2 px) edges gliding right by `speed` px per frame over a smooth background;
+    no flicker at all."""
+    yy, xx = np.mgrid[0:S, 0:S]
+    background = np.stack([60 + 20 * np.sin(xx / 5.0) + 15 * np.cos(yy / 6.0)] * 3, axis=-1)
+    clip = np.empty((T, S, S, 3))
+    for t in range(T):
+        distance = np.maximum(np.abs(xx - (12 + speed * t)), np.abs(yy - 32))
+        alpha = np.clip((6 - distance) / 2 + 0.5, 0, 1)[..., None]
+        clip[t] = background * (1 - alpha) + alpha * np.array([220, 180, 40])
+    return clip
+
+
+@pytest.fixture(scope="module")
+def moving_and_flickering():
+    """[smooth square moving 2 px/frame, static clip with ±3-level brightness flicker]"""
+    still = soft_square_clip(speed=0)
+    flickering = still + np.random.default_rng(0).uniform(-3, 3, (T, 1, 1, 1))
+    return as_videos(soft_square_clip(speed=2), flickering)
+
+
+def test_moving_clip_does_not_score_worse_than_a_flickering_static_one(moving_and_flickering):
+    """Moving-clip flicker evidence (warp error, HF energy) must not punish clean motion; raw VBench does
+    (both score within 0.01 of each other), which is why it is only applied to static clips."""
+    moving, flickering = 0, 1
+    warp = warp_error(moving_and_flickering, flow="farneback")
+    hf = hf_energy(moving_and_flickering)
+    assert warp[moving] < warp[flickering]
+    assert hf[moving] < hf[flickering]
+    vb = vbench_flicker(moving_and_flickering)
+    assert abs(float(vb[moving] - vb[flickering])) < 0.01  # raw VBench cannot tell motion from flicker
+
+
+def test_static_filter_passes_the_flickering_still_and_refuses_the_moving_clip(moving_and_flickering):
+    is_static, motion = static_clips(moving_and_flickering, flow="farneback")
+    assert is_static.tolist() == [False, True]
+    assert motion[0] > 1.0 and motion[1] < 0.5  # ~2 px/frame for the square, ~0 for the flicker
+
+
+def _vbench_record(videos, static_prompt):
+    scorers = metrics.Scorers(clip=None, clip_frames=8, detector=None, flow="farneback", frames=T,
+                              static_max_flow_px=0.5)
+    (vb,) = [m for m in metrics.REGISTRY if m.static_only]
+    values = vb.per_clip(videos, [], scorers)
+    mask, motion = metrics.static_mask(videos.numpy(), static_prompt, scorers)
+    return metrics.static_record(vb, values, np.arange(len(values)), static_prompt, mask, motion, "farneback", 0.5)
+
+
+def test_vbench_record_skips_the_moving_clip_and_says_so(moving_and_flickering):
+    moving_only = _vbench_record(moving_and_flickering[:1], np.array([True]))
+    assert moving_only["value"] is None and moving_only["n_static"] == 0
+    assert "none of the 1 clips of static prompts passed the static filter" in moving_only["skipped"]
+    both = _vbench_record(moving_and_flickering, np.array([True, True]))
+    assert both["n_static"] == 1 and both["n_total"] == 2
+    assert both["value"] == pytest.approx(float(vbench_flicker(moving_and_flickering[1:])[0]))
+    no_static_prompts = _vbench_record(moving_and_flickering, np.array([False, False]))
+    assert no_static_prompts["value"] is None and "no static prompts" in no_static_prompts["skipped"]

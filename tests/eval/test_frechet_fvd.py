@@ -11,7 +11,6 @@ from distill.eval.frechet import feature_stats, frechet_distance
 from distill.eval.fvd import (
     I3D_KWARGS,
     PINNED_I3D_SHA256,
-    FrechetVideoDistance,
     I3DDetector,
     VideoDetector,
     fvd_from_features,
@@ -126,7 +125,20 @@ def moving_square_clips(n, seed, frames=9, size=32):
     return torch.from_numpy(clips)
 
 
-class MeanColourDetector:
+class StandIn:
+    """The naming part of the detector face, for stand-ins that read every frame."""
+
+    def metric_name(self, statistic, frames):
+        return f"{statistic}[{self.name},{frames}f]"
+
+    def protocol(self, frames):
+        return f"all {frames} frames"
+
+    def check_frames(self, frames):
+        pass
+
+
+class MeanColourDetector(StandIn):
     """A stand-in detector: per-channel mean and std of each clip (no sense of time at all)."""
 
     name = "stand-in-colour"
@@ -138,7 +150,7 @@ class MeanColourDetector:
         return torch.cat([x.mean(dim=(1, 2, 3)), x.std(dim=(1, 2, 3))], dim=1)
 
 
-class FrameDifferenceDetector:
+class FrameDifferenceDetector(StandIn):
     """A temporally sensitive stand-in detector: statistics of frame-to-frame and two-frame differences."""
 
     name = "stand-in-frame-diff"
@@ -154,49 +166,23 @@ class FrameDifferenceDetector:
 
 def test_stand_ins_have_the_detector_face():
     assert isinstance(MeanColourDetector(), VideoDetector)
-    with pytest.raises(TypeError, match="VideoDetector"):
-        FrechetVideoDistance(object())
+    assert not isinstance(object(), VideoDetector)
 
 
-# --- FrechetVideoDistance -----------------------------------------------------------------------------------------
+# --- FVD of detector features ----------------------------------------------------------------------------------
 
 def test_fvd_identical_sets_is_about_zero_and_shift_raises_it():
-    feats = torch.from_numpy(np.random.default_rng(0).standard_normal((30, 6)))
-    metric = FrechetVideoDistance(MeanColourDetector())
-    metric.update_features(feats, real=True)
-    metric.update_features(feats, real=False)
-    same = metric.compute()
-    assert same.dtype == torch.float64 and float(same) == pytest.approx(0.0, abs=1e-9)
-
-    metric.reset()
-    metric.update_features(feats, real=True)
-    metric.update_features(feats + 0.5, real=False)
-    assert float(metric.compute()) == pytest.approx(6 * 0.5 ** 2, rel=1e-9)  # shift only moves the mean
+    feats = np.random.default_rng(0).standard_normal((30, 6))
+    assert fvd_from_features(feats, feats) == pytest.approx(0.0, abs=1e-9)
+    assert fvd_from_features(feats, feats + 0.5) == pytest.approx(6 * 0.5 ** 2, rel=1e-9)  # only the mean moves
 
 
 def test_fvd_from_videos_grows_when_fake_clips_are_brightened():
-    metric = FrechetVideoDistance(MeanColourDetector())
-    real = moving_square_clips(12, seed=0)
-    metric.update(real, real=True)
-    metric.update(moving_square_clips(12, seed=1), real=False)
-    near = float(metric.compute())
-    metric.reset()
-    metric.update(real, real=True)
-    metric.update((moving_square_clips(12, seed=1).int() + 25).clamp(max=255).to(torch.uint8), real=False)
-    assert float(metric.compute()) > near + 1e-3
-    assert metric.name == "fvd[stand-in-colour]"
-
-
-def test_fvd_reset_clears_features():
-    metric = FrechetVideoDistance(MeanColourDetector())
-    metric.update(moving_square_clips(4, seed=0), real=True)
-    metric.update(moving_square_clips(3, seed=1), real=True)
-    assert metric.features(real=True).shape == (7, 6)  # per-clip features kept for bootstrap
-    metric.reset()
-    with pytest.raises(ValueError, match="no real clips"):
-        metric.features(real=True)
-    metric.update(moving_square_clips(2, seed=0), real=True)
-    assert metric.features(real=True).shape == (2, 6)
+    det = MeanColourDetector()
+    real = det.features(moving_square_clips(12, seed=0))
+    near = fvd_from_features(real, det.features(moving_square_clips(12, seed=1)))
+    bright = (moving_square_clips(12, seed=1).int() + 25).clamp(max=255).to(torch.uint8)
+    assert fvd_from_features(real, det.features(bright)) > near + 1e-3
 
 
 def test_fvd_sees_frames_shuffled_in_time_with_a_temporal_detector():
@@ -205,72 +191,13 @@ def test_fvd_sees_frames_shuffled_in_time_with_a_temporal_detector():
     order = torch.from_numpy(np.random.default_rng(2).permutation(ordered.shape[1]))
     shuffled = ordered[:, order]
 
-    def fvd(fake):
-        metric = FrechetVideoDistance(FrameDifferenceDetector())
-        metric.update(real, real=True)
-        metric.update(fake, real=False)
-        return float(metric.compute())
+    def fvd(detector, fake):
+        return fvd_from_features(detector.features(real), detector.features(fake))
 
-    assert fvd(shuffled) > 5 * fvd(ordered)
+    assert fvd(FrameDifferenceDetector(), shuffled) > 5 * fvd(FrameDifferenceDetector(), ordered)
     # the time-blind detector cannot tell them apart: same frames, same per-clip colour statistics
-    colour = FrechetVideoDistance(MeanColourDetector())
-    colour.update(ordered, real=True)
-    colour.update(shuffled, real=False)
-    assert float(colour.compute()) == pytest.approx(0.0, abs=1e-9)
-
-
-def test_fvd_rejects_wrong_feature_width_and_non_bool_real():
-    metric = FrechetVideoDistance(MeanColourDetector())
-    with pytest.raises(ValueError, match=r"\[B, 6\]"):
-        metric.update_features(torch.zeros(2, 5), real=True)
-    with pytest.raises(TypeError, match="bool"):
-        metric.update_features(torch.zeros(2, 6), real=1)
-
-
-def test_fvd_compute_sees_features_added_after_an_earlier_compute():
-    rng = np.random.default_rng(4)
-    feats = torch.from_numpy(rng.standard_normal((20, 6)))
-    metric = FrechetVideoDistance(MeanColourDetector())
-    metric.update_features(feats, real=True)
-    metric.update_features(feats, real=False)
-    first = float(metric.compute())
-    metric.update_features(feats[:10] + 3.0, real=False)  # must not return the cached first value
-    assert float(metric.compute()) > first + 1.0
-
-
-def test_fvd_update_needs_exactly_one_input():
-    metric = FrechetVideoDistance(MeanColourDetector())
-    with pytest.raises(ValueError, match="exactly one"):
-        metric.update(moving_square_clips(2, seed=0), real=True, features=torch.zeros(2, 6))
-    with pytest.raises(TypeError, match="uint8"):
-        metric.update(torch.zeros(2, 3, 8, 8, 3), real=True)
-
-
-def two_rank_gather(x, group=None):
-    """Stands in for all_gather across two ranks: the second rank holds the same tensor plus one."""
-    return [x, x + 1.0]
-
-
-def test_fvd_features_sync_across_ranks_by_concatenation():
-    metric = FrechetVideoDistance(MeanColourDetector())
-    metric.update_features(torch.zeros(3, 6), real=True)
-    metric.update_features(torch.zeros(2, 6), real=True)
-    metric.update_features(torch.zeros(4, 6), real=False)
-    metric.sync(dist_sync_fn=two_rank_gather, distributed_available=lambda: True)
-    real = metric.features(real=True)
-    assert real.shape == (10, 6) and real.sum() == 5 * 6  # this rank's 5 clips, then the other rank's 5
-    assert metric.features(real=False).shape == (8, 6)
-    metric.unsync()
-    assert metric.features(real=True).shape == (5, 6)
-
-
-def test_fvd_from_features_matches_metric():
-    rng = np.random.default_rng(3)
-    a, b = rng.standard_normal((25, 4)), rng.standard_normal((20, 4)) + 0.3
-    metric = FrechetVideoDistance(FrameDifferenceDetector())
-    metric.update_features(torch.from_numpy(a), real=True)
-    metric.update_features(torch.from_numpy(b), real=False)
-    assert fvd_from_features(a, b) == pytest.approx(float(metric.compute()), rel=1e-12)
+    colour = MeanColourDetector()
+    assert fvd_from_features(colour.features(ordered), colour.features(shuffled)) == pytest.approx(0.0, abs=1e-9)
 
 
 # --- I3D: preprocessing and the hash-pinned loader ----------------------------------------------------------------
@@ -282,11 +209,21 @@ def test_uniform_frame_indices_cover_the_clip():
 
 
 def test_preprocess_for_i3d_layout_and_range():
-    videos = torch.zeros(2, 9, 20, 30, 3, dtype=torch.uint8)
+    videos = torch.zeros(2, 17, 20, 30, 3, dtype=torch.uint8)
     videos[..., 0] = 255  # pure red
     x = preprocess_for_i3d(videos)
     assert x.shape == (2, 3, 16, 224, 224) and x.dtype == torch.float32
     assert torch.allclose(x[:, 0], torch.ones(())) and torch.allclose(x[:, 1:], -torch.ones(()))
+
+
+def test_i3d_reads_the_first_16_consecutive_frames():
+    """FVD16: frames 0..15 at the clip's own rate; a uniform resample of 17 frames would drop frame 8 instead."""
+    videos = torch.arange(17, dtype=torch.uint8).mul(15).view(1, 17, 1, 1, 1).expand(1, 17, 4, 4, 3).contiguous()
+    x = preprocess_for_i3d(videos)
+    levels = ((x[0, 0, :, 0, 0] + 1) * 255 / 2).round().long() // 15
+    assert levels.tolist() == list(range(16))
+    with pytest.raises(ValueError, match="16 consecutive frames; these clips have 9"):
+        preprocess_for_i3d(torch.zeros(1, 9, 4, 4, 3, dtype=torch.uint8))
 
 
 class TinyI3D(torch.nn.Module):
@@ -335,6 +272,19 @@ def test_i3d_loads_with_the_right_hash_and_runs_with_reference_kwargs(tiny_i3d_f
     assert isinstance(detector, VideoDetector)
     assert detector.name.startswith("i3d-sha256:") and detector.name != "i3d"  # not the standard name
     assert I3D_KWARGS == {"rescale": False, "resize": False, "return_features": True}
-    feats = detector.features(moving_square_clips(2, seed=0))
+    feats = detector.features(moving_square_clips(2, seed=0, frames=17))
     assert feats.shape == (2, 400) and torch.isfinite(feats).all()
-    assert FrechetVideoDistance(detector).name == f"fvd[{detector.name}]"
+    assert detector.metric_name("fvd", 17) == f"fvd16[{detector.name}]"
+    assert detector.metric_name("kvd", 81) == f"kvd16[{detector.name}]"
+    assert "first 16 consecutive frames" in detector.protocol(81)
+    with pytest.raises(ValueError, match="at least 16 frames"):
+        detector.metric_name("fvd", 9)
+
+
+def test_domain_detector_names_its_frame_protocol():
+    from distill.eval.domain_video_net import DomainVideoDetector, DomainVideoNet
+
+    det = DomainVideoDetector(DomainVideoNet({"shape": 3}, width=8, feature_dim=16))
+    assert det.metric_name("fvd", 17) == "fvd[domain-video-net,17f]"
+    assert det.metric_name("kvd", 33) == "kvd[domain-video-net,33to17f]"  # resampled: a different name
+    assert "non-standard" in det.protocol(33) and "all 17 frames" in det.protocol(17)

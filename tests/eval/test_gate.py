@@ -1,16 +1,21 @@
 import copy
 import json
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from distill.eval.gate import GateError, load_policy, run_gate
+import distill.eval.gate as gate_module
+from distill.eval.gate import GateError, _compare, load_policy, run_gate
 
 ROOT = Path(__file__).resolve().parents[2]
 TOYWORLD = ROOT / "configs" / "eval" / "gates" / "toyworld.yaml"
-CLIP, FVD_T, VBENCH, WARP, SPEEDUP = ("clip_score[domain-clip]", "fvd[domain-video-net]:vs_teacher", "flicker.vbench",
-                                      "flicker.warp_error[farneback]", "speed.speedup_vs_teacher")
+CLIP, FVD_T, KVD_T, VBENCH, WARP, SPEEDUP = (
+    "clipsim[domain-clip]", "fvd[domain-video-net,17f]:vs_teacher", "kvd[domain-video-net,17f]:vs_teacher",
+    "flicker.vbench", "flicker.warp_error[farneback]", "speed.speedup_vs_teacher")
 
 
 def rec(value, ci=None, hib=True, paired=None):
@@ -22,8 +27,9 @@ def rec(value, ci=None, hib=True, paired=None):
 
 def teacher_metrics():
     return {CLIP: rec(31.0, [30.0, 32.0], paired=(0.0, (0.0, 0.0))), FVD_T: rec(5.0, [3.0, 7.0], hib=False),
-            "fvd[domain-video-net]:noise_floor": rec(5.0, [3.0, 7.0], hib=False),
-            VBENCH: rec(0.98, [0.975, 0.985]), WARP: rec(0.020, [0.018, 0.022], hib=False),
+            KVD_T: rec(0.01, [-0.02, 0.04], hib=False),
+            "fvd[domain-video-net,17f]:noise_floor": rec(5.0, [3.0, 7.0], hib=False),
+            VBENCH: rec(0.98, [0.975, 0.985], paired=(0.0, (0.0, 0.0))), WARP: rec(0.020, [0.018, 0.022], hib=False),
             SPEEDUP: rec(1.0, [1.0, 1.0]), "some.future_metric": {"value": 1, "whatever": [1, 2]}}
 
 
@@ -34,7 +40,7 @@ def eval_doc(student_metrics=None, teacher=True):
                                 "metrics": teacher_metrics()}
     models["student-cd@4"] = {"steps": 4, "nfe": 4, "latency_s": 0.1, "role": "student", "extra_key": {"x": 1},
                               "metrics": student_metrics if student_metrics is not None else teacher_metrics()}
-    return {"schema": "distill.eval/1", "suite": {"prompts": 16, "seeds": [0]}, "models": models,
+    return {"schema": "distill.eval/2", "suite": {"prompts": 16, "seeds": [0]}, "models": models,
             "env": {"device": "cpu"}}
 
 
@@ -59,7 +65,7 @@ def run(tmp_path, current, baseline=None, policy=TOYWORLD):
 
 def degraded():
     m = teacher_metrics()
-    m[CLIP] = rec(20.0, [19.0, 21.0], paired=(-11.0, (-12.0, -10.0)))
+    m[CLIP] = rec(20.0, [19.0, 21.0], paired=(-11.0, (-12.0, -10.0)))  # 11 points below: the whole interval too
     m[WARP] = rec(0.05, [0.045, 0.055], hib=False)
     return m
 
@@ -67,14 +73,17 @@ def degraded():
 def test_shipped_policy_is_valid():
     policy = load_policy(TOYWORLD)
     assert policy.name == "toyworld"
-    assert {r.metric for r in policy.rules} == {CLIP, FVD_T, VBENCH, WARP, SPEEDUP}
+    assert {r.metric for r in policy.rules} == {CLIP, FVD_T, KVD_T, VBENCH, WARP, SPEEDUP}
+    clip_rule = next(r for r in policy.rules if r.metric == CLIP)
+    assert clip_rule.kind == "min_paired_diff_vs_teacher" and clip_rule.interval_aware  # points, not a ratio
+    assert "ratio" not in next(r for r in policy.rules if r.metric == VBENCH).kind
 
 
 def test_teacher_vs_itself_passes(tmp_path):
     doc = eval_doc()
     code, report, out = run(tmp_path, doc, baseline=doc)
     assert code == 0, report
-    assert report["verdict"] == "PASS" and report["counts"] == {"pass": 5, "fail": 0, "skip": 0, "error": 0}
+    assert report["verdict"] == "PASS" and report["counts"] == {"pass": 6, "fail": 0, "skip": 0, "error": 0}
     assert all(c["passed"] is True for c in report["checks"])
     md = (out / "gate.md").read_text()
     assert "PASS" in md and "FAIL" not in md
@@ -99,11 +108,11 @@ def test_junit_parses_and_counts(tmp_path):
     assert len(suites) == 1
     suite = suites[0]
     cases = suite.findall("testcase")
-    assert int(suite.get("tests")) == len(cases) == 5 == int(root.get("tests"))
+    assert int(suite.get("tests")) == len(cases) == 6 == int(root.get("tests"))
     assert int(suite.get("failures")) == len(suite.findall("testcase/failure")) == 2
     assert int(suite.get("skipped")) == len(suite.findall("testcase/skipped")) == 2
     assert int(suite.get("errors")) == 0
-    assert report["counts"] == {"pass": 1, "fail": 2, "skip": 2, "error": 0}
+    assert report["counts"] == {"pass": 2, "fail": 2, "skip": 2, "error": 0}
 
 
 def test_bad_policy_key_is_an_error_naming_key_and_file(tmp_path, capsys):
@@ -141,6 +150,14 @@ def test_schema_mismatch_is_an_error(tmp_path):
     assert code == 2 and "distill.eval/0" in report["errors"][0] and "current.json" in report["errors"][0]
 
 
+def test_schema_1_is_refused_by_name(tmp_path):
+    doc = eval_doc()
+    doc["schema"] = "distill.eval/1"
+    code, report, _ = run(tmp_path, doc)
+    (error,) = report["errors"]
+    assert code == 2 and "'distill.eval/1' is no longer read" in error and "distill.eval/2" in error
+
+
 def test_missing_or_invalid_files_are_errors(tmp_path):
     code, report, _ = run(tmp_path, tmp_path / "nope.json")
     assert code == 2 and "nope.json" in report["errors"][0]
@@ -154,18 +171,18 @@ def test_missing_or_invalid_files_are_errors(tmp_path):
 
 def test_missing_required_metric_is_an_error_optional_is_a_skip(tmp_path):
     metrics = teacher_metrics()
-    del metrics[VBENCH]
+    del metrics[WARP]
     code, report, _ = run(tmp_path, eval_doc(metrics), baseline=eval_doc())
     assert code == 2
     (bad,) = [c for c in report["checks"] if c["status"] == "error"]
-    assert bad["model"] == "student-cd@4" and VBENCH in bad["message"] and "current.json" in bad["message"]
-    pol = policy_file(tmp_path, f"name: p\nrules:\n  - metric: {VBENCH}\n    min: 0.9\n")
+    assert bad["model"] == "student-cd@4" and WARP in bad["message"] and "current.json" in bad["message"]
+    pol = policy_file(tmp_path, f"name: p\nrules:\n  - metric: {WARP}\n    max: 0.9\n")
     code, report, _ = run(tmp_path, eval_doc(metrics), policy=pol)
     assert code == 0 and [c["status"] for c in report["checks"]] == ["pass", "skip"]
 
 
 def test_required_pattern_matching_no_model_is_an_error(tmp_path):
-    pol = policy_file(tmp_path, "name: p\nrules:\n  - metric: x\n    models: 'apt-*'\n    min: 0\n"
+    pol = policy_file(tmp_path, f"name: p\nrules:\n  - metric: '{CLIP}'\n    models: 'apt-*'\n    min: 0\n"
                                 "    required: true\n")
     code, report, _ = run(tmp_path, eval_doc(), policy=pol)
     assert code == 2 and "apt-*" in report["checks"][0]["message"]
@@ -186,22 +203,126 @@ def test_malformed_record_is_an_error_naming_model_and_metric(tmp_path):
 
 
 def test_interval_aware_fails_only_when_the_whole_interval_is_on_the_wrong_side(tmp_path):
-    aware = policy_file(tmp_path, f"name: p\nrules:\n  - metric: {CLIP}\n    models: 'student-*'\n"
-                                  "    min_ratio_to_teacher: 0.95\n    interval_aware: true\n", "aware.yaml")
-    point = policy_file(tmp_path, f"name: p\nrules:\n  - metric: {CLIP}\n    models: 'student-*'\n"
-                                  "    min_ratio_to_teacher: 0.95\n", "point.yaml")
-    straddles = teacher_metrics()  # ratio 0.94, paired interval reaches 31 - 0.5 -> 0.984
-    straddles[CLIP] = rec(29.14, [28.0, 30.0], paired=(-1.86, (-3.0, -0.5)))
+    aware = policy_file(tmp_path, f"name: p\nrules:\n  - metric: {WARP}\n    models: 'student-*'\n"
+                                  "    max_ratio_to_teacher: 1.5\n    interval_aware: true\n", "aware.yaml")
+    point = policy_file(tmp_path, f"name: p\nrules:\n  - metric: {WARP}\n    models: 'student-*'\n"
+                                  "    max_ratio_to_teacher: 1.5\n", "point.yaml")
+    straddles = teacher_metrics()  # ratio 1.6; the paired interval reaches (0.020 + 0.008) / 0.020 = 1.4
+    straddles[WARP] = rec(0.032, [0.026, 0.038], hib=False, paired=(0.012, (0.008, 0.016)))
     assert run(tmp_path, eval_doc(straddles), policy=aware)[0] == 0
     assert run(tmp_path, eval_doc(straddles), policy=point)[0] == 1
-    below = teacher_metrics()  # paired interval tops out at ratio (31 - 2) / 31 = 0.935
-    below[CLIP] = rec(28.0, [27.0, 29.9], paired=(-3.0, (-4.0, -2.0)))
-    code, report, _ = run(tmp_path, eval_doc(below), policy=aware)
+    above = teacher_metrics()  # the paired interval starts at ratio (0.020 + 0.012) / 0.020 = 1.6
+    above[WARP] = rec(0.034, [0.030, 0.038], hib=False, paired=(0.014, (0.012, 0.016)))
+    code, report, _ = run(tmp_path, eval_doc(above), policy=aware)
     assert code == 1 and "whole ci95" in report["checks"][0]["message"]
     no_ci = teacher_metrics()  # falls back to a point check, and says so
-    no_ci[CLIP] = rec(29.14)
+    no_ci[WARP] = rec(0.032, hib=False)
     code, report, _ = run(tmp_path, eval_doc(no_ci), policy=aware)
     assert code == 1 and "point check" in report["checks"][0]["message"]
+    assert "never stricter" in report["checks"][0]["meaning"]
+
+
+def test_interval_aware_is_never_stricter_than_the_point_check():
+    """Even with an interval that excludes its own point (the old FVD bootstrap's defect), a passing point passes."""
+    assert _compare(14.7, (17.9, 62.6), 15.0, lower=False, interval_aware=True)[0]  # the README's FVD row
+    assert _compare(14.7, (17.9, 62.6), 15.0, lower=False, interval_aware=False)[0]
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        value, bound = rng.normal(0, 1, 2)
+        lo, hi = np.sort(rng.normal(0, 1.5, 2))
+        lower = bool(rng.integers(2))
+        point = _compare(value, None, bound, lower, interval_aware=False)[0]
+        aware = _compare(value, (lo, hi), bound, lower, interval_aware=True)[0]
+        assert aware or not point, (value, lo, hi, bound, lower)
+
+
+def paired_policy(tmp_path, aware: bool) -> Path:
+    return policy_file(tmp_path, f"name: p\nrules:\n  - metric: {CLIP}\n    roles: [student]\n"
+                                 f"    min_paired_diff_vs_teacher: -3.0\n    interval_aware: {str(aware).lower()}\n",
+                       f"paired-{aware}.yaml")
+
+
+@pytest.mark.parametrize("paired, point_code, aware_code", [
+    ((-2.0, (-4.0, 0.0)), 0, 0),    # within 3 points
+    ((-3.5, (-5.0, -2.0)), 1, 0),   # 3.5 points below, but the interval reaches -3: not significantly worse
+    ((-4.0, (-5.0, -3.5)), 1, 1),   # the whole interval is more than 3 points below
+])
+def test_prompt_adherence_is_gated_on_the_paired_difference_in_points(tmp_path, paired, point_code, aware_code):
+    metrics = teacher_metrics()
+    metrics[CLIP] = rec(31.0 + paired[0], [29.0, 31.0], paired=paired)
+    assert run(tmp_path, eval_doc(metrics), policy=paired_policy(tmp_path, False))[0] == point_code
+    code, report, _ = run(tmp_path, eval_doc(metrics), policy=paired_policy(tmp_path, True))
+    assert code == aware_code
+    (check,) = report["checks"]
+    assert check["observed"] == paired[0] and check["bound"] == -3.0 and check["interval"] == list(paired[1])
+
+
+def test_a_misspelt_metric_is_an_error_naming_the_rule_and_the_closest_names(tmp_path):
+    """Before: `0 passed, 0 failed, 2 skipped`, exit 0 -- a typo turned the gate into a no-op."""
+    pol = policy_file(tmp_path, "name: p\nrules:\n  - metric: 'clipsim[domain-clp]'\n    min: 0\n"
+                                "  - metric: 'flicker.warp_eror[farneback]'\n    max: 1\n")
+    code, report, _ = run(tmp_path, eval_doc(), policy=pol)
+    assert code == 2
+    first, second = report["checks"]
+    assert first["status"] == second["status"] == "error"
+    assert first["message"].startswith("rules[0]") and CLIP in first["message"]
+    assert second["message"].startswith("rules[1]") and WARP in second["message"]
+    optional = policy_file(tmp_path, "name: p\nrules:\n  - metric: 'clipsim[ViT-B-32/laion2b_s34b_b79k]'\n"
+                                     "    min: 0\n    optional: true\n", "optional.yaml")
+    code, report, _ = run(tmp_path, eval_doc(), policy=optional)
+    assert code == 0 and report["checks"][0]["status"] == "skip"
+
+
+def test_required_and_optional_together_is_a_policy_error(tmp_path):
+    pol = policy_file(tmp_path, "name: p\nrules:\n  - metric: x\n    min: 0\n    required: true\n"
+                                "    optional: true\n")
+    with pytest.raises(GateError, match="both required"):
+        load_policy(pol)
+
+
+def test_a_skipped_record_is_a_skip_that_says_why(tmp_path):
+    metrics = teacher_metrics()
+    metrics[VBENCH] = {"value": None, "ci95": None, "n": 0, "higher_is_better": True,
+                       "skipped": "the suite has no static prompts"}
+    doc = eval_doc(metrics)
+    doc["models"]["teacher@50"]["metrics"][VBENCH] = dict(metrics[VBENCH])
+    code, report, _ = run(tmp_path, doc, baseline=eval_doc())
+    (check,) = [c for c in report["checks"] if c["metric"] == VBENCH]
+    assert code == 0 and check["status"] == "skip" and "no static prompts" in check["message"]
+
+
+def test_an_unwritable_out_is_exit_2_in_one_line(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    code = run_gate(write(tmp_path, "c.json", eval_doc()), None, TOYWORLD, blocker / "gate")
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "cannot be written" in err and "a-file" in err
+
+
+def test_an_unexpected_exception_is_exit_2_not_1(tmp_path, monkeypatch):
+    def broken(*args):
+        raise KeyError("surprise")
+
+    monkeypatch.setattr(gate_module, "evaluate", broken)
+    code, report, _ = run(tmp_path, eval_doc())
+    assert code == 2 and "unexpected KeyError" in report["errors"][0]
+
+
+@pytest.mark.parametrize("case", ["missing current", "malformed current", "unwritable out"])
+def test_gate_command_exit_2_is_one_line_without_traceback(tmp_path, case):
+    current = write(tmp_path, "current.json", eval_doc() if case != "malformed current" else "{oops")
+    out = tmp_path / "out"
+    if case == "missing current":
+        current = tmp_path / "missing.json"
+    if case == "unwritable out":
+        (tmp_path / "file").write_text("")
+        out = tmp_path / "file" / "out"
+    r = subprocess.run([sys.executable, "-m", "distill.cli", "gate", "--current", str(current), "--policy",
+                        str(TOYWORLD), "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    assert {"missing current": "missing.json", "malformed current": "not valid JSON",
+            "unwritable out": "file"}[case] in r.stderr
 
 
 def test_regression_direction_follows_higher_is_better(tmp_path):

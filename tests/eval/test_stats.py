@@ -4,8 +4,10 @@ import math
 import numpy as np
 import pytest
 
-from distill.eval.stats import (bootstrap_ci, bootstrap_set_statistic, json_float, json_safe, make_record, metric_record,
-                        paired_diff_ci)
+from scipy import stats as scipy_stats
+
+from distill.eval.stats import (bootstrap_ci, bootstrap_set_statistic, clustered_mean_interval, json_float, json_safe,
+                                make_record, metric_record, paired_diff_ci, set_interval)
 
 N_BOOT = 300  # small: these tests run next to training jobs on two cores
 
@@ -106,3 +108,52 @@ def test_make_record_and_json_helpers_replace_non_finite():
     assert json_float(float("nan")) is None and json_float(np.float16(1.5)) == 1.5
     assert json_safe({"a": (np.bool_(True), np.nan)}) == {"a": [True, None]}
     assert not math.isnan(json_safe(np.float64(2.0)))
+
+
+# --- clustered_mean_interval and set_interval's record ----------------------------------------------------------
+
+def test_clustered_mean_with_one_value_per_prompt_is_the_ordinary_t_interval():
+    x = np.random.default_rng(8).normal(2.0, 3.0, 17)
+    rec = clustered_mean_interval(x)
+    lo, hi = scipy_stats.t.interval(0.95, x.size - 1, loc=x.mean(), scale=scipy_stats.sem(x))
+    assert rec["value"] == pytest.approx(x.mean()) and rec["ci95"] == pytest.approx([lo, hi], rel=1e-10)
+    assert rec["se"] == pytest.approx(scipy_stats.sem(x)) and rec["n"] == rec["n_clusters"] == 17
+    assert clustered_mean_interval(x, clusters=np.arange(17)[::-1])["ci95"] == pytest.approx([lo, hi], rel=1e-10)
+    json.dumps(rec, allow_nan=False)
+
+
+def test_clustered_mean_counts_prompts_not_clips():
+    # 6 prompts x 4 seeds with a strong prompt effect: the interval is that of the 6 prompt means (equal cluster
+    # sizes make it exact), far wider than treating the 24 clips as independent.
+    rng = np.random.default_rng(9)
+    prompt_means = rng.normal(0.0, 5.0, 6)
+    values = np.repeat(prompt_means, 4) + rng.normal(0.0, 0.5, 24)
+    prompts = np.repeat([f"prompt {k}" for k in range(6)], 4)
+    rec = clustered_mean_interval(values, prompts)
+    means = values.reshape(6, 4).mean(1)
+    lo, hi = scipy_stats.t.interval(0.95, 5, loc=means.mean(), scale=scipy_stats.sem(means))
+    assert rec["ci95"] == pytest.approx([lo, hi], rel=1e-10)
+    assert rec["n"] == 24 and rec["n_clusters"] == 6 and rec["method"] == "cluster-jackknife"
+    naive = clustered_mean_interval(values)
+    assert naive["ci95"][1] - naive["ci95"][0] < 0.6 * (hi - lo)
+    with pytest.raises(ValueError, match="at least 2 clusters"):
+        clustered_mean_interval(values, np.zeros(24))
+    with pytest.raises(ValueError, match=r"one label per row \(24\)"):
+        clustered_mean_interval(values, np.zeros(5))
+
+
+def test_set_interval_record_is_json_safe_and_deterministic():
+    rng = np.random.default_rng(10)
+    x, y = rng.normal(size=(30, 3)), rng.normal(0.5, 1.0, (30, 3))
+
+    def mean_gap(a, b):
+        return float(np.sum((a.mean(0) - b.mean(0)) ** 2))
+
+    rec = set_interval(mean_gap, x, y)  # 435 pairs: 200 drawn with the seed
+    assert set(rec) == {"value", "ci95", "se", "n", "n_clusters", "method"}
+    assert json.loads(json.dumps(rec, allow_nan=False)) == rec
+    assert rec == set_interval(mean_gap, x, y) and rec["method"] == "balanced-jackknife"
+    assert rec["se"] != set_interval(mean_gap, x, y, seed=1)["se"]
+    plain = set_interval(mean_gap, x, y, method="jackknife")
+    second = set_interval(mean_gap, x, y, method="second-order-jackknife")
+    assert second["se"] <= rec["se"] <= plain["se"]  # the default sits between its two bounds

@@ -1,0 +1,88 @@
+"""`distill eval`: score models against the teacher on a prompt suite (the eval harness, `distill.eval`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from distill.commands import check_output_dir
+from distill.core.config import ConfigError
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("eval", help="score models against the teacher on a prompt suite",
+                       description="Sample the teacher and every --model on the same prompts and seeds, compute "
+                                   "CLIP adherence, FVD (vs teacher, vs real, noise floor), flicker, diversity and "
+                                   "speed with intervals, and write eval.json, summary.md and report.html.\n"
+                                   "Models: teacher@4 (the teacher, 4 Euler steps, its CFG), teacher@8:unipc, "
+                                   "NAME=FOLDER@4 (a Wan folder, e.g. a student export; no CFG unless "
+                                   "guidance=G), NAME=FOLDER@2:euler,guidance=1,shift=5",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--suite", default="toyworld-held-out", help="suite YAML or name under configs/eval/suites")
+    p.add_argument("--teacher", default="tiny-wan", help="teacher config, name, folder or builtin:NAME")
+    p.add_argument("--model", action="append", default=[], help="a model to score (repeatable)")
+    p.add_argument("--out", type=Path, required=True, help="run folder for eval.json, summary.md, report.html")
+    p.add_argument("--cache", type=Path, help="clip cache (default OUT/cache); shareable between runs")
+    p.add_argument("overrides", nargs="*", help="suite overrides key=value, e.g. seeds_per_prompt=2")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from distill.eval.suite import load_suite, parse_model_spec, suite_prompts
+    from distill.teachers.config import load_teacher_config
+
+    check_output_dir(args.out)
+    if args.cache is not None:
+        check_output_dir(args.cache, "--cache")
+    suite, path = load_suite(args.suite, args.overrides)
+    prompts = suite_prompts(suite, path)
+    teacher_cfg = load_teacher_config(args.teacher)
+    try:
+        specs = [parse_model_spec(m) for m in args.model]
+    except Exception as err:  # pydantic errors for a bad sampler name etc. carry the model text
+        raise ConfigError(str(err)) from None
+    return evaluate(suite, prompts, teacher_cfg, specs, args.out, args.cache)
+
+
+def evaluate(suite, prompts: list[str], teacher_cfg, specs, out: Path, cache: Path | None = None,
+             print_summary: bool = True) -> int:
+    """Check every model's folder and clip size, run the harness (joining the process group under torchrun) and
+    write eval.json, summary.md and report.html to `out`. The library path `distill demo` takes too."""
+    from distill.eval.harness import Harness
+    from distill.eval.report import summary_markdown, write_outputs
+    from distill.eval.suite import real_clips_for
+    from distill.teachers.resolve import resolve
+    from distill.teachers.wan import check_video_size, video_factors
+
+    for spec in specs:  # refuse a bad folder or size before any sampling
+        check_video_size(suite.frames, suite.height, suite.width,
+                         *video_factors(resolve(teacher_cfg.source if spec.source == "teacher" else spec.source)))
+    teacher_cfg = _join_ranks(teacher_cfg)
+    harness = Harness(suite, teacher_cfg, prompts, out, cache, real_clips_for(suite))
+    harness.preflight(specs)  # output folders, models, detector (I3D sha256), CLIP, flow, real clips: before sampling
+    result = harness.run(specs)
+    if not result:  # a non-zero rank under torchrun
+        return 0
+    paths = write_outputs(result, out, harness.videos)
+    if print_summary:
+        print(summary_markdown(result))
+    for p in paths:
+        print(p, file=sys.stderr)
+    return 0
+
+
+def _join_ranks(teacher_cfg):
+    """Under torchrun: join the process group (gloo on CPU, NCCL on GPU), one GPU per local rank."""
+    import torch
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.distributed.is_initialized():
+        return teacher_cfg
+    cuda = torch.cuda.is_available() and teacher_cfg.device in ("auto", "cuda")
+    torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return teacher_cfg.model_copy(update={"device": f"cuda:{local}"})
+    return teacher_cfg

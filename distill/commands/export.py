@@ -1,0 +1,39 @@
+"""`distill export`: a run's student as a diffusers Wan folder that stock `WanPipeline` samples in few steps."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from distill.commands import check_output_dir
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "export", help="write a run's student as a diffusers Wan folder that stock WanPipeline samples in few steps",
+        description="Export the student of a `distill train` run (its latest checkpoint, or --checkpoint) as a "
+                    "complete diffusers Wan folder: the student transformer (LoRA runs: fused into its base, and "
+                    "the adapter alone under lora/), the teacher's text encoder, tokenizer and VAE, and a "
+                    "FlowMatchEulerDiscreteScheduler that does the student's consistency sampling. Example:\n"
+                    "  distill export runs/cd --out runs/cd/export\n"
+                    "  python -c \"from diffusers import WanPipeline; WanPipeline.from_pretrained('runs/cd/export')\"",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="a run folder (the `out` of distill train) or one of its checkpoints/step-N folders")
+    p.add_argument("--out", type=Path, required=True, help="the folder to write (must not exist, or be empty)")
+    p.add_argument("--checkpoint", default="latest", help="a checkpoint name under RUN/checkpoints, e.g. step-000200 "
+                                                          "(default: latest)")
+    p.add_argument("--steps", type=int, help="sampling steps to record (default: the steps the student was "
+                                             "distilled for)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from distill.export import export
+
+    check_output_dir(args.out)
+    out = export(args.run, args.out, checkpoint=args.checkpoint, steps=args.steps, overwrite=args.overwrite)
+    print(f"exported {args.run} to {out}", file=sys.stderr)
+    print(out)
+    return 0

@@ -1,0 +1,27 @@
+"""`distill gate`: pass or fail an eval.json against a gate policy (exit 0 pass, 1 regression, 2 error)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from distill.commands import check_output_dir
+
+
+def add_parser(sub) -> None:
+    g = sub.add_parser("gate", help="pass/fail an eval.json against a policy (exit 0 pass, 1 regression, 2 error)",
+                       description="Apply a gate policy to eval.json: absolute bounds, bounds relative to the "
+                                   "teacher or to a baseline eval.json, interval-aware. Writes gate.json, "
+                                   "gate.junit.xml and gate.md. Exit 0 on pass, 1 on a regression, 2 on an error.")
+    g.add_argument("--current", type=Path, required=True)
+    g.add_argument("--baseline", type=Path)
+    g.add_argument("--policy", type=Path, required=True, help="e.g. configs/eval/gates/toyworld.yaml")
+    g.add_argument("--out", type=Path, help="where gate.* go (default: next to --current)")
+    g.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from distill.eval.gate import run_gate
+
+    out = args.out or args.current.parent
+    check_output_dir(out)
+    return run_gate(args.current, args.baseline, args.policy, out)

@@ -1,0 +1,117 @@
+"""`distill sample`: clips from a teacher (or a student export) as mp4, gif and a frame-grid png."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from distill.commands import check_output_file, no_progress_bars
+from distill.core.config import ConfigError
+
+DEFAULT_TEACHER = "builtin:tiny-wan"
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "sample", help="sample clips from a teacher and write mp4, gif and a frame-grid png",
+        description="Sample clips from a teacher. Unset options take the teacher's own defaults (its config file, "
+                    "or the defaults a shipped checkpoint carries). Example:\n  distill sample --teacher "
+                    "builtin:tiny-wan --prompt 'a red circle moving left slowly on a black background' "
+                    "--steps 50 --seed 0 --out clip.mp4",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--teacher", default=DEFAULT_TEACHER,
+                   help="a teacher config (configs/teachers/X.yaml or its name X), a Wan folder, a hub id (online), "
+                        f"or builtin:NAME (default {DEFAULT_TEACHER})")
+    p.add_argument("--prompt", action="append", default=[], help="a prompt; repeat for several clips")
+    p.add_argument("--prompts-file", type=Path, help="a text file with one prompt per line")
+    p.add_argument("--negative-prompt", help="negative prompt for CFG (default: the teacher's)")
+    p.add_argument("--steps", type=int, help="denoising steps (default: the teacher's, 50)")
+    p.add_argument("--guidance", type=float, help="CFG scale; <= 1 turns CFG off")
+    p.add_argument("--shift", type=float, help="timestep shift of the flow-matching schedule")
+    p.add_argument("--sampler", choices=["euler", "unipc", "consistency"])
+    p.add_argument("--seed", type=int, default=0, help="seed of the first clip; clip i uses seed + i")
+    p.add_argument("--frames", type=int, help="number of frames, 4k+1")
+    p.add_argument("--height", type=int)
+    p.add_argument("--width", type=int)
+    p.add_argument("--fps", type=int)
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--device", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--batch-size", type=int, default=8, help="clips sampled together")
+    p.add_argument("--formats", default="mp4,gif,png",
+                   help="comma-separated formats written next to --out (default mp4,gif,png)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output path (clip.mp4); several prompts give clip-0.mp4, clip-1.mp4, ...")
+    p.set_defaults(func=run)
+
+
+def read_prompts(prompt: list[str], prompts_file: Path | None) -> list[str]:
+    prompts = list(prompt)
+    if prompts_file:
+        if not prompts_file.is_file():
+            raise ConfigError(f"--prompts-file {str(prompts_file)!r} does not exist")
+        prompts += [line.strip() for line in prompts_file.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise ConfigError("no prompts: give --prompt TEXT (repeatable) or --prompts-file FILE")
+    empty = [i for i, p in enumerate(prompts) if not p.strip()]
+    if empty:
+        raise ConfigError(f"prompts at positions {empty} are empty; every prompt needs text")
+    return prompts
+
+
+def run(args) -> int:
+    from distill.core.media import VIDEO_SUFFIXES, write_clip
+
+    prompts = read_prompts(args.prompt, args.prompts_file)
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
+    formats = [f".{f.strip().lstrip('.')}" for f in args.formats.split(",") if f.strip()]
+    bad = [f for f in formats + [args.out.suffix] if f not in VIDEO_SUFFIXES]
+    if bad:
+        raise ConfigError(f"output format(s) {bad} unknown; accepted: {list(VIDEO_SUFFIXES)}")
+    stems = [args.out] if len(prompts) == 1 else [args.out.with_name(f"{args.out.stem}-{i}{args.out.suffix}")
+                                                   for i in range(len(prompts))]
+    for stem in stems:  # first: a bad path fails in a second, not after the teacher has loaded and sampled
+        for suffix in dict.fromkeys([args.out.suffix, *formats]):
+            check_output_file(stem.with_suffix(suffix))
+
+    from distill.teachers.config import load_teacher_config
+    from distill.teachers.resolve import resolve
+    from distill.teachers.wan import check_video_size, video_factors
+
+    overrides = [f"{k}={v}" for k, v in (
+        ("sampler.steps", args.steps), ("sampler.guidance", args.guidance), ("sampler.shift", args.shift),
+        ("sampler.name", args.sampler), ("video.frames", args.frames), ("video.height", args.height),
+        ("video.width", args.width), ("video.fps", args.fps), ("dtype", args.dtype), ("device", args.device),
+    ) if v is not None]
+    cfg = load_teacher_config(args.teacher, overrides)
+    if args.negative_prompt is not None:
+        cfg = cfg.model_copy(update={"negative_prompt": args.negative_prompt})
+    v, s = cfg.video, cfg.sampler
+    check_video_size(v.frames, v.height, v.width, *video_factors(resolve(cfg.source, cfg.revision)))
+
+    from tqdm.auto import tqdm
+
+    from distill.teachers.wan import WanTeacher
+
+    if args.no_progress:
+        no_progress_bars()
+
+    teacher = WanTeacher.from_pretrained(cfg.source, dtype=cfg.dtype, device=cfg.device, revision=cfg.revision,
+                                         max_sequence_length=cfg.max_sequence_length)
+    print(f"teacher {cfg.source} on {teacher.device}: {len(prompts)} clip(s), {v.frames}x{v.height}x{v.width}, "
+          f"{s.name} {s.steps} steps, guidance {s.guidance}, shift {s.shift}", file=sys.stderr)
+    seeds = [args.seed + i for i in range(len(prompts))]
+    written = []
+    for i in tqdm(range(0, len(prompts), args.batch_size), desc="clips", unit="batch", disable=args.no_progress):
+        chunk = prompts[i:i + args.batch_size]
+        latents = teacher.sample(chunk, steps=s.steps, guidance=s.guidance, shift=s.shift,
+                                 seed=seeds[i:i + args.batch_size], sampler=s.name, negative=cfg.negative_prompt,
+                                 frames=v.frames, height=v.height, width=v.width, progress=not args.no_progress)
+        for j, video in enumerate(teacher.decode(latents).numpy()):
+            for suffix in dict.fromkeys([args.out.suffix, *formats]):
+                written += write_clip(stems[i + j].with_suffix(suffix), video, fps=v.fps)
+    for path in written:
+        print(path)
+    return 0

@@ -1,0 +1,84 @@
+"""The process layout of a run: `parallel.sequence: N` puts N consecutive ranks in a sequence-parallel group that
+splits each clip's tokens (DeepSpeed-Ulysses, distill.teachers.parallel); the world/N groups are data-parallel
+replicas of one another, each with its own batches.
+
+    world 8, parallel.sequence 4:   ranks 0 1 2 3 │ 4 5 6 7
+                                    group 0       │ group 1         data rank = group index, data world = 2
+
+Every rank of a group sees the same batch and draws the same noise (the loop's seeds follow the data rank), so the
+group computes one replica's losses; DeepSpeed's gradient mean over all ranks then equals the mean over groups (see
+distill.teachers.parallel for why no loss scaling is needed).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch.distributed as dist
+
+from distill.core.config import ConfigError
+from distill.teachers.parallel import check_sequence_split, gather_input, shard_sequence
+from distill.teachers.resolve import transformer_folder
+from distill.teachers.wan import video_factors
+
+
+@dataclass
+class Layout:
+    sequence: int  # ranks per sequence-parallel group (N)
+    group: object | None  # this rank's sequence-parallel process group; None when N = 1
+    data_rank: int  # this rank's group: which replica's batches it sees
+    data_world: int  # number of groups (data-parallel replicas)
+
+    def shard(self, *dits) -> None:
+        """Make each DiT (a module or a DeepSpeed engine around one) split its forwards over this rank's group."""
+        for dit in dits:
+            if dit is not None:
+                shard_sequence(getattr(dit, "module", dit), self.group)
+
+    def gather_inputs(self, *modules) -> None:
+        """Whole-sequence inputs for modules that read every token of a sharded DiT's features (APT's heads)."""
+        for m in modules:
+            gather_input(m, self.group)
+
+
+def make_layout(sequence: int) -> Layout:
+    """Create the sequence-parallel groups (a collective: every rank calls it, with the same `sequence`)."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if world % sequence:
+        raise ConfigError(f"parallel.sequence={sequence} does not divide the job's {world} ranks")
+    if sequence == 1:
+        return Layout(1, None, rank, world)
+    mine = None
+    for start in range(0, world, sequence):  # every rank creates every group, in the same order
+        group = dist.new_group(list(range(start, start + sequence)))
+        if start <= rank < start + sequence:
+            mine = group
+    return Layout(sequence, mine, rank // sequence, world // sequence)
+
+
+def check_sequence_parallel(cfg, teacher_folder: Path, video, world: int) -> None:
+    """Refuse, before any weights load, a sequence degree the job or the networks cannot take: N must divide the
+    world size, every DiT's head count, and the clip's token count."""
+    n = cfg.parallel.sequence
+    if n == 1:
+        return
+    if world % n:
+        options = [d for d in range(1, world + 1) if world % d == 0]
+        raise ConfigError(f"parallel.sequence={n} does not divide the job's {world} ranks (WORLD_SIZE); "
+                          f"use one of {options} or launch a multiple of {n} ranks")
+    temporal, spatial, patch = video_factors(teacher_folder)
+    latent = ((video.frames - 1) // temporal + 1, video.height // spatial, video.width // spatial)
+    tokens = (latent[0] // patch[0]) * (latent[1] // patch[1]) * (latent[2] // patch[2])
+    dits = {"teacher": teacher_folder / "transformer"}
+    for key in ("student.init", "recipe.discriminator_init"):
+        init = cfg.student.init if key == "student.init" else getattr(cfg.recipe, "discriminator_init", "teacher")
+        if init != "teacher":
+            dits[f"{key} {init!r}"] = transformer_folder(init)
+    for name, folder in dits.items():
+        heads = json.loads((Path(folder) / "config.json").read_text())["num_attention_heads"]
+        try:
+            check_sequence_split(heads, tokens, n, f"{name}, clip {video.frames}x{video.height}x{video.width}")
+        except ValueError as err:
+            raise ConfigError(str(err)) from None

@@ -1,0 +1,44 @@
+"""Shipped eval suites and the metric registry: pinned flow backends, VBench's static prompts where a suite has
+them, and one registry entry per metric family."""
+
+import pytest
+import yaml
+
+from distill.core.config import CONFIG_DIR, ConfigError
+from distill.eval import metrics
+from distill.eval.suite import load_suite, suite_prompts
+
+SUITES = sorted((CONFIG_DIR / "eval" / "suites").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SUITES, ids=lambda p: p.stem)
+def test_every_shipped_suite_pins_its_flow_backend(path):
+    assert yaml.safe_load(path.read_text())["flow"] in ("farneback", "raft_small")  # written out, not a default
+
+
+def test_auto_flow_is_refused(tmp_path):
+    suite = tmp_path / "s.yaml"
+    suite.write_text("name: s\nprompts: [a]\nflow: auto\n")
+    with pytest.raises(ConfigError, match="flow"):
+        load_suite(str(suite))
+
+
+def test_general_suite_has_a_static_subset_and_the_toy_suites_none():
+    suite, path = load_suite("general-t2v")
+    prompts = suite_prompts(suite, path)
+    assert len(suite.static_prompts) >= 6 and set(suite.static_prompts) <= set(prompts)
+    assert len(prompts) == len(set(prompts))  # the static scenes are not also in the moving list
+    for name in ("toyworld-held-out", "toyworld-train"):
+        assert load_suite(name)[0].static_prompts == []
+
+
+def test_registry_has_one_entry_per_family_with_a_direction_and_a_description():
+    families = [m.family for m in metrics.REGISTRY]
+    assert len(families) == len(set(families))
+    for m in metrics.REGISTRY:
+        assert isinstance(m.higher_is_better, bool) and len(m.how) > 20, m.family
+        assert (m.per_clip is not None) == (m.level == "clip"), m.family
+        assert (m.statistic is not None) == (m.level == "set") == bool(m.references), m.family
+    assert {"fvd", "kvd"} <= set(families) and metrics.family_of("fvd16[i3d]:vs_real").family == "fvd"
+    assert metrics.family_of("kvd[domain-video-net,17f]:noise_floor").family == "kvd"
+    assert [m.family for m in metrics.REGISTRY if m.static_only] == ["flicker.vbench"]
