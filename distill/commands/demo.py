@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from distill import demo
-from distill.commands import check_output_dir
+from distill.core.paths import check_output_dir
 from distill.core.config import ConfigError
 
 

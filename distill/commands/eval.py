@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from distill.commands import check_output_dir
+from distill.core.paths import check_output_dir
 from distill.core.config import ConfigError
 
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from distill.commands import check_output_dir
+from distill.core.paths import check_output_dir
 
 
 def add_parser(sub) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from distill.commands import check_output_dir
+from distill.core.paths import check_output_dir
 
 
 def add_parser(sub) -> None:

@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from distill.commands import check_output_file, no_progress_bars
+from distill.commands import no_progress_bars
+from distill.core.paths import check_output_file
 from distill.core.config import ConfigError
 
 DEFAULT_TEACHER = "builtin:tiny-wan"

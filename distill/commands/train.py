@@ -23,7 +23,8 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from distill.checkpoint import check_out_folder
-    from distill.commands import check_output_dir, no_progress_bars
+    from distill.commands import no_progress_bars
+    from distill.core.paths import check_output_dir
     from distill.train import train
     from distill.train_config import load_train_config
 
