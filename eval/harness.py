@@ -318,7 +318,9 @@ class Harness:
                 div_videos[name] = self.clips(cand, div_items, f"diversity {name}")
         floor_videos = None
         if s.noise_floor:
-            floor_items = [(p, seed + 777_777) for p, seed in self.items]
+            # The teacher on the next block of seeds (prompt i, seed + seeds_per_prompt .. 2 seeds_per_prompt - 1):
+            # other noise, the same prompts; consecutive seed sets of a replication share these clips.
+            floor_items = [(p, seed + s.seeds_per_prompt) for p, seed in self.items]
             floor_videos = self.clips(candidates[ref], floor_items, "noise floor")
         timings = {name: self.time_model(cand) for name, cand in candidates.items()} if rank == 0 else {}
         self.videos = videos  # for the report's side-by-side clips

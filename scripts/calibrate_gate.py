@@ -14,9 +14,9 @@ Stage 2 (gates), run with `distill.eval.gate` exactly as CI runs it:
   their current eval: the rate over every ordered pair (i, j), i != j, is printed beside it as a check.
 - detection: each regression of set k (k = 1 .. --detect-sets), posing as the student (renamed), gated against the same baseline; a failure
   is a detection:
-    teacher@2      the teacher at 2 Euler steps (a distillation that did nothing);
+    teacher-2step  the teacher at 2 Euler steps (a distillation that did nothing);
     undertrained   the student's own run stopped at 10% of its steps (`--undertrained`);
-    student@2      the finished student sampled at 2 steps instead of its 4 (a subtle configuration regression).
+    student-2step  the finished student sampled at 2 steps instead of its 4 (a subtle configuration regression).
 Rates come with Wilson 95% intervals. A threshold sweep of the policy's teacher-relative rules gives the trade-off
 curve (false-alarm rate against detection rate) when the goals are not met at this suite size.
 """
@@ -138,7 +138,8 @@ def main() -> int:
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     folder, _, steps = args.student.rpartition("@")
-    regressions = {"teacher@2": "teacher@2", "undertrained": args.undertrained, "student@2": f"{folder}@2"}
+    regressions = {"teacher-2step": "teacher@2:euler,role=student", "undertrained": args.undertrained,
+                   "student-2step": f"{folder}@2"}
     paths = run_evals(args, regressions)
     docs = [json.loads(path.read_text()) for path in paths]
     policy = load_policy(args.policy)
