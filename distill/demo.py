@@ -30,7 +30,8 @@ TEACHER = "tiny-wan"
 # a few steps per stage: checks the plumbing, not quality
 FAST_TRAIN = ["train.steps=4", "train.checkpoint_every=2", "train.validate_every=null", "data.size=32"]
 FAST_APT = ["recipe.alarms.every=2"]
-FAST_SUITE = ["max_prompts=6", "diversity.prompts=2", "diversity.seeds=2", "speed.clips=1", "speed.warmup=0"]
+FAST_SUITE = ["max_prompts=6", "seeds_per_prompt=1", "diversity.prompts=2", "diversity.seeds=2", "speed.clips=1",
+              "speed.warmup=0"]
 
 
 def say(text: str) -> None:

@@ -24,9 +24,9 @@ def test_demo_runs_every_stage_and_reuses_finished_ones(tmp_path):
     assert set(result["models"]) == {"teacher@50", "teacher@4", "teacher@1", "cd-4step", "cd-1step", "apt-1step"}
     assert result["models"]["apt-1step"]["steps"] == 1 and result["models"]["cd-4step"]["steps"] == 4
     summary = (out / "summary.md").read_text()
-    for row in ("clip_score[domain-clip]", "fvd[domain-video-net]:vs_teacher", "fvd[domain-video-net]:vs_real",
-                "flicker.vbench", "flicker.warp_error", "flicker.hf_energy", "diversity[domain-video-net]",
-                "speed.latency_s", "speed.speedup_vs_teacher"):
+    for row in ("clipsim[domain-clip]", "fvd[domain-video-net,17f]:vs_teacher", "fvd[domain-video-net,17f]:vs_real",
+                "kvd[domain-video-net,17f]:vs_teacher", "flicker.vbench", "flicker.warp_error", "flicker.hf_energy",
+                "diversity[domain-video-net,17f]", "speed.latency_s", "speed.speedup_vs_teacher"):
         assert row in summary and row in first.stdout  # the scorecard is printed at the end
     assert (out / "report.html").is_file()
     assert (out / "apt" / "checkpoints" / "step-000004" / "engines" / "discriminator").is_dir()

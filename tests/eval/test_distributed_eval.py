@@ -10,7 +10,7 @@ import pytest
 from tests.eval.test_harness import _flatten, _numbers
 
 ARGS = ["eval", "--suite", "toyworld-held-out", "--teacher", "tiny-wan", "--model", "teacher@2",
-        "max_prompts=4", "diversity.prompts=2", "diversity.seeds=2", "speed.clips=1", "speed.warmup=0",
+        "max_prompts=4", "seeds_per_prompt=2", "diversity.prompts=2", "diversity.seeds=2", "speed.clips=1", "speed.warmup=0",
         "batch_size=2"]
 
 
