@@ -70,7 +70,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from distill.core.config import format_validation_errors
+from distill.core.config import ConfigError, format_validation_errors
+from distill.core.paths import check_output_dir
 from distill.eval.schema import OLD_SCHEMAS, SCHEMA
 
 GATE_SCHEMA = "distill.gate/1"
@@ -591,12 +592,11 @@ def check_out_dir(out_dir: str | Path) -> Path:
     """The folder for gate.* exists or can be made, and takes new files; GateError (one line) otherwise."""
     out = Path(out_dir)
     try:
+        check_output_dir(out)
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".gate-write-probe"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise GateError(f"--out {str(out)!r} cannot be written: {err.strerror or err}") from None
+    except (ConfigError, OSError) as err:
+        raise GateError(str(err) if isinstance(err, ConfigError) else
+                        f"--out {str(out)!r} cannot be written: {err.strerror or err}") from None
     return out
 
 

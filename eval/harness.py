@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from distill.core.config import ConfigError
 from distill.core.dist import gather_dict, rank_world
 from distill.core.env import environment
 from distill.core.hashing import checkpoint_hash
+from distill.core.paths import check_output_dir
 from distill.eval import flicker, metrics, stats
 from distill.eval.diversity import pairwise_diversity
 from distill.eval.schema import SCHEMA
@@ -32,22 +32,6 @@ from distill.teachers.resolve import checkpoint_defaults, resolve
 from distill.teachers.wan import WanTeacher, check_video_size, video_factors
 
 RealClips = Callable[[str, int], np.ndarray]  # (prompt, seed) -> uint8 [T, H, W, 3]
-
-
-def check_writable_folder(path: Path, what: str) -> None:
-    """`path` is, or can become, a folder this process can create files in (tried, not guessed from permission
-    bits: root ignores them, read-only mounts and full disks say no only when asked). Creates nothing."""
-    path = Path(path).expanduser()
-    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
-    if not existing.is_dir():
-        raise ConfigError(f"{what} {str(path)!r} is not a folder ({str(existing)!r} is a file)")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".distill-probe-", dir=existing)
-    except OSError as err:
-        raise ConfigError(f"{what} {str(path)!r} cannot be written: {existing} refuses new files "
-                          f"({err.strerror or err})") from None
-    os.close(fd)
-    os.unlink(probe)
 
 
 @dataclass
@@ -221,8 +205,8 @@ class Harness:
             return self._prepared
         if len(set(names)) != len(names):
             raise ConfigError(f"model names must be unique; got {names}")
-        check_writable_folder(self.out_dir, "the eval output folder")
-        check_writable_folder(self.cache_dir, "the clip cache folder")
+        check_output_dir(self.out_dir, "the eval output folder")
+        check_output_dir(self.cache_dir, "the clip cache folder")
         try:
             flow = flicker.resolve_flow_backend(s.flow)
         except (FileNotFoundError, ValueError) as err:

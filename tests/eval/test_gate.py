@@ -296,7 +296,8 @@ def test_an_unwritable_out_is_exit_2_in_one_line(tmp_path, capsys):
     blocker.write_text("")
     code = run_gate(write(tmp_path, "c.json", eval_doc()), None, TOYWORLD, blocker / "gate")
     err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and "cannot be written" in err and "a-file" in err
+    assert code == 2 and len(err.splitlines()) == 1 and "a-file" in err
+    assert "cannot be written" in err or "which is a file, not a folder" in err
 
 
 def test_an_unexpected_exception_is_exit_2_not_1(tmp_path, monkeypatch):
