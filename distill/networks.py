@@ -129,7 +129,7 @@ def build_student(cfg: TrainConfig, teacher_dit: torch.nn.Module) -> torch.nn.Mo
         student = WanTransformer3DModel.from_pretrained(transformer_folder(cfg.student.init))
     # Master weights in fp32 whatever the teacher's dtype (DeepSpeed's bf16 mode keeps its own copy for compute).
     # diffusers warns on .to() for modules it prefers in fp32; they are fp32 here, so the warning is moot.
-    with _quiet_diffusers():
+    with quiet_diffusers():
         student = student.to(torch.float32).train()
     if cfg.student.gradient_checkpointing:
         student.enable_gradient_checkpointing()
@@ -151,7 +151,8 @@ def build_student(cfg: TrainConfig, teacher_dit: torch.nn.Module) -> torch.nn.Mo
 
 
 @contextlib.contextmanager
-def _quiet_diffusers():
+def quiet_diffusers():
+    """diffusers' own messages at error level only, restored afterwards."""
     from diffusers.utils import logging as dlogging
 
     level = dlogging.get_verbosity()
@@ -168,7 +169,7 @@ def build_backbone(init: str, teacher_dit: torch.nn.Module, gradient_checkpointi
         backbone = copy.deepcopy(teacher_dit)
     else:
         backbone = WanTransformer3DModel.from_pretrained(transformer_folder(init))
-    with _quiet_diffusers():
+    with quiet_diffusers():
         backbone = backbone.to(torch.float32).train().requires_grad_(True)
     if gradient_checkpointing:
         backbone.enable_gradient_checkpointing()

@@ -32,7 +32,6 @@ training peak counts every model state, every buffer and the largest phase's act
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 from dataclasses import dataclass, field, replace
@@ -41,6 +40,7 @@ from pathlib import Path
 import torch
 
 from distill.core.config import CONFIG_DIR, ConfigError
+from distill.networks import quiet_diffusers
 from distill.train_config import TrainConfig, deepspeed_path
 
 GIB = 1 << 30
@@ -90,20 +90,8 @@ def _meta_dit(config: dict, layers: int | None = None, dtype: torch.dtype = torc
     keys = {k: v for k, v in config.items() if not k.startswith("_")}
     if layers is not None:
         keys["num_layers"] = layers
-    with torch.device("meta"), _quiet():
+    with torch.device("meta"), quiet_diffusers():
         return WanTransformer3DModel.from_config(keys).to(dtype)
-
-
-@contextlib.contextmanager
-def _quiet():
-    from diffusers.utils import logging as dlogging
-
-    level = dlogging.get_verbosity()
-    dlogging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        dlogging.set_verbosity(level)
 
 
 def lora_params(model: torch.nn.Module, rank: int, targets: list[str]) -> int:
