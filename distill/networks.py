@@ -93,15 +93,13 @@ def partition_frozen(module: torch.nn.Module, ds: dict):
 
 
 # --- the student ------------------------------------------------------------------------------------------------
-def check_student_source(cfg: TrainConfig, teacher_folder: Path) -> None:
-    """Refuse, before any weights load, a teacher no single student can be made from, or a student init whose
-    shape differs from the teacher's."""
+def check_student_source(cfg: TrainConfig, teacher_folder: Path, inits: list[tuple[str, str]] = ()) -> None:
+    """Refuse, before any weights load, a teacher no single student can be made from, or a student init (or another
+    network's init, `inits`: (config key, init) pairs) whose shape differs from the teacher's."""
     if has_two_experts(teacher_folder):
         raise ConfigError(f"teacher {cfg.teacher!r} has two expert DiTs (Wan 2.2 A14B: transformer and "
                           f"transformer_2); distilling both experts into one student is not supported yet")
-    inits = [("student.init", cfg.student.init)]
-    if getattr(cfg.recipe, "discriminator_init", "teacher") != "teacher":
-        inits.append(("recipe.discriminator_init", cfg.recipe.discriminator_init))
+    inits = [("student.init", cfg.student.init), *inits]
     ours = json.loads((teacher_folder / "transformer" / "config.json").read_text())
     for key, init in inits:
         if init == "teacher":

@@ -58,9 +58,10 @@ def make_layout(sequence: int) -> Layout:
     return Layout(sequence, mine, rank // sequence, world // sequence)
 
 
-def check_sequence_parallel(cfg, teacher_folder: Path, video, world: int) -> None:
+def check_sequence_parallel(cfg, teacher_folder: Path, video, world: int, inits: list[tuple[str, str]] = ()) -> None:
     """Refuse, before any weights load, a sequence degree the job or the networks cannot take: N must divide the
-    world size, every DiT's head count, and the clip's token count."""
+    world size, every DiT's head count (the student's and other networks' inits: (config key, init) pairs), and
+    the clip's token count."""
     n = cfg.parallel.sequence
     if n == 1:
         return
@@ -72,8 +73,7 @@ def check_sequence_parallel(cfg, teacher_folder: Path, video, world: int) -> Non
     latent = ((video.frames - 1) // temporal + 1, video.height // spatial, video.width // spatial)
     tokens = (latent[0] // patch[0]) * (latent[1] // patch[1]) * (latent[2] // patch[2])
     dits = {"teacher": teacher_folder / "transformer"}
-    for key in ("student.init", "recipe.discriminator_init"):
-        init = cfg.student.init if key == "student.init" else getattr(cfg.recipe, "discriminator_init", "teacher")
+    for key, init in [("student.init", cfg.student.init), *inits]:
         if init != "teacher":
             dits[f"{key} {init!r}"] = transformer_folder(init)
     for name, folder in dits.items():

@@ -4,13 +4,13 @@ preflight on GPU).
 Every figure comes from the run's own config and from how this project and DeepSpeed allocate memory:
 
   parameter counts  the DiT built from its config.json on the meta device (no weights are read); LoRA weights from
-                    the Linear layers the adapter targets; the discriminator from the blocks its heads need
-  model states      per trainable network (student; APT's discriminator) and ZeRO stage, as DeepSpeed 0.19 allocates
+                    the Linear layers the adapter targets; the recipe's own networks as its `plan()` counts them
+  model states      per trainable network (the student and the recipe's) and ZeRO stage, as DeepSpeed 0.19 allocates
                     them: weights (bf16 with "bf16": {"enabled": true}, else fp32), gradients (whole at stages 0/1,
                     this rank's partition at 2/3), fp32 master weights (a copy whenever stage >= 1, or bf16 is on;
                     none at stage 3 in fp32), optimizer states (AdamW: 2 fp32 moments; RMSProp: 1), partitioned over
                     the ranks at stage >= 1; moved to CPU by offload_optimizer / offload_param
-  frozen networks   the teacher's DiT in its dtype (consistency reads it; APT frees it) and the student's EMA copy,
+  frozen networks   the teacher's DiT in its dtype (when the recipe reads it; freed otherwise) and the student's EMA copy,
                     which is an fp32 deep copy of the whole student (LoRA base weights included); both partitioned
                     over the ranks under ZeRO-3 (distill.networks.partition_frozen)
   DeepSpeed buffers gradient buckets of `reduce_bucket_size` elements (two with overlap_comm at stage 1/2, one at
@@ -20,7 +20,7 @@ Every figure comes from the run's own config and from how this project and DeepS
                     traced at depth 1 and 2 and extrapolated linearly to the full depth; divided by the
                     sequence-parallel degree (Ulysses splits every token-wise tensor)
   build peak        before the engines partition anything, every rank holds the teacher, the fp32 student, its fp32
-                    EMA copy (and the discriminator) whole: ZeRO-3 does not lower this peak (distill train does not
+                    EMA copy (and the recipe's networks) whole: ZeRO-3 does not lower this peak (distill train does not
                     construct networks under deepspeed.zero.Init)
   fixed overheads   on GPU an allowance for the CUDA context, cuBLAS/NCCL workspaces and allocator fragmentation
                     (assumptions, named as such); on CPU the caller passes the process's own baseline
@@ -41,6 +41,9 @@ import torch
 
 from distill.core.config import CONFIG_DIR, ConfigError
 from distill.networks import quiet_diffusers
+from distill.recipes import make_recipe
+from distill.students.base import DitShape, RecipePlan
+from distill.teachers.config import load_teacher_config
 from distill.train_config import TrainConfig, deepspeed_path
 
 GIB = 1 << 30
@@ -59,7 +62,6 @@ def transformer_config(cfg: TrainConfig) -> tuple[dict, tuple[int, int]]:
     """The teacher DiT's config.json and the VAE's (temporal, spatial) factors: from the teacher's folder when it is
     here (a local folder, builtin:NAME, or the Hugging Face cache), else from configs/transformers/<hub id>.json (a
     copy of the published transformer/config.json) for a hub teacher that is not downloaded."""
-    from distill.teachers.config import load_teacher_config
     from distill.teachers.resolve import TeacherNotFound, resolve
 
     tcfg = load_teacher_config(cfg.teacher)
@@ -112,9 +114,8 @@ class Shapes:
     block_params: int  # one transformer block's
     small_params: int  # weights under ZeRO-3's persistence threshold (kept whole on every rank)
     lora: int  # LoRA weights at the run's rank and targets (0: full fine-tuning)
-    disc_params: int  # APT's discriminator: backbone blocks up to its last head, plus the heads (0: no D)
-    disc_frozen: int  # of those, the ones it does not train (output layer, its norm, the scale-shift table)
-    disc_layers: int
+    recipe: RecipePlan  # the recipe's own networks and the passes of its phases
+    reads: tuple[str, ...]  # the frozen networks its losses read ("teacher", "ema")
     factors: tuple[int, int]  # the VAE's (temporal, spatial) compression
     latent: tuple[int, int, int, int]  # [C, F, H, W] of one clip
     tokens: int  # video tokens of one clip
@@ -124,9 +125,6 @@ class Shapes:
 def shapes(cfg: TrainConfig, dit: dict | None = None, factors: tuple[int, int] | None = None,
            lora_rank: int | None = -1) -> Shapes:
     """`lora_rank` -1: the config's LoRA (or none); None: no LoRA; N: LoRA rank N on the config's targets."""
-    from distill.students.apt import QueryHead, head_blocks
-    from distill.teachers.config import load_teacher_config
-
     if dit is None:
         dit, factors = transformer_config(cfg)
     tcfg = load_teacher_config(cfg.teacher)
@@ -143,25 +141,19 @@ def shapes(cfg: TrainConfig, dit: dict | None = None, factors: tuple[int, int] |
         from distill.train_config import WAN_LORA_TARGETS
         targets = list(WAN_LORA_TARGETS)
     lora = lora_params(model, lora_rank, targets) if lora_rank is not None else 0
-    disc, disc_frozen, disc_layers = 0, 0, 0
-    if cfg.recipe.name == "apt":
-        depth = len(model.blocks)
-        heads_at = head_blocks(depth, tuple(cfg.recipe.head_fractions))
-        disc_layers = heads_at[-1] + 1
-        dim = model.config.num_attention_heads * model.config.attention_head_dim
-        with torch.device("meta"):
-            head = sum(p.numel() for p in QueryHead(dim, model.config.num_attention_heads).parameters())
-        n = len(heads_at)
-        disc = params - block * (depth - disc_layers) + n * head + 2 * dim * n + (dim * n + 1)
-        disc_frozen = sum(p.numel() for m in (model.proj_out, model.norm_out) for p in m.parameters())
-        disc_frozen += model.scale_shift_table.numel()
+    recipe = make_recipe(cfg, tcfg, dit)
+    output = sum(p.numel() for m in (model.proj_out, model.norm_out) for p in m.parameters())
+    heads = model.config.num_attention_heads
+    recipe_plan = recipe.plan(DitShape(params=params, block_params=block, depth=len(model.blocks),
+                                       dim=heads * model.config.attention_head_dim, heads=heads,
+                                       frozen_output_params=output + model.scale_shift_table.numel()))
     v = tcfg.video
     temporal, spatial = factors
     latent = (dit.get("in_channels", 16), (v.frames - 1) // temporal + 1, v.height // spatial, v.width // spatial)
     pt, ph, pw = dit.get("patch_size", (1, 2, 2))
     tokens = (latent[1] // pt) * (latent[2] // ph) * (latent[3] // pw)
-    return Shapes(dit=dit, params=params, block_params=block, small_params=small, lora=lora, disc_params=disc,
-                  disc_frozen=disc_frozen, disc_layers=disc_layers, factors=tuple(factors), latent=latent, tokens=tokens,
+    return Shapes(dit=dit, params=params, block_params=block, small_params=small, lora=lora, recipe=recipe_plan,
+                  reads=tuple(recipe.reads), factors=tuple(factors), latent=latent, tokens=tokens,
                   text_tokens=tcfg.max_sequence_length)
 
 
@@ -272,7 +264,6 @@ class Settings:
 
 
 def settings(cfg: TrainConfig, ds: dict | None = None) -> Settings:
-    from distill.teachers.config import load_teacher_config
 
     if ds is None:
         ds = json.loads(deepspeed_path(cfg.deepspeed).read_text())
@@ -397,17 +388,21 @@ def estimate(cfg: TrainConfig, shp: Shapes, s: Settings, gpus: int, capacity: in
     student = shp.params + shp.lora
     student_train = shp.lora if s.lora_rank else shp.params
     trainable_states("student", student, student_train)
-    apt = cfg.recipe.name == "apt"
-    if apt:
-        trainable_states("discriminator", shp.disc_params, shp.disc_params - shp.disc_frozen)
-    if cfg.recipe.name == "consistency":
+    extra = {net.name: net for net in shp.recipe.networks}
+    for net in extra.values():
+        if net.trains:
+            trainable_states(net.name, net.params, net.params - net.frozen_params)
+        else:
+            items.append(Item(f"{net.name} (frozen, fp32)", 4 * net.params // shard,
+                              f"/ {shard}" if shard > 1 else ""))
+    if "teacher" in shp.reads:
         items.append(Item("teacher DiT (frozen)", tb * shp.params // shard,
                           f"{s.teacher_dtype}" + (f" / {shard}" if shard > 1 else "")))
     if cfg.student.ema_decay is not None:
         items.append(Item("student EMA (fp32 copy)", 4 * student // shard,
                           "the whole student, LoRA base included" + (f" / {shard}" if shard > 1 else "")))
     # DeepSpeed buffers
-    nets = 2 if apt else 1
+    nets = 1 + sum(net.trains for net in extra.values())
     if s.stage in (1, 2):
         buckets = s.reduce_bucket * w * (2 if s.overlap_comm else 1)
         items.append(Item("gradient buckets", nets * buckets, f"reduce_bucket_size {s.reduce_bucket:.3g} x {w} B"
@@ -429,14 +424,14 @@ def estimate(cfg: TrainConfig, shp: Shapes, s: Settings, gpus: int, capacity: in
     def act(batch, dtype, grad, depth=layers, ckpt=s.checkpointing):
         return activation_bytes(shp.dit, depth, batch, latent, shp.text_tokens, dtype, ckpt and grad, grad) // sp
 
+    def dtype_of(network: str) -> str:
+        return {"teacher": s.teacher_dtype, "ema": "float32"}.get(network, adt)
+
     phases = {}
-    if cfg.recipe.name == "consistency":
-        phases["teacher forward with CFG (no grad)"] = act(2 * b, s.teacher_dtype, False)
-        phases["EMA target forward (no grad, fp32)"] = act(b, "float32", False)
-        phases["student forward + backward"] = act(b, adt, True)
-    if apt:
-        phases["D phase: D forward + backward on real, fake, perturbed"] = act(3 * b, adt, True, shp.disc_layers)
-        phases["G phase: G and D forward + backward"] = act(b, adt, True) + act(b, adt, True, shp.disc_layers)
+    for description, passes in shp.recipe.phases.items():
+        phases[description] = sum(act(p.batch * b, dtype_of(p.network), p.grad,
+                                      (extra[p.network].depth if p.network in extra else None) or layers)
+                                  for p in passes)
     phase, peak = max(phases.items(), key=lambda kv: kv[1])
     items.append(Item("activations", peak, f"{phase}; {b} x {L} tokens{f' / {sp} (sequence parallel)' if sp > 1 else ''}"
                       f", checkpointing {'on' if s.checkpointing else 'off'}", "activation"))
@@ -448,8 +443,8 @@ def estimate(cfg: TrainConfig, shp: Shapes, s: Settings, gpus: int, capacity: in
              Item("copy while casting", tb * shp.params)]
     if cfg.student.ema_decay is not None:
         build.append(Item("EMA (fp32)", 4 * student))
-    if apt:
-        build.append(Item("discriminator (fp32)", 4 * shp.disc_params))
+    for net in extra.values():
+        build.append(Item(f"{net.name} (fp32)", 4 * net.params))
     if device == "cuda":
         dynamic = sum(i.bytes for i in items)
         items.append(Item("allocator fragmentation", int(FRAGMENTATION * dynamic),

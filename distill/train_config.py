@@ -10,9 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
+
+from distill.students import registry as recipe_registry
 
 from distill.core.config import CONFIG_DIR, REPO_ROOT, ConfigError, Strict, load_yaml, validate
 
@@ -20,62 +22,8 @@ from distill.core.config import CONFIG_DIR, REPO_ROOT, ConfigError, Strict, load
 WAN_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"]
 
 
-class StudentSampler(Strict):
-    """The few-step sampler the student is distilled for: used for validation clips and written by export."""
-
-    steps: int = Field(4, ge=1, le=64)
-    shift: float | None = Field(None, gt=0)  # None: the teacher's shift
-
-
-class ConsistencyRecipe(Strict):
-    """Consistency distillation (students/consistency.py); see docs/recipes/consistency.md."""
-
-    name: Literal["consistency"]
-    skip: int = Field(5, ge=1)  # grid intervals per teacher ODE step on the 50-step grid
-    grid_steps: int = Field(50, ge=2)
-    distance: Literal["l2", "pseudo_huber"] = "pseudo_huber"
-    huber_c: float = Field(0.03, gt=0)
-    guidance: float | None = Field(None, ge=0)  # teacher CFG in the ODE step; None: the teacher's own
-    target: Literal["ema", "online"] = "ema"  # the target network: the student's EMA, or its stop-grad
-    sampler: StudentSampler = StudentSampler()
-
-
-class AlarmConfig(Strict):
-    """APT's alarms: each warns and keeps a checkpoint (NaN stops the run, as for every recipe)."""
-
-    every: int = Field(50, ge=1)  # steps between checks of decoded samples
-    d_collapse: float = Field(0.05, ge=0)  # D's GAN loss below this for `patience` checks: D has won
-    patience: int = Field(3, ge=1)
-    # Decoded one-step samples whose spatial variance or temporal high-frequency energy leaves
-    # [low, high] times that of real clips have turned into flat colour or noise.
-    low: float = Field(0.25, gt=0)
-    high: float = Field(4.0, gt=1)
-
-
-class APTRecipe(Strict):
-    """Adversarial post-training (students/apt.py); see docs/recipes/apt.md."""
-
-    name: Literal["apt"]
-    shift: float = Field(12.0, gt=0)  # D's noise levels t ~ shift(U(0, 1), s)
-    r1_weight: float = Field(100.0, ge=0)
-    r1_sigma: float = Field(0.1, gt=0)
-    d_steps: int = Field(1, ge=1)  # D updates per G update
-    head_fractions: tuple[float, ...] = (0.45, 0.70, 1.0)  # of D's depth, where the heads sit
-    head_lr_scale: float = Field(1.0, gt=0)  # the heads' learning rate over the backbone's (fresh weights move faster)
-    discriminator_init: str = "teacher"  # the backbone's weights: the teacher's DiT, or another same-shaped one
-    alarms: AlarmConfig = AlarmConfig()
-    sampler: StudentSampler = StudentSampler(steps=1)
-
-    @field_validator("head_fractions")
-    @classmethod
-    def _fractions(cls, v):
-        if not v or any(not 0 < f <= 1 for f in v):
-            raise ValueError(f"each head fraction must lie in (0, 1], got {v}")
-        return v
-
-
-Recipe = Annotated[Union[ConsistencyRecipe, APTRecipe], Field(discriminator="name")]
-RECIPES = ("consistency", "apt")
+# The recipe section: each recipe's own config class (students/<recipe>.py), told apart by `recipe.name`.
+RecipeField = recipe_registry.config_type()
 
 
 class LoraConfig(Strict):
@@ -155,7 +103,7 @@ class WandbConfig(Strict):
 class TrainConfig(Strict):
     teacher: str  # a teacher config name, a YAML file, or a source (builtin:NAME, folder, hub id)
     teacher_dtype: Literal["float32", "bfloat16", "float16"] | None = None  # frozen copy; None: the teacher config's
-    recipe: Recipe
+    recipe: RecipeField
     student: StudentConfig = StudentConfig()
     data: DataConfig = DataConfig()
     optim: OptimConfig = OptimConfig()
@@ -167,17 +115,13 @@ class TrainConfig(Strict):
 
     @model_validator(mode="after")
     def _ema_where_needed(self):
-        if self.student.ema_decay is None:
-            if getattr(self.recipe, "target", None) == "ema":
-                raise ValueError("recipe.target is 'ema' but student.ema_decay is null (no EMA is kept)")
-            if self.student.export == "ema":
-                raise ValueError("student.export is 'ema' but student.ema_decay is null (no EMA is kept)")
+        if self.student.ema_decay is None and self.student.export == "ema":
+            raise ValueError("student.export is 'ema' but student.ema_decay is null (no EMA is kept)")
         return self
 
     @model_validator(mode="after")
-    def _apt_needs_real_clips(self):
-        if self.recipe.name == "apt" and self.data.latents != "real":
-            raise ValueError("recipe 'apt' trains against real clips: data.latents must be 'real'")
+    def _recipe_checks(self):
+        recipe_registry.get(self.recipe.name).check_run(self)
         return self
 
     @field_validator("deepspeed")
@@ -231,6 +175,7 @@ def fingerprint_hash(cfg: TrainConfig) -> str:
 def load_train_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
     data = load_yaml(path)
     recipe = data.get("recipe")
-    if isinstance(recipe, dict) and recipe.get("name") not in RECIPES:
-        raise ConfigError(f"{path}: key 'recipe.name': unknown recipe {recipe.get('name')!r}; one of {list(RECIPES)}")
+    known = recipe_registry.names()
+    if isinstance(recipe, dict) and recipe.get("name") not in known:
+        raise ConfigError(f"{path}: key 'recipe.name': unknown recipe {recipe.get('name')!r}; one of {known}")
     return validate(TrainConfig, data, str(path), overrides)

@@ -10,7 +10,7 @@ one run on this machine.
 
 What each row measures (every row is a fresh `torchrun` job of this script, building the real `distill.train.Run`):
   step             `run.train_step(step)`: the whole optimiser step (data, teacher, target, student, step, EMA).
-  teacher fwd      the teacher with CFG (`run._nets(embeds, "student")["teacher"]`, both halves in one forward), no_grad.
+  teacher fwd      the teacher with CFG (`run.handles(embeds, "student")["teacher"]`, both halves in one forward), no_grad.
   target fwd       the EMA target (`["target"]`), no_grad.
   student fwd+bwd  `run.engine.backward(student(x_t, t).float().pow(2).mean())`, on the same batch shapes.
   sum of passes    teacher + target + student; `step / sum` is the overhead the engine adds (goal: <= 1.15x).
@@ -178,7 +178,7 @@ def step_inputs(run, step: int) -> dict:
     batch = run.data.batch(position, bs)
     x0 = batch.x0.to(run.device)
     sigmas = run.recipe.sigmas
-    t = sigmas[torch.randint(0, len(sigmas) - 1 - run.recipe.skip, (bs,))].to(run.device, torch.float64)
+    t = sigmas[torch.randint(0, len(sigmas) - 1 - run.recipe.cfg.skip, (bs,))].to(run.device, torch.float64)
     return {"position": position, "x0": x0, "embeds": run.data.embed(batch.prompts).to(run.device), "t": t,
             "x_t": torch.randn_like(x0)}
 
@@ -191,11 +191,11 @@ def time_round(run, step: int) -> dict[str, float]:
     dev, bs = run.device, run.cfg.data.batch_size
     out = {"step": timed(lambda: run.train_step(step), dev)}
     inp = step_inputs(run, step)
-    nets = run._nets(inp["embeds"], "student")
+    nets = run.handles(inp["embeds"], "student")
     x_t, t = inp["x_t"], inp["t"]
     with torch.no_grad():
         out["teacher fwd (CFG)"] = timed(lambda: nets["teacher"](x_t, t), dev)
-        out["target fwd"] = timed(lambda: nets["target"](x_t, t), dev)
+        out["target fwd"] = timed(lambda: (nets["ema"] if "ema" in nets else nets["student"])(x_t, t), dev)
 
     def student():
         loss = nets["student"](x_t, t).float().pow(2).mean()

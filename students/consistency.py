@@ -16,61 +16,77 @@ d is the squared L2 distance or the pseudo-Huber distance sqrt(‖a − b‖² +
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from pydantic import Field
 
 from distill.core.types import VelocityFn
+from distill.students.base import (Context, DitShape, Nets, PlannedPass, RecipeBase, RecipeConfig, RecipePlan,
+                                   StudentSampler)
+from distill.students.common import distance, per_sample, renoise
+from distill.students.registry import register
+from distill.teachers.schedule import flow_sigmas
 
-# v(x_t, t, cond) -> velocity; t a float64 tensor [B]. The engine binds networks and conditioning into these.
 
+class ConsistencyConfig(RecipeConfig):
+    """Consistency distillation; see docs/recipes/consistency.md."""
 
-@dataclass
-class ConsistencyDistillation:
-    sigmas: torch.Tensor  # the teacher's grid, decreasing from 1 to 0 (teachers.schedule.flow_sigmas(50, shift))
-    skip: int = 5  # the teacher's ODE step spans this many grid intervals
+    name: Literal["consistency"]
+    skip: int = Field(5, ge=1)  # grid intervals per teacher ODE step on the 50-step grid
+    grid_steps: int = Field(50, ge=2)
     distance: Literal["l2", "pseudo_huber"] = "pseudo_huber"
-    huber_c: float = 0.03  # per element; scaled by sqrt(dim) as in Song & Dhariwal 2023
+    huber_c: float = Field(0.03, gt=0)
+    guidance: float | None = Field(None, ge=0)  # teacher CFG in the ODE step; None: the teacher's own
+    target: Literal["ema", "online"] = "ema"  # the target network: the student's EMA, or its stop-grad
+    sampler: StudentSampler = StudentSampler()
 
-    trains = ("student",)
-    reads = ("teacher", "target")
 
-    def __post_init__(self):
-        if not 1 <= self.skip < len(self.sigmas) - 1:
-            raise ValueError(f"skip={self.skip} must lie in [1, {len(self.sigmas) - 2}] for a grid of "
-                             f"{len(self.sigmas) - 1} steps")
-        if self.distance not in ("l2", "pseudo_huber"):
-            raise ValueError(f"distance {self.distance!r} is not 'l2' or 'pseudo_huber'")
+@register
+class ConsistencyDistillation(RecipeBase):
+    name = "consistency"
+    Config = ConsistencyConfig
 
-    def phases(self, step: int) -> tuple[str, ...]:
-        return ("student",)
+    def __init__(self, cfg: ConsistencyConfig, ctx: Context):
+        super().__init__(cfg, ctx)
+        self.sigmas = flow_sigmas(cfg.grid_steps, ctx.teacher_shift)  # decreasing from 1 to 0
+        if not 1 <= cfg.skip < len(self.sigmas) - 1:
+            raise ValueError(f"recipe.skip={cfg.skip} must lie in [1, {len(self.sigmas) - 2}] for a grid of "
+                             f"{len(self.sigmas) - 1} steps (recipe.grid_steps)")
+        self.guidance = cfg.guidance if cfg.guidance is not None else ctx.teacher_guidance
+        self.reads = ("teacher", "ema") if cfg.target == "ema" else ("teacher",)
 
-    def loss(self, network: str, nets: dict, x0: torch.Tensor, generator=None) -> dict[str, torch.Tensor]:
-        """The engine's entry point: `nets` maps names to velocity functions of (x, t)."""
-        if network != "student":
-            raise ValueError(f"consistency distillation trains 'student', not {network!r}")
-        return self(nets["student"], nets["teacher"], nets["target"], x0, generator)
+    @classmethod
+    def check_run(cls, run_cfg) -> None:
+        if run_cfg.recipe.target == "ema" and run_cfg.student.ema_decay is None:
+            raise ValueError("recipe.target is 'ema' but student.ema_decay is null (no EMA is kept)")
 
-    def _distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        sq = (a - b).float().pow(2).flatten(1).sum(1)
-        if self.distance == "l2":
-            return sq / a[0].numel()
-        c = self.huber_c * a[0].numel() ** 0.5
-        return (torch.sqrt(sq + c * c) - c) / a[0].numel() ** 0.5
+    def loss(self, phase: str, nets: Nets, x0: torch.Tensor, generator=None) -> dict[str, torch.Tensor]:
+        if phase != "student":
+            raise ValueError(f"consistency distillation trains 'student', not {phase!r}")
+        teacher = nets["teacher"]
+        target = nets["ema"] if self.cfg.target == "ema" else nets["student"]
+        return self(nets["student"], lambda x, t: teacher(x, t, self.guidance), target, x0, generator)
 
     def __call__(self, student: VelocityFn, teacher: VelocityFn, target: VelocityFn, x0: torch.Tensor,
                  generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        b = x0.shape[0]
-        n = torch.randint(0, len(self.sigmas) - 1 - self.skip, (b,), generator=generator, device="cpu")
+        """The algorithm box above, with the networks as velocity functions of (x, t)."""
+        b, skip = x0.shape[0], self.cfg.skip
+        n = torch.randint(0, len(self.sigmas) - 1 - skip, (b,), generator=generator, device="cpu")
         t = self.sigmas[n].to(x0.device, torch.float64)
-        t_prev = self.sigmas[n + self.skip].to(x0.device, torch.float64)
+        t_prev = self.sigmas[n + skip].to(x0.device, torch.float64)
         eps = torch.randn(x0.shape, generator=generator, device="cpu").to(x0)
-        view = (b,) + (1,) * (x0.dim() - 1)
-        x_t = (1 - t).view(view).to(x0) * x0 + t.view(view).to(x0) * eps
+        x_t = renoise(x0, t, eps)
         with torch.no_grad():
-            x_prev = x_t + (t_prev - t).view(view).to(x0) * teacher(x_t, t).to(x0)
-            target_x0 = x_prev - t_prev.view(view).to(x0) * target(x_prev, t_prev).to(x0)
-        pred_x0 = x_t - t.view(view).to(x0) * student(x_t, t).to(x0)
-        per_sample = self._distance(pred_x0, target_x0)
-        return {"student": per_sample.mean(), "t": t.float().mean()}
+            x_prev = x_t + per_sample(t_prev - t, x0) * teacher(x_t, t).to(x0)
+            target_x0 = x_prev - per_sample(t_prev, x0) * target(x_prev, t_prev).to(x0)
+        pred_x0 = x_t - per_sample(t, x0) * student(x_t, t).to(x0)
+        per = distance(pred_x0, target_x0, self.cfg.distance, self.cfg.huber_c)
+        return {"student": per.mean(), "t": t.float().mean()}
+
+    def plan(self, dit: DitShape) -> RecipePlan:
+        return RecipePlan(networks=[], phases={
+            "teacher forward with CFG (no grad)": [PlannedPass("teacher", 2, grad=False)],
+            "EMA target forward (no grad, fp32)": [PlannedPass("ema" if self.cfg.target == "ema" else "student", 1,
+                                                               grad=False)],
+            "student forward + backward": [PlannedPass("student", 1, grad=True)]})

@@ -213,6 +213,11 @@ class WanTeacher:
     def forward(self, model, x: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
         """One DiT forward at noise levels t ∈ [0, 1] ([B], float64). `model` is this teacher's DiT or any network
         of the same shape (a student, its EMA copy, or a DeepSpeed engine around one)."""
+        return self.forward_all(model, x, t, embeds)[0]
+
+    def forward_all(self, model, x: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor, **kwargs) -> tuple:
+        """`forward`, returning every output of the network (a headed critic gives velocity and logits), with
+        `kwargs` passed on to it."""
         timestep = (t.to(torch.float64) * NUM_TRAIN_TIMESTEPS).to(torch.float32)
         if self.expand_timesteps:  # Wan 2.2 TI2V: one timestep per latent patch
             p_t, p_h, p_w = self.patch_size
@@ -220,7 +225,7 @@ class WanTeacher:
             timestep = timestep[:, None].expand(-1, n)
         dtype = _param_dtype(model)
         return model(hidden_states=x.to(dtype), timestep=timestep, encoder_hidden_states=embeds.to(dtype),
-                     return_dict=False)[0]
+                     return_dict=False, **kwargs)
 
     def _velocity_one_model(self, model, x, t, cond: Cond, guidance: float) -> torch.Tensor:
         if guidance > 1.0 and cond.negative_embeds is not None:

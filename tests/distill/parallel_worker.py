@@ -81,7 +81,7 @@ def check_dit(report: dict, group) -> None:
                         "n_grads": len(grads)}
 
     # APT's discriminator: heads that pool over every token of sequence-sharded block outputs.
-    from distill.students.apt import Discriminator
+    from distill.students.common import HeadedDiT as Discriminator
 
     disc = Discriminator(tiny_dit(layers=3), (0.5, 1.0)).float()
     x, t, text, _ = inputs()

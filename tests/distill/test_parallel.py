@@ -35,7 +35,7 @@ def test_dit_forward_and_gradients_over_two_ranks_equal_one_rank(tmp_path):
 
 # --- refused before any work ------------------------------------------------------------------------------------
 def preflight_with(tmp_path, monkeypatch, world: int, sequence: int, teacher: str = "tiny-wan"):
-    from distill.train import preflight
+    from distill.preflight import preflight
 
     monkeypatch.setenv("WORLD_SIZE", str(world))
     cfg = load_train_config(write_config(tmp_path, teacher=teacher, parallel={"sequence": sequence}))

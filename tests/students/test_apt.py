@@ -4,7 +4,8 @@ import pytest
 import torch
 from diffusers import WanTransformer3DModel
 
-from distill.students.apt import AdversarialPostTraining, Discriminator, head_blocks
+from distill.students.apt import AdversarialPostTraining
+from distill.students.common import HeadedDiT as Discriminator, head_blocks
 
 
 def tiny_dit(layers: int = 6) -> WanTransformer3DModel:

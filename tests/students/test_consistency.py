@@ -2,9 +2,17 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from distill.students.consistency import ConsistencyDistillation
+from pydantic import ValidationError
+
+from distill.students.base import Context
+from distill.students.consistency import ConsistencyConfig, ConsistencyDistillation
 from distill.teachers.samplers import consistency_timesteps, sample_consistency
-from distill.teachers.schedule import flow_sigmas
+
+
+def cd(shift: float = 3.0, **config) -> ConsistencyDistillation:
+    """The recipe on the teacher's 50-step grid at `shift`, with `config` as its recipe section."""
+    ctx = Context(teacher_shift=shift, teacher_guidance=5.0, teacher_steps=50, depth=2, dim=32, heads=2)
+    return ConsistencyDistillation(ConsistencyConfig(name="consistency", **config), ctx)
 
 
 def point_mass_velocity(x0):
@@ -15,7 +23,7 @@ def point_mass_velocity(x0):
 def test_cd_loss_vanishes_for_an_exact_teacher_and_matching_student():
     x0 = torch.randn(4, 3, 2, 4, 4)
     v = point_mass_velocity(x0)
-    recipe = ConsistencyDistillation(flow_sigmas(50, 3.0), skip=5, distance="l2")
+    recipe = cd(skip=5, distance="l2")
     out = recipe(v, v, v, x0, torch.Generator().manual_seed(0))
     assert out["student"].item() < 1e-9
 
@@ -25,7 +33,7 @@ def test_cd_gradient_reaches_the_student_only():
     student_w, teacher_w = torch.nn.Parameter(torch.tensor(0.5)), torch.nn.Parameter(torch.tensor(1.0))
     student = lambda x, t: student_w * x  # noqa: E731
     teacher = lambda x, t: teacher_w * (x - x0)  # noqa: E731
-    recipe = ConsistencyDistillation(flow_sigmas(50, 3.0), skip=10)
+    recipe = cd(skip=10)
     loss = recipe(student, teacher, teacher, x0, torch.Generator().manual_seed(1))["student"]
     loss.backward()
     assert loss.item() > 0 and student_w.grad is not None and student_w.grad != 0
@@ -34,9 +42,9 @@ def test_cd_gradient_reaches_the_student_only():
 
 def test_bad_recipe_settings_are_refused():
     with pytest.raises(ValueError, match="skip=60"):
-        ConsistencyDistillation(flow_sigmas(50, 3.0), skip=60)
-    with pytest.raises(ValueError, match="'l1'"):
-        ConsistencyDistillation(flow_sigmas(50, 3.0), distance="l1")
+        cd(skip=60)
+    with pytest.raises(ValidationError, match="distance"):
+        cd(distance="l1")
 
 
 def test_multistep_sampler_equals_diffusers_stochastic_euler():

@@ -1,0 +1,258 @@
+"""The networks of one run, built from the recipe's declarations, each trainable one in its own DeepSpeed engine.
+
+    student     always: a copy of the teacher's DiT (or student.init), full or LoRA; its engine
+    ema         when student.ema_decay is set: the student's EMA, in the student's layout
+    teacher     when the recipe reads it: the frozen teacher DiT (partitioned under ZeRO-3); otherwise freed
+    <recipe's>  one per `NetworkSpec` (APT's discriminator, DMD2's critic): made from a copy of a DiT, trained in
+                its own engine with its own optimizer overrides, or frozen
+
+`RunNetworks.handles(embeds, phase)` gives the recipe its networks as `Handle`s for one batch's text: velocity
+with per-call guidance, features at blocks, and heads. The engine knows no recipe: everything recipe-specific
+comes from the recipe's `networks()` and `reads`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+
+import deepspeed
+import torch
+from safetensors.torch import load_file, save_file
+
+from distill.core.config import ConfigError
+from distill.networks import (EMA, build_backbone, build_student, full_state_dict, load_full_state_dict,
+                              partition_frozen, save_lora, trainable)
+from distill.students.base import NetworkSpec
+from distill.teachers.wan import Cond, WanTeacher
+
+
+def make_optimizer(optim, params):
+    """AdamW, or RMSProp with smoothing `alpha` (APT's choice), from an OptimConfig."""
+    if optim.name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=optim.lr, alpha=optim.alpha, eps=optim.eps,
+                                   weight_decay=optim.weight_decay)
+    return torch.optim.AdamW(params, lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay)
+
+
+@contextlib.contextmanager
+def only_training(engines: dict, name: str):
+    """Freeze every other trainable network for one phase, so that a loss backpropagated through it (G's loss
+    through D) leaves its gradients alone."""
+    frozen = [p for other, e in engines.items() if other != name for p in e.module.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
+# --- handles -------------------------------------------------------------------------------------------------------
+class PassCounter:
+    """DiT forward passes, in units of one batch (a CFG call counts 2, three stacked batches count 3)."""
+
+    def __init__(self):
+        self.passes = 0.0
+
+    def add(self, rows: int, batch: int) -> None:
+        self.passes += rows / batch
+
+
+class DiTHandle:
+    """A network as a recipe's loss sees it, bound to one batch's text embeddings (students.base.Handle)."""
+
+    def __init__(self, teacher: WanTeacher, module, embeds: torch.Tensor, negative: torch.Tensor,
+                 default_guidance: float = 1.0, is_teacher: bool = False, counter: PassCounter | None = None):
+        self.teacher, self.module, self.embeds, self.negative = teacher, module, embeds, negative
+        self.default_guidance, self.is_teacher, self.counter = default_guidance, is_teacher, counter
+
+    def _embeds(self, x: torch.Tensor) -> torch.Tensor:
+        # text for a batch that stacks several copies of the clips (CFG halves, real and fake)
+        return self.embeds.repeat(x.shape[0] // self.embeds.shape[0], 1, 1)
+
+    def _count(self, x: torch.Tensor, factor: int = 1) -> None:
+        if self.counter is not None:
+            self.counter.add(factor * x.shape[0], self.embeds.shape[0])
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, guidance: float | None = None) -> torch.Tensor:
+        g = self.default_guidance if guidance is None else guidance
+        self._count(x, 2 if g > 1 else 1)
+        if self.is_teacher or g > 1:
+            embeds = self._embeds(x)
+            cond = Cond(embeds, self.negative.expand(embeds.shape[0], -1, -1))
+            if self.is_teacher:
+                return self.teacher.velocity(x, t, cond, g)
+            return self.teacher.guided(self.module, x, t, cond, g)
+        return self.teacher.forward(self.module, x, t, self._embeds(x))
+
+    def features(self, x: torch.Tensor, t: torch.Tensor, blocks: tuple[int, ...]):
+        dit = getattr(self.module, "module", self.module)
+        dit = getattr(dit, "backbone", dit)
+        if dit is None:
+            raise ValueError("features: this network has no DiT in this run")
+        found: dict[int, torch.Tensor] = {}
+        hooks = [dit.blocks[i].register_forward_hook(lambda m, a, out, i=i: found.__setitem__(i, out))
+                 for i in blocks]
+        try:
+            out = self(x, t)
+        finally:
+            for h in hooks:
+                h.remove()
+        return out, found
+
+    def with_heads(self, x: torch.Tensor, t: torch.Tensor):
+        self._count(x)
+        out = self.teacher.forward_all(self.module, x, t, self._embeds(x), heads=True)
+        if len(out) != 2:
+            raise ValueError("with_heads: the network was not built with heads and its output kept "
+                             "(students.common.HeadedDiT(..., keep_output=True))")
+        return out[0], out[1]
+
+
+# --- the run's networks -------------------------------------------------------------------------------------------
+class RunNetworks:
+    def __init__(self, cfg, recipe, teacher: WanTeacher, ds: dict, layout, device: torch.device,
+                 negative: torch.Tensor, teacher_guidance: float):
+        self.cfg, self.recipe, self.teacher, self.ds, self.layout = cfg, recipe, teacher, ds, layout
+        self.device, self.negative, self.teacher_guidance = device, negative, teacher_guidance
+        self.counter = PassCounter()
+        self.specs: dict[str, NetworkSpec] = {s.name: s for s in recipe.networks()}
+        reserved = {"student", "teacher", "ema"} & set(self.specs)
+        if reserved:
+            raise ConfigError(f"recipe {cfg.recipe.name!r} declares a network named {sorted(reserved)}: those names "
+                              f"belong to the engine")
+        if "ema" in recipe.reads and cfg.student.ema_decay is None:
+            raise ConfigError(f"recipe {cfg.recipe.name!r} reads the student's EMA but student.ema_decay is null")
+        self._build()
+
+    # building ------------------------------------------------------------------------------------------------------
+    def _engine(self, module: torch.nn.Module, optim_overrides: dict | None = None,
+                lr_scales: dict[str, float] | None = None):
+        """`lr_scales`: a learning-rate factor for the weights whose names start with a key."""
+        optim = self.cfg.optim.model_copy(update=optim_overrides or {})
+        params = [p for _, p in trainable(module)]
+        if lr_scales:
+            groups: dict[float, list] = {}
+            for name, p in trainable(module):
+                scale = next((v for k, v in lr_scales.items() if name.startswith(k)), 1.0)
+                groups.setdefault(scale, []).append(p)
+            params = [{"params": ps, "lr": optim.lr * scale} for scale, ps in groups.items()]
+        optimizer = None if "optimizer" in self.ds else make_optimizer(optim, params)
+        warmup = lambda step: min(1.0, (step + 1) / optim.warmup_steps) if optim.warmup_steps else 1.0  # noqa: E731
+        engine, _, _, scheduler = deepspeed.initialize(
+            model=module, model_parameters=params, optimizer=optimizer,
+            lr_scheduler=(lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, warmup)), config=self.ds)
+        return engine, scheduler
+
+    def _recipe_network(self, spec: NetworkSpec) -> torch.nn.Module:
+        ckpt = self.cfg.student.gradient_checkpointing if spec.gradient_checkpointing is None \
+            else spec.gradient_checkpointing
+        dit = build_backbone(spec.init, self.teacher.transformer, ckpt)
+        if spec.lora is not None:
+            from peft import LoraConfig
+
+            from distill.train_config import WAN_LORA_TARGETS
+
+            lora = spec.lora
+            dit.requires_grad_(False)
+            dit.add_adapter(LoraConfig(r=lora.get("rank", 16), lora_alpha=lora.get("alpha", 16.0),
+                                       target_modules=list(lora.get("target_modules", WAN_LORA_TARGETS)),
+                                       init_lora_weights=True))
+            for name, p in dit.named_parameters():
+                p.requires_grad_("lora_" in name)
+        net = spec.make(dit) if spec.make is not None else dit
+        net = net.to(self.device, torch.float32)
+        if not spec.trains:
+            net.requires_grad_(False).eval()
+        self.layout.shard(spec.backbone(net) if spec.backbone else net)
+        if spec.pooled is not None:
+            self.layout.gather_inputs(*spec.pooled(net))  # each pooling head reads every token of the clip
+        return net
+
+    def _build(self) -> None:
+        cfg = self.cfg
+        self.teacher.unshard_sequence()  # copies first: a process group cannot be deep-copied
+        student = build_student(cfg, self.teacher.transformer)
+        ema_module = copy.deepcopy(student).requires_grad_(False).eval() if cfg.student.ema_decay is not None else None
+        self.layout.shard(student, ema_module)
+        self.engines, self.schedulers, self.frozen = {}, {}, {}
+        for name, spec in self.specs.items():
+            net = self._recipe_network(spec)
+            if spec.trains:
+                self.engines[name], self.schedulers[name] = self._engine(net.train(), spec.optim, spec.lr_scales)
+            else:
+                self.frozen[name] = partition_frozen(net, self.ds) if spec.partitioned else net
+        if "teacher" in self.recipe.reads:
+            self.teacher.shard_sequence(self.layout.group)
+            self.teacher.transformer = partition_frozen(self.teacher.transformer, self.ds)
+        else:  # a recipe that never runs the teacher's DiT: free it (its VAE stays, for real clips and monitors)
+            self.teacher.transformer = self.teacher.pipe.transformer = None
+        self.engines["student"], self.schedulers["student"] = self._engine(student)
+        self.engine = self.engines["student"]
+        self.ema_module = self.ema = None
+        if ema_module is not None:
+            self.ema_module = partition_frozen(ema_module, self.ds)
+            self.ema = EMA(self.engine.module, getattr(self.ema_module, "module", self.ema_module),
+                           cfg.student.ema_decay)
+        self.trainable_names = {n for n, _ in trainable(self.engine.module)}
+
+    # handles ----------------------------------------------------------------------------------------------------
+    def handles(self, embeds: torch.Tensor, phase: str) -> dict[str, DiTHandle]:
+        """Every network as a Handle for this batch's text. The phase's own network runs through its engine; the
+        other trainable ones run as bare modules (their engines' gradient hooks must fire only for their own
+        loss), and the student always through its engine."""
+        def handle(module, **kw):
+            return DiTHandle(self.teacher, module, embeds, self.negative, counter=self.counter, **kw)
+
+        nets = {"student": handle(self.engine)}
+        for name, engine in self.engines.items():
+            if name != "student":
+                nets[name] = handle(engine if name == phase else engine.module)
+        for name, module in self.frozen.items():
+            nets[name] = handle(module)
+        if "teacher" in self.recipe.reads:
+            nets["teacher"] = handle(self.teacher.transformer, default_guidance=self.teacher_guidance,
+                                     is_teacher=True)
+        if "ema" in self.recipe.reads:
+            nets["ema"] = handle(self.ema_module)
+        return nets
+
+    # weights ----------------------------------------------------------------------------------------------------
+    def write_weights(self, folder, rank: int) -> None:
+        """The student (student/ or lora/) and its EMA into a checkpoint folder (a collective under ZeRO-3)."""
+        cfg = self.cfg
+        export = self.ema_module if cfg.student.export == "ema" else self.engine
+        lora = cfg.student.lora is not None
+        names = self.trainable_names if lora else None
+        weights = full_state_dict(export, names)
+        if rank == 0:
+            if lora:
+                save_lora(folder / "lora", weights, cfg.student.lora)
+            else:
+                (folder / "student").mkdir()
+                getattr(export, "module", export).save_config(folder / "student")
+                save_file(weights, folder / "student" / "diffusion_pytorch_model.safetensors")
+        if self.ema_module is not None and (lora or cfg.student.export != "ema"):
+            ema = full_state_dict(self.ema_module, self.trainable_names)
+            if rank == 0:
+                save_file(ema, folder / "ema.safetensors")
+
+    def load(self, folder) -> None:
+        """Every engine's DeepSpeed state and the EMA from a checkpoint folder."""
+        for name, engine in self.engines.items():
+            path, _ = engine.load_checkpoint(str(folder / "engines"), tag=name)
+            if path is None:
+                raise ConfigError(f"--resume: {str(folder)!r} holds no DeepSpeed state for {name!r} "
+                                  f"(engines/{name} is missing)")
+        if self.ema_module is not None:
+            ema_file = folder / "ema.safetensors"
+            if not ema_file.is_file():
+                ema_file = folder / "student" / "diffusion_pytorch_model.safetensors"
+            state = load_file(ema_file)
+            load_full_state_dict(self.ema_module, {k: v for k, v in state.items() if k in self.trainable_names})
+
+    def sampling_model(self):
+        """The weights validation and monitors sample with: the EMA when kept, else the student."""
+        return self.ema_module if self.ema_module is not None else self.engine

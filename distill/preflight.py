@@ -1,0 +1,64 @@
+"""Everything a run can check without weights, before any process group, dataset or checkpoint is touched: the
+teacher and its clip size, the recipe and the networks it declares, the student's shape, sequence parallelism, the
+DeepSpeed JSON, and (on GPU) whether the run fits in memory."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from distill.core.config import ConfigError
+from distill.networks import check_student_source, deepspeed_config
+from distill.parallel import check_sequence_parallel
+from distill.recipes import make_recipe
+from distill.teachers.config import TeacherConfig, load_teacher_config
+from distill.teachers.resolve import TeacherNotFound, resolve
+from distill.teachers.wan import check_video_size, video_factors
+from distill.train_config import TrainConfig
+
+
+@dataclass
+class Checked:
+    tcfg: TeacherConfig
+    folder: Path  # the teacher's resolved folder
+    ds: dict  # the DeepSpeed config, "auto" values filled
+    recipe: object  # the recipe instance (students.base.Recipe)
+
+
+def preflight(cfg: TrainConfig) -> Checked:
+    overrides = [f"dtype={cfg.teacher_dtype}"] if cfg.teacher_dtype else []
+    tcfg = load_teacher_config(cfg.teacher, overrides)
+    try:
+        folder = resolve(tcfg.source, tcfg.revision)
+    except TeacherNotFound as err:
+        raise ConfigError(f"teacher {cfg.teacher!r}: {err}") from None
+    recipe = make_recipe(cfg, tcfg, json.loads((folder / "transformer" / "config.json").read_text()))
+    inits = [(spec.init_key or f"recipe network {spec.name!r}", spec.init) for spec in recipe.networks()]
+    check_student_source(cfg, folder, inits)
+    if cfg.data.source != "toyworld" and not Path(cfg.data.source).exists():
+        raise ConfigError(f"data.source: {cfg.data.source!r} does not exist (give 'toyworld', a .txt, .jsonl or "
+                          f".parquet file of prompts, or a saved datasets folder)")
+    v = tcfg.video
+    try:
+        check_video_size(v.frames, v.height, v.width, *video_factors(folder))
+    except ValueError as err:
+        raise ConfigError(f"teacher {cfg.teacher!r} video settings: {err}") from None
+    check_sequence_parallel(cfg, folder, v, int(os.environ.get("WORLD_SIZE", "1")), inits)
+    ds = deepspeed_config(cfg)
+    if "optimizer" in ds and any(spec.optim for spec in recipe.networks()):
+        raise ConfigError(f"{cfg.deepspeed}: an 'optimizer' section sets one optimizer for every network, but recipe "
+                          f"{cfg.recipe.name!r} gives some of its networks their own settings; remove the section")
+    if torch.cuda.is_available():  # refuse a run that cannot fit (distill/plan.py); on CPU there is nothing to plan
+        from distill.plan import plan, refusal
+
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        memory = torch.cuda.get_device_properties(local).total_memory / (1 << 30)
+        predicted = plan(cfg, int(os.environ.get("WORLD_SIZE", "1")), memory)
+        if not predicted.fits:
+            raise ConfigError(f"memory: {refusal(predicted)} (details: `distill plan CONFIG --gpus N --gpu-memory "
+                              f"GiB`)")
+    return Checked(tcfg, folder, ds, recipe)
