@@ -13,7 +13,7 @@ import importlib
 import sys
 import warnings
 
-COMMANDS = ("sample", "train", "export", "eval", "gate", "demo", "plan")
+COMMANDS = ("sample", "train", "export", "eval", "gate", "demo", "compare", "plan")
 
 OK, REGRESSION, FAILED, ABORTED, INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_CODES = f"""exit codes:
