@@ -153,7 +153,7 @@ class RunNetworks:
         if spec.lora is not None:
             from peft import LoraConfig
 
-            from distill.train_config import WAN_LORA_TARGETS
+            from distill.students.common import WAN_LORA_TARGETS
 
             lora = spec.lora
             dit.requires_grad_(False)

@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from distill.core.config import ConfigError
 from distill.core.dist import barrier, rank_world
-from distill.core.env import code_version
+from distill.core.env import code_version, environment
 from distill.train_config import TrainConfig, fingerprint, fingerprint_hash
 
 
@@ -72,6 +72,7 @@ def save(root: Path, step: int, cfg: TrainConfig, engines: dict, generator: torc
     if rank_world()[0] == 0:
         (tmp / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         full_meta = {"step": step, "fingerprint": fingerprint_hash(cfg), "code_version": code_version(),
+                     "environment": environment(),
                      "world_size": dist.get_world_size() if dist.is_initialized() else 1,
                      "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **meta}
         (tmp / "meta.json").write_text(json.dumps(full_meta, indent=1))

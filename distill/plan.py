@@ -138,7 +138,7 @@ def shapes(cfg: TrainConfig, dit: dict | None = None, factors: tuple[int, int] |
         lora_rank = lora_cfg.rank if lora_cfg is not None else None
     targets = list(lora_cfg.target_modules) if lora_cfg is not None else None
     if lora_rank is not None and targets is None:
-        from distill.train_config import WAN_LORA_TARGETS
+        from distill.students.common import WAN_LORA_TARGETS
         targets = list(WAN_LORA_TARGETS)
     lora = lora_params(model, lora_rank, targets) if lora_rank is not None else 0
     recipe = make_recipe(cfg, tcfg, dit)

@@ -160,13 +160,16 @@ class Run:
             batch = self.data.batch(position, bs)
             embeds = self.data.embed(batch.prompts).to(self.device)
             x0 = batch.x0.to(self.device)
+            seen: dict[str, list[float]] = {}
             for name in self.recipe.phases(step):
                 with only_training(engines, name):
                     losses = self.recipe.loss(name, self.handles(embeds, name), x0, self.generator)
                     engines[name].backward(losses[name])
                     engines[name].step()
                 for k, v in losses.items():
-                    totals[k] = totals.get(k, 0.0) + float(v.detach()) / cfg.train.grad_accum
+                    seen.setdefault(k, []).append(float(v.detach()))
+            for k, vs in seen.items():  # a phase repeated within the step (critic updates) logs its mean
+                totals[k] = totals.get(k, 0.0) + sum(vs) / len(vs) / cfg.train.grad_accum
         if self.networks.ema is not None:
             self.networks.ema.update()
         # On the job's device: NCCL groups take no CPU tensors.

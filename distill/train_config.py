@@ -14,12 +14,9 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from distill.students import registry as recipe_registry
-
 from distill.core.config import CONFIG_DIR, REPO_ROOT, ConfigError, Strict, load_yaml, validate
-
-# Wan's attention projections and feed-forward layers (diffusers' WanTransformer3DModel names).
-WAN_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"]
+from distill.students import registry as recipe_registry
+from distill.students.common import WAN_LORA_TARGETS  # Wan's attention and feed-forward layers
 
 
 # The recipe section: each recipe's own config class (students/<recipe>.py), told apart by `recipe.name`.

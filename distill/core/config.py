@@ -52,16 +52,31 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, object]]:
     return parsed
 
 
-def format_validation_errors(err: ValidationError, origin: str, overridden: set[str] = frozenset()) -> str:
+def _config_path(loc: tuple, data) -> list[str]:
+    """The key path of an error location as the user wrote it: a tagged union's tag (the `name` of the section,
+    which pydantic puts into the location) is dropped."""
+    path, node = [], data
+    for part in loc:
+        if isinstance(node, dict) and part not in node and node.get("name") == part:
+            continue  # pydantic's tag for a union told apart by `name` (e.g. recipe.<name>.key)
+        path.append(str(part))
+        node = node.get(part) if isinstance(node, dict) else None
+    return path
+
+
+def format_validation_errors(err: ValidationError, origin: str, overridden: set[str] = frozenset(),
+                             data: dict | None = None) -> str:
     """One line per problem, each naming where it came from (the file, or the command-line override) and the key."""
     lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        key = ".".join(_config_path(e["loc"], data)) or "(top level)"
         where = "command-line override" if key in overridden else origin
         if e["type"] == "extra_forbidden":
             lines.append(f"{where}: unknown key {key!r}")
         elif e["type"] == "missing":
             lines.append(f"{where}: missing required key {key!r}")
+        elif not e["loc"]:  # a check across sections: its message names the keys; the input is the whole config
+            lines.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
         else:
             lines.append(f"{where}: key {key!r}: {e['msg']} (got {e.get('input')!r})")
     return "\n".join(lines)
@@ -74,7 +89,7 @@ def validate(model: type[M], data: dict, origin: str, overrides: list[str] = ())
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(format_validation_errors(err, origin, {k for k, _ in pairs})) from None
+        raise ConfigError(format_validation_errors(err, origin, {k for k, _ in pairs}, data)) from None
 
 
 def load_yaml(path: str | Path) -> dict:

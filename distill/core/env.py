@@ -22,10 +22,19 @@ def code_version() -> str:
 
 
 def environment() -> dict:
+    """What a bit-identical re-run needs to match: library versions, device, the CPU kernels torch picks, threads
+    per process (a last-bit difference in a reduction grows in adversarial training), and the code version."""
     import diffusers
     import torch
 
+    try:
+        import deepspeed
+        ds_version = deepspeed.__version__
+    except Exception:  # deepspeed is optional for eval-only use
+        ds_version = None
     device = (torch.cuda.get_device_name(0) if torch.cuda.is_available()
               else f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)")
-    return {"torch": torch.__version__, "diffusers": diffusers.__version__, "python": platform.python_version(),
-            "device": device, "torch_threads": torch.get_num_threads(), "git_sha": code_version()}
+    return {"torch": torch.__version__, "diffusers": diffusers.__version__, "deepspeed": ds_version,
+            "python": platform.python_version(), "device": device,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch_threads": torch.get_num_threads(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "git_sha": code_version()}

@@ -1,0 +1,224 @@
+"""DMD2's pieces: the distribution-matching gradient on a Gaussian toy with closed-form scores, the critic's
+flow-matching loss, the two time-scale phases, backward simulation, the GAN term, and its configs."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from diffusers import WanTransformer3DModel
+from pydantic import ValidationError
+
+from distill.students import registry
+from distill.students.base import Context, DitShape
+from distill.students.common import HeadedDiT, WAN_LORA_TARGETS, per_sample, wan_lora_params
+from distill.students.dmd2 import DMD2, DMD2Config
+from distill.teachers.samplers import consistency_timesteps
+
+CTX = Context(teacher_shift=3.0, teacher_guidance=5.0, teacher_steps=50, depth=2, dim=32, heads=2)
+
+
+def recipe(**overrides) -> DMD2:
+    return DMD2(DMD2Config(name="dmd2", **overrides), CTX)
+
+
+class Gaussian:
+    """The velocity of data N(mu, I) on the flow-matching path, in closed form: x_t = (1 − t)·x0 + t·ε gives
+    E[x0 | x_t] = mu + (1 − t)/((1 − t)² + t²) · (x_t − (1 − t)·mu), and v = (x_t − E[x0 | x_t]) / t."""
+
+    def __init__(self, mu: torch.Tensor):
+        self.mu, self.calls = mu, []
+
+    def x0(self, x, t):
+        tt = per_sample(t, x)
+        return self.mu + (1 - tt) / ((1 - tt) ** 2 + tt ** 2) * (x - (1 - tt) * self.mu)
+
+    def __call__(self, x, t, guidance=None):  # one class: CFG of identical halves is the same velocity
+        self.calls.append((x.clone(), t.clone()))
+        return (x - self.x0(x, t)) / per_sample(t, x)
+
+
+class Generator:
+    """A student whose every step lands on fixed samples shifted by a trainable offset per channel: x̂ = c + b."""
+
+    def __init__(self, c: torch.Tensor):
+        self.c = c
+        self.b = torch.nn.Parameter(torch.zeros(c.shape[1], dtype=c.dtype))
+        self.calls = []
+
+    def __call__(self, x, t, guidance=None):
+        self.calls.append((x.clone(), t.clone()))
+        return (x - (self.c + self.b.view(1, -1, 1, 1, 1))) / per_sample(t, x)
+
+
+def gaussian_toy(mu_f, mu_r, steps=1):
+    """The DMD gradient on b for generator samples from N(mu_f, I), with the real score N(mu_r, I) (the teacher) and
+    the fake score N(mu_f, I) (an ideal critic); also the closed-form gradient the paper's formula predicts."""
+    torch.manual_seed(0)
+    c = mu_f + torch.randn(16, 3, 1, 2, 2, dtype=torch.float64)
+    student, teacher, critic = Generator(c), Gaussian(mu_r), Gaussian(mu_f)
+    out = recipe(sampler={"steps": steps}).loss("student", {"student": student, "teacher": teacher, "critic": critic},
+                                                torch.zeros_like(c), torch.Generator().manual_seed(1))
+    out["student"].backward()
+    # The paper's gradient, from what the teacher saw: g = (x0_fake − x0_real) / mean|x̂ − x0_real| per sample,
+    # and ∂(½ mean‖x̂ − sg(x̂ − g)‖²)/∂x̂ = g / numel.
+    (x_t, t), = teacher.calls
+    real = teacher.x0(x_t, t)
+    g = (critic.x0(x_t, t) - real) / per_sample((c - real).abs().flatten(1).mean(1), c)
+    expected = (g / g.numel()).sum(dim=(0, 2, 3, 4))
+    return student.b.grad, expected, out
+
+
+def test_dmd_gradient_points_from_the_fake_mean_to_the_real_one():
+    mu_f = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64).view(1, 3, 1, 1, 1)
+    mu_r = torch.tensor([-1.0, 0.0, 0.5], dtype=torch.float64).view(1, 3, 1, 1, 1)
+    grad, expected, out = gaussian_toy(mu_f, mu_r)
+    torch.testing.assert_close(grad, expected)
+    # Both posteriors have the same slope in x_t, so x0_fake − x0_real = (t/s)²·(mu_f − mu_r) at every x_t: the
+    # gradient is parallel to mu_f − mu_r, and a descent step moves the samples toward mu_r.
+    direction = (mu_f - mu_r).flatten()
+    assert torch.nn.functional.cosine_similarity(grad, direction, dim=0) > 1 - 1e-9
+    assert grad[2] == 0  # the channel whose means agree gets no push
+    assert out["dmd_grad_rms"] > 0 and 0.02 <= out["dmd_t"] <= 1
+
+
+def test_dmd_gradient_vanishes_when_the_distributions_match():
+    mu = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64).view(1, 3, 1, 1, 1)
+    grad, _, out = gaussian_toy(mu, mu.clone(), steps=4)
+    assert grad.abs().max() == 0 and out["student"] == 0
+
+
+def tiny_dit(layers: int = 2) -> WanTransformer3DModel:
+    torch.manual_seed(0)
+    return WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=4,
+                                 out_channels=4, text_dim=8, freq_dim=32, ffn_dim=64, num_layers=layers,
+                                 rope_max_seq_len=64)
+
+
+class DitHandle:
+    """What the engine hands a loss for a DiT: velocity at t ∈ [0, 1], text bound; (velocity, logits) with heads."""
+
+    def __init__(self, net):
+        self.net, self.text = net, torch.randn(1, 5, 8)
+
+    def _run(self, x, t, **kw):
+        return self.net(x, (t * 1000).float(), self.text.expand(x.shape[0], -1, -1), **kw)
+
+    def __call__(self, x, t, guidance=None):
+        return self._run(x, t)[0]
+
+    def with_heads(self, x, t):
+        return self._run(x, t, heads=True)
+
+
+def test_critic_flow_matching_loss_falls_on_fixed_student_samples():
+    critic = tiny_dit(1)
+    samples = torch.randn(4, 4, 1, 4, 4)
+    student = Generator(samples)
+    nets = {"student": student, "critic": DitHandle(critic)}
+    opt = torch.optim.Adam(critic.parameters(), lr=3e-3)
+    dmd2 = recipe()
+    losses = []
+    for _ in range(30):  # the same samples, levels and noise at every step: a fixed regression problem
+        out = dmd2.loss("critic", nets, torch.zeros_like(samples), torch.Generator().manual_seed(0))
+        opt.zero_grad()
+        out["critic"].backward()
+        opt.step()
+        losses.append(out["critic_fm"].item())
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert student.b.grad is None  # the critic trains on detached samples
+
+
+def test_phases_follow_the_two_time_scale_rule():
+    assert recipe().phases(0) == ("critic",) * 5 + ("student",)
+    assert recipe(critic_steps=2).phases(7) == ("critic", "critic", "student")
+    with pytest.raises(ValueError, match="DMD2 trains"):
+        recipe().loss("discriminator", {}, torch.zeros(1), None)
+
+
+@pytest.mark.parametrize("override, key", [({"t_range": (0.9, 0.1)}, "t_range"),
+                                           ({"critic_steps": 0}, "critic_steps"),
+                                           ({"critic_betas": (1.5, 0.9)}, "critic_betas"),
+                                           ({"gan_head_fractions": (0.5, 1.5)}, "gan_head_fractions"),
+                                           ({"critic_lora": {"rank": 0}}, "critic_lora.rank"),
+                                           ({"critic_lr": 1e-4, "bogus": 1}, "bogus")])
+def test_config_errors_name_the_key(override, key):
+    with pytest.raises(ValidationError, match=key):
+        DMD2Config(name="dmd2", **override)
+
+
+def test_heads_on_one_block_name_the_key():
+    with pytest.raises(ValueError, match="recipe.gan_head_fractions"):
+        recipe(gan_weight=0.1, gan_head_fractions=(0.1, 0.2))  # both on block 1 of CTX's 2
+
+
+def test_backward_simulation_feeds_the_generator_its_own_sampler_levels():
+    levels = consistency_timesteps(4, CTX.teacher_shift)
+    student = Generator(torch.randn(8, 3, 1, 2, 2))
+    with torch.no_grad():
+        _, k = recipe(sampler={"steps": 4}).sample(student, torch.zeros(8, 3, 1, 2, 2), torch.Generator().manual_seed(0),
+                                                   grad=False)
+    # The sampler runs through its first 3 levels on the whole batch (the same count on every rank), then each
+    # sample takes one step from the input the sampler reached at its own level k.
+    assert len(student.calls) == 4
+    for i, (_, t) in enumerate(student.calls[:3]):
+        assert torch.equal(t, levels[i].expand(8))
+    x, t = student.calls[3]
+    assert torch.equal(t, levels[k])
+    assert len(set(k.tolist())) > 1  # levels are drawn per sample
+    for i in range(8):
+        assert torch.equal(x[i], student.calls[k[i]][0][i])
+    # the first level is pure noise at t = 1; later levels are the student's x0 re-noised (not data)
+    assert levels[0] == 1.0
+
+    student = Generator(torch.randn(8, 3, 1, 2, 2))
+    recipe(backward_simulation=False).sample(student, torch.zeros(8, 3, 1, 2, 2), torch.Generator().manual_seed(0),
+                                             grad=False)
+    assert len(student.calls) == 1  # without it: one step from re-noised data
+
+
+def test_gan_term_trains_critic_heads_and_reaches_the_generator():
+    critic = HeadedDiT(tiny_dit(2), (0.5, 1.0), keep_output=True)
+    x = torch.randn(2, 4, 2, 8, 8)
+    student = Generator(torch.randn(2, 4, 2, 8, 8))
+    nets = {"student": student, "critic": DitHandle(critic), "teacher": DitHandle(tiny_dit(2))}
+    dmd2 = recipe(gan_weight=0.1, gan_head_fractions=(0.5, 1.0))
+    out = dmd2.loss("critic", nets, x, torch.Generator().manual_seed(0))
+    out["critic"].backward()
+    assert out["d_gan"] > 0 and all(p.grad is not None for p in critic.heads.parameters())
+    critic.requires_grad_(False)  # as the engine freezes the critic in the generator phase
+    out = dmd2.loss("student", nets, x, torch.Generator().manual_seed(0))
+    out["student"].backward()
+    assert out["g_gan"] > 0 and student.b.grad.abs().sum() > 0
+    assert [s.name for s in dmd2.networks()] == ["critic"] and dmd2.networks()[0].make is not None
+
+
+def test_check_run_refuses_the_gan_term_without_real_clips():
+    def run(gan_weight, latents):
+        return SimpleNamespace(recipe=DMD2Config(name="dmd2", gan_weight=gan_weight),
+                               data=SimpleNamespace(latents=latents))
+    with pytest.raises(ValueError, match="recipe.gan_weight.*data.latents"):
+        DMD2.check_run(run(0.01, "teacher"))
+    DMD2.check_run(run(0.01, "real"))
+    DMD2.check_run(run(0.0, "teacher"))  # without the GAN term any x0 will do
+
+
+def test_registry_finds_dmd2():
+    assert registry.get("dmd2") is DMD2 and "dmd2" in registry.names()
+
+
+def test_plan_counts_the_critic_and_its_lora():
+    from peft import LoraConfig
+
+    dit = tiny_dit(2)
+    params = sum(p.numel() for p in dit.parameters())
+    block = sum(p.numel() for p in dit.blocks[0].parameters())
+    before = params
+    dit.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=list(WAN_LORA_TARGETS)))
+    lora = sum(p.numel() for p in dit.parameters()) - before
+    assert wan_lora_params(32, block, 2, 4) == lora
+    shape = DitShape(params=params, block_params=block, depth=2, dim=32, heads=2, frozen_output_params=0)
+    full = recipe().plan(shape)
+    assert full.networks[0].params == params and full.networks[0].frozen_params == 0
+    low = recipe(critic_lora={"rank": 4, "alpha": 4.0}).plan(shape)
+    assert low.networks[0].params == params + lora and low.networks[0].frozen_params == params
+    assert any(p.network == "teacher" and p.batch == 2 and not p.grad for ps in full.phases.values() for p in ps)
