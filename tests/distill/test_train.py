@@ -100,9 +100,14 @@ APT = {"recipe": {"name": "apt", "sampler": {"steps": 1}, "alarms": {"every": 2}
        "optim": {"name": "rmsprop", "lr": 1e-5}, "student": {"ema_decay": 0.995}}
 
 
-@pytest.mark.parametrize("stage,recipe", [("zero2", "consistency"), ("zero3", "consistency"), ("zero2", "apt")])
+# DMD2 with two critic updates per generator update and a 2-step student (backward simulation through its sampler)
+DMD2 = {"recipe": {"name": "dmd2", "critic_steps": 2, "critic_lr": 1e-4, "sampler": {"steps": 2}}}
+
+
+@pytest.mark.parametrize("stage,recipe", [("zero2", "consistency"), ("zero3", "consistency"), ("zero2", "apt"),
+                                          pytest.param("zero2", "dmd2", marks=pytest.mark.slow)])  # ~2-4 min
 def test_killed_run_resumes_with_the_same_losses(tmp_path, stage, recipe):
-    sections = APT if recipe == "apt" else {}
+    sections = {"apt": APT, "dmd2": DMD2}.get(recipe, {})
     whole = write_config(tmp_path, "whole", deepspeed=stage, **sections)
     proc = torchrun(*train_cmd(whole))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -132,10 +137,11 @@ def test_killed_run_resumes_with_the_same_losses(tmp_path, stage, recipe):
     assert sorted(resumed) == list(range(1, 7))
     for step in range(4, 7):
         assert resumed[step] == pytest.approx(reference[step], rel=1e-6, abs=1e-9), step
-    if recipe == "apt":  # every logged figure, D's included, continues exactly
+    if recipe in ("apt", "dmd2"):  # every logged figure, the second network's included, continues exactly
         rows = {r["step"]: r for r in map(json.loads, (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines())}
         again = {r["step"]: r for r in map(json.loads, (tmp_path / "broken" / "metrics.jsonl").read_text().splitlines())}
-        for key in ("discriminator", "d_real", "d_fake", "r1"):
+        keys = ("discriminator", "d_real", "d_fake", "r1") if recipe == "apt" else ("critic", "dmd_grad_rms")
+        for key in keys:
             assert again[6][key] == pytest.approx(rows[6][key], rel=1e-6, abs=1e-9), key
 
 
