@@ -119,6 +119,7 @@ class Harness:
                       for k in range(suite.seeds_per_prompt)]
         # the prompt of each clip: seeds of one prompt share its effect, so intervals resample prompts
         self.clusters = np.repeat(np.arange(len(prompts)), suite.seeds_per_prompt)
+        self.slots = np.tile(np.arange(suite.seeds_per_prompt), len(prompts))  # each clip's seed within its prompt
         self._prepared: Prepared | None = None
 
     # --- models ---------------------------------------------------------------------------------------------
@@ -357,7 +358,7 @@ class Harness:
                 key = m.name(scorers, ref_name)
                 mine = sc.feats[name] if ref_name != "noise_floor" else sc.floor
                 target = reference if ref_name != "noise_floor" else sc.feats[ref]
-                record = metrics.set_record(m, scorers, mine, target, ref_name, clusters)
+                record = metrics.set_record(m, scorers, mine, target, ref_name, clusters, self.slots)
                 if ref_name == "vs_real" and not is_ref:
                     # closer to the real clips than the 50-step teacher (negative) or farther (positive)
                     record["paired_diff_vs_teacher"] = metrics.set_difference(m, mine, sc.feats[ref], target,

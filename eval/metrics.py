@@ -155,11 +155,16 @@ def static_mask(videos: np.ndarray, is_static_prompt: np.ndarray, scorers: Score
 # --- records ------------------------------------------------------------------------------------------------------
 
 def _interval(values: np.ndarray, clusters: np.ndarray) -> dict:
-    """stats.clustered_mean_interval, or the mean with no interval (and why) below two prompts."""
+    """stats.clustered_mean_interval, or the mean with no interval (and why) below two prompts; with several seeds
+    per prompt also `se_seeds`, the standard error given these prompts (stats.within_prompt_se)."""
     if len(np.unique(clusters)) < 2:
         return {"value": float(values.mean()) if values.size else None, "ci95": None, "n": int(values.size),
                 "ci_note": "no interval: fewer than 2 prompts"}
-    return stats.clustered_mean_interval(values, clusters)
+    record = stats.clustered_mean_interval(values, clusters)
+    se_seeds = stats.within_prompt_se(values, clusters)
+    if se_seeds is not None:
+        record["se_seeds"] = se_seeds
+    return record
 
 
 def clip_record(metric: MetricDef, values: np.ndarray, clusters: np.ndarray, teacher: np.ndarray | None = None,
@@ -222,11 +227,15 @@ def _set_method(clusters: np.ndarray) -> dict:
 
 
 def set_record(metric: MetricDef, scorers: Scorers, model: np.ndarray, reference: np.ndarray, reference_name: str,
-               clusters: np.ndarray) -> dict:
+               clusters: np.ndarray, slots: np.ndarray | None = None) -> dict:
     """A set metric of a model's features against a reference's, rows matched by prompt and seed: the jackknife
-    interval over prompts (`stats.set_interval`), plus what produced it."""
+    interval over prompts (`stats.set_interval`), plus what produced it. With several seeds per prompt (`slots`:
+    each row's seed index within its prompt) also `se_seeds`, the standard error given these prompts: the same
+    jackknife deleting one seed slot (that seed of every prompt) at a time."""
     record = stats.set_interval(metric.statistic, model, reference, clusters=clusters,
                                 **_set_method(clusters))
+    if slots is not None and len(np.unique(slots)) >= 2:
+        record["se_seeds"] = stats.set_interval(metric.statistic, model, reference, clusters=slots)["se"]
     return {**record, "higher_is_better": metric.higher_is_better, "level": "set", "statistic": metric.family,
             "reference": REFERENCES[reference_name], "detector": scorers.detector.name,
             "dim": int(model.shape[1]), "protocol": scorers.detector.protocol(scorers.frames)}

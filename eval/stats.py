@@ -323,6 +323,22 @@ def clustered_mean_interval(
             "method": "jackknife" if clusters is None else "cluster-jackknife"}
 
 
+def within_prompt_se(values: Sequence[float] | np.ndarray, clusters: Sequence | np.ndarray) -> float | None:
+    """The standard error of the mean over clips GIVEN the prompts: what a re-run on fresh seeds of the same prompts
+    varies by. Only the seed-to-seed spread within each prompt counts (prompt i's n_i values have sample variance
+    s_i²): se² = Σ n_i·s_i² / N². It is smaller than the cluster-jackknife se, which also counts the prompts as a
+    sample from a population of prompts (a claim about prompts like these, not only these). None when a prompt
+    has fewer than two values."""
+    arr = _as_values(values)
+    ids, groups = _cluster_ids(clusters, arr.size, "within_prompt_se")
+    counts = np.bincount(ids, minlength=groups)
+    if counts.min() < 2:
+        return None
+    means = np.bincount(ids, weights=arr, minlength=groups) / counts
+    within = np.bincount(ids, weights=(arr - means[ids]) ** 2, minlength=groups) / (counts - 1)  # s_i²
+    return math.sqrt(float(np.sum(counts * within))) / arr.size
+
+
 def json_float(x) -> float | None:
     """A plain Python float for JSON, or None for NaN/inf (which strict JSON cannot hold)."""
     if x is None:

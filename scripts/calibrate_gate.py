@@ -85,31 +85,39 @@ def posing(doc: dict, model: str) -> dict:
     return out
 
 
-def gate_fails(policy, current: dict, baseline: dict, scratch: Path) -> bool:
+def gate_fails(policy, current: dict, baseline: dict, scratch: Path) -> list[str]:
+    """The metrics of the rules that failed (empty: the gate passed)."""
     scratch.mkdir(parents=True, exist_ok=True)
     (scratch / "cur.json").write_text(json.dumps(current))
     (scratch / "base.json").write_text(json.dumps(baseline))
     result = evaluate(policy, load_eval(scratch / "cur.json"), load_eval(scratch / "base.json", "baseline"))
     if result.exit_code == 2:
         raise SystemExit(f"the gate could not judge: {result.errors or [c.message for c in result.checks]}")
-    return result.exit_code == 1
+    return [c.metric for c in result.checks if c.status == "fail"]
+
+
+def tally(outcomes: list[list[str]]) -> tuple[int, int, dict[str, int]]:
+    """(failed trials, trials, failures per rule's metric)."""
+    per_rule: dict[str, int] = {}
+    for failed in outcomes:
+        for metric in set(failed):
+            per_rule[metric] = per_rule.get(metric, 0) + 1
+    return sum(bool(f) for f in outcomes), len(outcomes), per_rule
 
 
 def rates(policy, docs: list[dict], regressions: list[str], scratch: Path) -> dict:
     base = posing(docs[0], STUDENT)
-    out = {}
-    fails = [gate_fails(policy, posing(d, STUDENT), base, scratch) for d in docs[1:]]
-    out["false alarm (student vs its own baseline)"] = (sum(fails), len(fails))
+    out = {"false alarm (student vs its own baseline)":
+           tally([gate_fails(policy, posing(d, STUDENT), base, scratch) for d in docs[1:]])}
     for name in regressions:
-        hits = [gate_fails(policy, posing(d, name), base, scratch) for d in docs[1:] if name in d["models"]]
-        out[f"detection: {name}"] = (sum(hits), len(hits))
+        out[f"detection: {name}"] = tally([gate_fails(policy, posing(d, name), base, scratch)
+                                           for d in docs[1:] if name in d["models"]])
     return out
 
 
-def all_pairs_false_alarm(policy, docs: list[dict], scratch: Path) -> tuple[int, int]:
-    fails = [gate_fails(policy, posing(a, STUDENT), posing(b, STUDENT), scratch)
-             for i, a in enumerate(docs) for j, b in enumerate(docs) if i != j]
-    return sum(fails), len(fails)
+def all_pairs_false_alarm(policy, docs: list[dict], scratch: Path) -> tuple[int, int, dict[str, int]]:
+    return tally([gate_fails(policy, posing(a, STUDENT), posing(b, STUDENT), scratch)
+                  for i, a in enumerate(docs) for j, b in enumerate(docs) if i != j])
 
 
 def scaled_policy(policy, scale: float):
@@ -124,6 +132,44 @@ def scaled_policy(policy, scale: float):
     return type(policy).model_validate(data)
 
 
+def without(policy, prefix: str):
+    """The policy without the rules on metrics starting with `prefix`."""
+    data = policy.model_dump(exclude_none=True)
+    data["rules"] = [r for r in data["rules"] if not r["metric"].startswith(prefix)]
+    return type(policy).model_validate(data)
+
+
+def fvd_point_policy(policy, bound: float):
+    """The policy with its FVD-vs-baseline rule as a point check (interval_aware off) at relative bound `bound`."""
+    data = policy.model_dump(exclude_none=True)
+    for rule in data["rules"]:
+        if rule["metric"].startswith("fvd") and "max_regression_vs_baseline" in rule:
+            rule.update(max_regression_vs_baseline=bound, interval_aware=False)
+    return type(policy).model_validate(data)
+
+
+def speed_spread(docs: list[dict]) -> str:
+    """How much the student's measured speed-up moves between eval sets (timings on this machine)."""
+    import statistics
+
+    values = [d["models"][STUDENT]["metrics"]["speed.speedup_vs_teacher"]["value"] for d in docs
+              if "speed.speedup_vs_teacher" in d["models"].get(STUDENT, {}).get("metrics", {})]
+    if len(values) < 2:
+        return "not measured"
+    mean = statistics.mean(values)
+    return (f"{len(values)} sets: mean {mean:.2f}, sd {statistics.stdev(values):.2f} "
+            f"(cv {statistics.stdev(values) / mean:.0%}), range {min(values):.2f}-{max(values):.2f}")
+
+
+def table_lines(table: dict) -> list[str]:
+    lines = ["| trial | rate | 95% interval (Wilson) | k / n | rules that failed (trials) |", "|---|---|---|---|---|"]
+    for name, (k, n, per_rule) in table.items():
+        lo, hi = wilson(k, n)
+        rules = ", ".join(f"{m} ({c})" for m, c in sorted(per_rule.items(), key=lambda kv: -kv[1])) or "–"
+        lines.append(f"| {name} | {k / n:.2f} | [{lo:.2f}, {hi:.2f}] | {k} / {n} | {rules} |")
+    return lines
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--student", required=True, help="the finished student, FOLDER@STEPS")
@@ -135,39 +181,56 @@ def main() -> int:
     p.add_argument("--cache", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--sweep", default="0.5,0.75,1,1.5,2,3", help="bound scales for the trade-off curve")
+    p.add_argument("--fvd-sweep", default="0.15,0.5,1,1.5,2,3", help="FVD-vs-baseline point-check bounds")
+    p.add_argument("--gates-only", action="store_true", help="stage 2 only, on the eval sets already in --out")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     folder, _, steps = args.student.rpartition("@")
     regressions = {"teacher-2step": "teacher@2:euler,role=student", "undertrained": args.undertrained,
                    "student-2step": f"{folder}@2"}
-    paths = run_evals(args, regressions)
+    paths = sorted(args.out.glob("eval-*.json"))[:args.sets] if args.gates_only else run_evals(args, regressions)
     docs = [json.loads(path.read_text()) for path in paths]
     policy = load_policy(args.policy)
     scratch = args.out / "scratch-gate"
 
-    table = rates(policy, docs, list(regressions), scratch)
-    table["false alarm, every ordered pair of sets (correlated)"] = all_pairs_false_alarm(policy, docs, scratch)
+    quality = without(policy, "speed.")
+    tables = {}
+    for label, pol in (("the shipped policy", policy), ("its quality rules alone (speed rule left out)", quality)):
+        table = rates(pol, docs, list(regressions), scratch)
+        table["false alarm, every ordered pair of sets (correlated)"] = all_pairs_false_alarm(pol, docs, scratch)
+        tables[label] = table
     sweep = {}
     for scale in [float(s) for s in args.sweep.split(",")]:
-        sweep[scale] = rates(scaled_policy(policy, scale), docs, list(regressions), scratch)
+        sweep[scale] = rates(scaled_policy(quality, scale), docs, list(regressions), scratch)
+    fvd_sweep = {}
+    for bound in [float(s) for s in args.fvd_sweep.split(",")]:
+        fvd_sweep[bound] = rates(fvd_point_policy(quality, bound), docs, list(regressions), scratch)
 
     lines = [f"Gate calibration: policy {args.policy}, {len(docs)} independent eval sets of "
-             f"{len(docs[0]['suite']['seeds'])} clips (toy-world held-out suite, one seed per prompt)", "",
-             "| trial | rate | 95% interval (Wilson) | k / n |", "|---|---|---|---|"]
-    for name, (k, n) in table.items():
-        lo, hi = wilson(k, n)
-        lines.append(f"| {name} | {k / n:.2f} | [{lo:.2f}, {hi:.2f}] | {k} / {n} |")
-    lines += ["", "Trade-off: every bound scaled (1 = the shipped policy; larger = looser)", "",
+             f"{len(docs[0]['suite']['seeds'])} clips (toy-world held-out suite, one seed per prompt)", ""]
+    for label, table in tables.items():
+        lines += [f"With {label}:", "", *table_lines(table), ""]
+    lines += [f"The student's measured speed-up across the sets: {speed_spread(docs)}.", "",
+              "Trade-off: every bound of the quality rules scaled (1 = the shipped policy; larger = looser)", "",
               "| scale | false alarm | " + " | ".join(regressions) + " |", "|---|---|" + "---|" * len(regressions)]
     for scale, res in sweep.items():
-        cells = [f"{k}/{n}" for k, n in res.values()]
+        cells = [f"{k}/{n}" for k, n, _ in res.values()]
         lines.append(f"| {scale:g} | " + " | ".join(cells) + " |")
+    lines += ["", "Trade-off: the quality rules with the FVD-vs-baseline rule as a point check (no interval) at bound r "
+              "(fail when FVD vs teacher > (1 + r) x the baseline's)", "",
+              "| r | false alarm | " + " | ".join(regressions) + " |", "|---|---|" + "---|" * len(regressions)]
+    for bound, res in fvd_sweep.items():
+        cells = [f"{k}/{n}" for k, n, _ in res.values()]
+        lines.append(f"| {bound:g} | " + " | ".join(cells) + " |")
     text = "\n".join(lines)
     print(text)
     (args.out / "calibration.md").write_text(text + "\n")
     (args.out / "calibration.json").write_text(json.dumps(
-        {"policy": str(args.policy), "sets": len(docs), "table": {k: list(v) for k, v in table.items()},
-         "sweep": {str(s): {k: list(v) for k, v in r.items()} for s, r in sweep.items()}}, indent=1))
+        {"policy": str(args.policy), "sets": len(docs),
+         "tables": {label: {k: list(v) for k, v in t.items()} for label, t in tables.items()},
+         "sweep": {str(s): {k: list(v[:2]) for k, v in r.items()} for s, r in sweep.items()},
+         "fvd_point_sweep": {str(s): {k: list(v[:2]) for k, v in r.items()} for s, r in fvd_sweep.items()}},
+        indent=1))
     return 0
 
 

@@ -157,3 +157,26 @@ def test_set_interval_record_is_json_safe_and_deterministic():
     plain = set_interval(mean_gap, x, y, method="jackknife")
     second = set_interval(mean_gap, x, y, method="second-order-jackknife")
     assert second["se"] <= rec["se"] <= plain["se"]  # the default sits between its two bounds
+
+
+def test_within_prompt_se_matches_the_spread_of_reruns_on_the_same_prompts():
+    """Prompts fixed, seeds fresh: the mean's spread over re-runs is what se_seeds estimates; the cluster se is
+    larger because it also treats the prompts as a sample."""
+    from distill.eval.stats import clustered_mean_interval, within_prompt_se
+
+    rng = np.random.default_rng(0)
+    prompts, seeds = 40, 4
+    effects = rng.normal(0, 3.0, prompts)  # fixed prompt effects, large against the seed noise
+    clusters = np.repeat(np.arange(prompts), seeds)
+    means, se_seeds, se_cluster = [], [], []
+    for _ in range(400):
+        values = effects[clusters] + rng.normal(0, 1.0, clusters.size)
+        means.append(values.mean())
+        se_seeds.append(within_prompt_se(values, clusters))
+        se_cluster.append(clustered_mean_interval(values, clusters)["se"])
+    observed = float(np.std(means, ddof=1))
+    expected = 1.0 / np.sqrt(prompts * seeds)
+    assert abs(observed / expected - 1) < 0.1
+    assert abs(np.mean(se_seeds) / observed - 1) < 0.1
+    assert np.mean(se_cluster) > 3 * observed  # the prompts' spread dominates the cluster se
+    assert within_prompt_se(np.arange(5.0), np.arange(5)) is None  # one value per prompt: no within spread
