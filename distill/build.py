@@ -3,7 +3,7 @@
     student     always: a copy of the teacher's DiT (or student.init), full or LoRA; its engine
     ema         when student.ema_decay is set: the student's EMA, in the student's layout
     teacher     when the recipe reads it: the frozen teacher DiT (partitioned under ZeRO-3); otherwise freed
-    <recipe's>  one per `NetworkSpec` (APT's discriminator, DMD2's critic): made from a copy of a DiT, trained in
+    <recipe's>  one per `NetworkSpec` (a discriminator, a critic): made from a copy of a DiT, trained in
                 its own engine with its own optimizer overrides, or frozen
 
 `RunNetworks.handles(embeds, phase)` gives the recipe its networks as `Handle`s for one batch's text: velocity
@@ -28,7 +28,7 @@ from distill.teachers.wan import Cond, WanTeacher
 
 
 def make_optimizer(optim, params):
-    """AdamW, or RMSProp with smoothing `alpha` (APT's choice), from an OptimConfig."""
+    """AdamW, or RMSProp with smoothing `alpha`, from an OptimConfig."""
     if optim.name == "rmsprop":
         return torch.optim.RMSprop(params, lr=optim.lr, alpha=optim.alpha, eps=optim.eps,
                                    weight_decay=optim.weight_decay)

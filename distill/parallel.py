@@ -38,7 +38,7 @@ class Layout:
                 shard_sequence(getattr(dit, "module", dit), self.group)
 
     def gather_inputs(self, *modules) -> None:
-        """Whole-sequence inputs for modules that read every token of a sharded DiT's features (APT's heads)."""
+        """Whole-sequence inputs for modules that read every token of a sharded DiT's features (pooling heads)."""
         for m in modules:
             gather_input(m, self.group)
 

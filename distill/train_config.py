@@ -56,7 +56,7 @@ class DataConfig(Strict):
 
 
 class OptimConfig(Strict):
-    # AdamW, or APT's choices: RMSProp with smoothing `alpha`, or Adam with betas (0, 0.9)
+    # AdamW (an adversarial recipe may want betas (0, 0.9)), or RMSProp with smoothing `alpha`
     name: Literal["adamw", "rmsprop"] = "adamw"
     alpha: float = Field(0.9, gt=0, lt=1)  # RMSProp's smoothing constant
     lr: float = Field(1e-5, gt=0)

@@ -181,6 +181,8 @@ def main() -> int:
     p.add_argument("--cache", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--sweep", default="0.5,0.75,1,1.5,2,3", help="bound scales for the trade-off curve")
+    p.add_argument("--speed-policy", type=Path, default=CONFIG_DIR / "eval" / "gates" / "toyworld-speed.yaml",
+                   help="a speed-only policy, gated apart (timings need a dedicated machine)")
     p.add_argument("--fvd-sweep", default="0.15,0.5,1,1.5,2,3", help="FVD-vs-baseline point-check bounds")
     p.add_argument("--gates-only", action="store_true", help="stage 2 only, on the eval sets already in --out")
     args = p.parse_args()
@@ -195,7 +197,12 @@ def main() -> int:
 
     quality = without(policy, "speed.")
     tables = {}
-    for label, pol in (("the shipped policy", policy), ("its quality rules alone (speed rule left out)", quality)):
+    policies = [(f"the policy {args.policy.name}", policy)]
+    if quality.rules != policy.rules:
+        policies.append(("its quality rules alone (speed rules left out)", quality))
+    if args.speed_policy and args.speed_policy.is_file():
+        policies.append((f"the speed policy {args.speed_policy.name}", load_policy(args.speed_policy)))
+    for label, pol in policies:
         table = rates(pol, docs, list(regressions), scratch)
         table["false alarm, every ordered pair of sets (correlated)"] = all_pairs_false_alarm(pol, docs, scratch)
         tables[label] = table

@@ -326,3 +326,22 @@ def test_missing_prompt_file_is_refused_before_any_work(tmp_path):
     cfg = load_train_config(write_config(tmp_path, data={"source": str(tmp_path / "nope.txt"), "latents": "teacher"}))
     with pytest.raises(ConfigError, match="data.source.*nope.txt"):
         preflight(cfg)
+
+
+def test_the_engine_names_no_recipe():
+    """Recipes are plug-ins: no recipe's name appears in the engine's code. The one exception is the multistep
+    consistency *sampler* (teachers/samplers.py), which export writes into a scheduler and the CLI offers."""
+    import re
+
+    names = registry.names()
+    assert {"consistency", "apt", "dmd2"} <= set(names)
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, names)) + r")\b", re.IGNORECASE)
+    hits = []
+    for path in sorted((REPO / "distill").rglob("*.py")):
+        rel = path.relative_to(REPO).as_posix()
+        if rel in ("distill/export.py",) or rel.startswith("distill/commands/"):
+            continue  # the sampler's name, and config file names in help examples
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            if pattern.search(line):
+                hits.append(f"{rel}:{i}: {line.strip()}")
+    assert not hits, "\n".join(hits)
