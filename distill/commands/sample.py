@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -20,6 +21,9 @@ def add_parser(sub) -> None:
                     "or the defaults a shipped checkpoint carries). Example:\n  distill sample --teacher "
                     "builtin:tiny-wan --prompt 'a red circle moving left slowly on a black background' "
                     "--steps 50 --seed 0 --out clip.mp4",
+        epilog="Launched under torchrun with N ranks, every clip's tokens are split over the N ranks in every DiT "
+               "forward (DeepSpeed-Ulysses sequence parallelism: one long clip spread over GPUs); the heads and the "
+               "clip's tokens must divide by N. Rank 0 writes the files.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher", default=DEFAULT_TEACHER,
                    help="a teacher config (configs/teachers/X.yaml or its name X), a Wan folder, a hub id (online), "
@@ -90,7 +94,11 @@ def run(args) -> int:
     if args.negative_prompt is not None:
         cfg = cfg.model_copy(update={"negative_prompt": args.negative_prompt})
     v, s = cfg.video, cfg.sampler
-    check_video_size(v.frames, v.height, v.width, *video_factors(resolve(cfg.source, cfg.revision)))
+    folder = resolve(cfg.source, cfg.revision)
+    check_video_size(v.frames, v.height, v.width, *video_factors(folder))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:  # before any weights load: the split must be possible
+        cfg = _check_sequence_split(cfg, folder, world)
 
     from tqdm.auto import tqdm
 
@@ -99,20 +107,69 @@ def run(args) -> int:
     if args.no_progress:
         no_progress_bars()
 
+    rank = _join_sequence_group(world)
     teacher = WanTeacher.from_pretrained(cfg.source, dtype=cfg.dtype, device=cfg.device, revision=cfg.revision,
                                          max_sequence_length=cfg.max_sequence_length)
-    print(f"teacher {cfg.source} on {teacher.device}: {len(prompts)} clip(s), {v.frames}x{v.height}x{v.width}, "
-          f"{s.name} {s.steps} steps, guidance {s.guidance}, shift {s.shift}", file=sys.stderr)
+    if world > 1:
+        import torch.distributed as dist
+
+        teacher.shard_sequence(dist.group.WORLD)
+    if rank == 0:
+        print(f"teacher {cfg.source} on {teacher.device}: {len(prompts)} clip(s), {v.frames}x{v.height}x{v.width}, "
+              f"{s.name} {s.steps} steps, guidance {s.guidance}, shift {s.shift}"
+              + (f", each clip split over {world} ranks" if world > 1 else ""), file=sys.stderr)
     seeds = [args.seed + i for i in range(len(prompts))]
     written = []
-    for i in tqdm(range(0, len(prompts), args.batch_size), desc="clips", unit="batch", disable=args.no_progress):
+    for i in tqdm(range(0, len(prompts), args.batch_size), desc="clips", unit="batch",
+                  disable=args.no_progress or rank != 0):
         chunk = prompts[i:i + args.batch_size]
         latents = teacher.sample(chunk, steps=s.steps, guidance=s.guidance, shift=s.shift,
                                  seed=seeds[i:i + args.batch_size], sampler=s.name, negative=cfg.negative_prompt,
-                                 frames=v.frames, height=v.height, width=v.width, progress=not args.no_progress)
+                                 frames=v.frames, height=v.height, width=v.width,
+                                 progress=not args.no_progress and rank == 0)
+        if rank != 0:  # every rank computed the same clips; one writes them
+            continue
         for j, video in enumerate(teacher.decode(latents).numpy()):
             for suffix in dict.fromkeys([args.out.suffix, *formats]):
                 written += write_clip(stems[i + j].with_suffix(suffix), video, fps=v.fps)
     for path in written:
         print(path)
     return 0
+
+
+def _check_sequence_split(cfg, folder: Path, world: int):
+    """Under torchrun: refuse a clip or a DiT that cannot be split over `world` ranks, and put each rank on its own
+    GPU."""
+    import json
+
+    import torch
+
+    from distill.teachers.parallel import check_sequence_split, token_count
+    from distill.teachers.wan import video_factors
+
+    v = cfg.video
+    temporal, spatial, patch = video_factors(folder)
+    latent = ((v.frames - 1) // temporal + 1, v.height // spatial, v.width // spatial)
+    heads = json.loads((folder / "transformer" / "config.json").read_text())["num_attention_heads"]
+    try:
+        check_sequence_split(heads, token_count(latent, patch), world,
+                             f"distill sample on {world} ranks, clip {v.frames}x{v.height}x{v.width}")
+    except ValueError as err:
+        raise ConfigError(str(err).replace("parallel.sequence", "the rank count")) from None
+    if torch.cuda.is_available() and cfg.device in ("auto", "cuda"):
+        cfg = cfg.model_copy(update={"device": f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"})
+    return cfg
+
+
+def _join_sequence_group(world: int) -> int:
+    """This rank, after joining the job's process group (nothing to join for one process)."""
+    if world == 1:
+        return 0
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank()

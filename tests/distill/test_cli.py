@@ -33,6 +33,29 @@ def test_sample_writes_mp4_gif_and_png(untrained_wan, tmp_path):
     assert grid.shape[0] > 32 and grid.shape[1] > 48
 
 
+@pytest.mark.slow  # two torchrun launches, ~1-2 min on 2 cores
+def test_sample_under_torchrun_splits_each_clip_over_the_ranks(untrained_wan, tmp_path):
+    """`distill sample` on 2 ranks (each clip's tokens split over them, Ulysses) writes the 1-rank clip."""
+    args = ["-m", "distill.cli", "sample", "--teacher", str(untrained_wan), "--prompt", "a red circle", "--steps",
+            "3", "--frames", "9", "--height", "32", "--width", "64", "--formats", "png", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one.png")], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2"]
+    two = subprocess.run([*torchrun, *args, "--out", str(tmp_path / "two.png")], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert "split over 2 ranks" in two.stderr
+    a = np.asarray(Image.open(tmp_path / "one.png")).astype(int)
+    b = np.asarray(Image.open(tmp_path / "two.png")).astype(int)
+    assert a.shape == b.shape and np.abs(a - b).max() <= 1  # latents agree to ~1e-6; uint8 rounding may flip
+    bad = subprocess.run([*torchrun, *args, "--height", "16", "--width", "16", "--out",  # 3 tokens: no even split
+                          str(tmp_path / "bad.png")], env=env, capture_output=True, text=True, timeout=300)
+    # each rank exits 2 with the one-line cause; torchrun itself reports a failed job as 1
+    assert bad.returncode != 0 and "does not split evenly over the rank count=2" in bad.stderr
+
+
 def test_several_prompts_give_numbered_clips(untrained_wan, tmp_path):
     rc = main(["sample", "--teacher", str(untrained_wan), "--prompt", "a red circle", "--prompt", "a blue square",
                "--steps", "2", "--frames", "5", "--height", "32", "--width", "32", "--formats", "gif",
