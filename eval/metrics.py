@@ -231,10 +231,10 @@ def set_record(metric: MetricDef, scorers: Scorers, model: np.ndarray, reference
     """A set metric of a model's features against a reference's, rows matched by prompt and seed: the jackknife
     interval over prompts (`stats.set_interval`), plus what produced it. With several seeds per prompt (`slots`:
     each row's seed index within its prompt) also `se_seeds`, the standard error given these prompts: the same
-    jackknife deleting one seed slot (that seed of every prompt) at a time."""
+    jackknife deleting one seed slot (that seed of every prompt) at a time; it needs at least 3 seeds per prompt."""
     record = stats.set_interval(metric.statistic, model, reference, clusters=clusters,
                                 **_set_method(clusters))
-    if slots is not None and len(np.unique(slots)) >= 2:
+    if slots is not None and len(np.unique(slots)) >= 3:
         record["se_seeds"] = stats.set_interval(metric.statistic, model, reference, clusters=slots)["se"]
     return {**record, "higher_is_better": metric.higher_is_better, "level": "set", "statistic": metric.family,
             "reference": REFERENCES[reference_name], "detector": scorers.detector.name,
