@@ -89,9 +89,7 @@ class DiTHandle:
 
     def features(self, x: torch.Tensor, t: torch.Tensor, blocks: tuple[int, ...]):
         dit = getattr(self.module, "module", self.module)
-        dit = getattr(dit, "backbone", dit)
-        if dit is None:
-            raise ValueError("features: this network has no DiT in this run")
+        dit = getattr(dit, "backbone", dit)  # a headed network's DiT
         found: dict[int, torch.Tensor] = {}
         hooks = [dit.blocks[i].register_forward_hook(lambda m, a, out, i=i: found.__setitem__(i, out))
                  for i in blocks]

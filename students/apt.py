@@ -113,6 +113,8 @@ class AdversarialPostTraining(RecipeBase):
                 fake = self.generate(student, z)
             t = shifted_levels(x_real.shape[0], c.shift, generator).to(x_real.device)  # one t per real/fake pair
             tt = per_sample(t, x_real)
+            # common.renoise takes 1 − t in float64; this phase has always taken it in the latents' dtype, and
+            # keeping that keeps APT's runs bit-identical to those trained before the recipe contract
             real_t = (1 - tt) * x_real + tt * randn_like(x_real, generator)
             fake_t = (1 - tt) * fake + tt * randn_like(x_real, generator)
             perturbed = real_t + c.r1_sigma * randn_like(x_real, generator)
