@@ -126,6 +126,14 @@ class WanTeacher:
         z = self.vae.config.z_dim
         self._latents_mean = torch.tensor(self.vae.config.latents_mean, dtype=torch.float32).view(1, z, 1, 1, 1)
         self._latents_std = torch.tensor(self.vae.config.latents_std, dtype=torch.float32).view(1, z, 1, 1, 1)
+        # On CPU, oneDNN runs the VAE's 3-D convolutions (and its RMS norms over channels) 1.4-2x faster with weights
+        # and activations in channels-last layout (7 clips of 17x64x64 on one thread: decode 2.1 -> 1.5 s, encode
+        # 0.97 -> 0.45 s; decoded uint8 clips equal but for 2e-5 of pixels, by one level). The weights stay
+        # strided that way: `.contiguous()` them before saving this VAE with safetensors.
+        self._vae_layout = torch.channels_last_3d if device.type == "cpu" else torch.contiguous_format
+        for module in self.vae.modules():
+            if isinstance(module, torch.nn.Conv3d):
+                module.weight.data = module.weight.data.contiguous(memory_format=self._vae_layout)
 
     @classmethod
     def from_pretrained(cls, source: str, dtype: str = "float32", device: str = "auto", revision: str | None = None,
@@ -279,7 +287,8 @@ class WanTeacher:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents to uint8 video [B, T, H, W, 3]."""
         z = latents.to(self.device, torch.float32) * self._latents_std.to(self.device) + self._latents_mean.to(self.device)
-        video = self.vae.decode(z.to(self.vae.dtype), return_dict=False)[0]  # [B, 3, T, H, W] in [-1, 1]
+        z = z.to(self.vae.dtype).contiguous(memory_format=self._vae_layout)
+        video = self.vae.decode(z, return_dict=False)[0]  # [B, 3, T, H, W] in [-1, 1]
         video = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         return video.permute(0, 2, 3, 4, 1).cpu()
 
@@ -287,6 +296,6 @@ class WanTeacher:
     def encode_video(self, video: torch.Tensor, sample: bool = False, generator=None) -> torch.Tensor:
         """uint8 video [B, T, H, W, 3] to normalised latents (the VAE posterior's mean unless `sample`)."""
         x = video.to(self.device).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
-        dist = self.vae.encode(x.to(self.vae.dtype)).latent_dist
+        dist = self.vae.encode(x.to(self.vae.dtype).contiguous(memory_format=self._vae_layout)).latent_dist
         z = dist.sample(generator) if sample else dist.mode()
         return (z.float() - self._latents_mean.to(self.device)) / self._latents_std.to(self.device)
