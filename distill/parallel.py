@@ -13,49 +13,22 @@ distill.teachers.parallel for why no loss scaling is needed).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch.distributed as dist
 
 from distill.core.config import ConfigError
-from distill.teachers.parallel import check_sequence_split, gather_input, shard_sequence
+from distill.teachers.parallel import Layout, check_sequence_split
+from distill.teachers.parallel import make_layout as _make_layout
 from distill.teachers.resolve import transformer_folder
 from distill.teachers.wan import video_factors
 
 
-@dataclass
-class Layout:
-    sequence: int  # ranks per sequence-parallel group (N)
-    group: object | None  # this rank's sequence-parallel process group; None when N = 1
-    data_rank: int  # this rank's group: which replica's batches it sees
-    data_world: int  # number of groups (data-parallel replicas)
-
-    def shard(self, *dits) -> None:
-        """Make each DiT (a module or a DeepSpeed engine around one) split its forwards over this rank's group."""
-        for dit in dits:
-            if dit is not None:
-                shard_sequence(getattr(dit, "module", dit), self.group)
-
-    def gather_inputs(self, *modules) -> None:
-        """Whole-sequence inputs for modules that read every token of a sharded DiT's features (pooling heads)."""
-        for m in modules:
-            gather_input(m, self.group)
-
-
 def make_layout(sequence: int) -> Layout:
-    """Create the sequence-parallel groups (a collective: every rank calls it, with the same `sequence`)."""
-    rank, world = dist.get_rank(), dist.get_world_size()
-    if world % sequence:
-        raise ConfigError(f"parallel.sequence={sequence} does not divide the job's {world} ranks")
-    if sequence == 1:
-        return Layout(1, None, rank, world)
-    mine = None
-    for start in range(0, world, sequence):  # every rank creates every group, in the same order
-        group = dist.new_group(list(range(start, start + sequence)))
-        if start <= rank < start + sequence:
-            mine = group
-    return Layout(sequence, mine, rank // sequence, world // sequence)
+    """Create the run's sequence-parallel groups (a collective: every rank calls it, with the same `sequence`)."""
+    try:
+        return _make_layout(sequence)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def check_sequence_parallel(cfg, teacher_folder: Path, video, world: int, inits: list[tuple[str, str]] = ()) -> None:

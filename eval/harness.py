@@ -28,6 +28,7 @@ from distill.eval import flicker, metrics, stats
 from distill.eval.diversity import pairwise_diversity
 from distill.eval.schema import SCHEMA
 from distill.eval.suite import ModelSpec, SuiteConfig
+from distill.teachers.parallel import Layout, check_sequence_split, make_layout, token_count
 from distill.teachers.resolve import checkpoint_defaults, resolve
 from distill.teachers.wan import WanTeacher, check_video_size, video_factors
 
@@ -58,8 +59,9 @@ class Candidate:
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
     def sample(self, prompts: list[str], seeds: list[int], frames: int, height: int, width: int,
-               timing: dict | None = None) -> np.ndarray:
-        """uint8 clips [B, T, H, W, 3]; `timing` (if given) receives text/denoise/decode seconds, synchronised."""
+               timing: dict | None = None, decode: bool = True) -> np.ndarray | None:
+        """uint8 clips [B, T, H, W, 3]; `timing` (if given) receives text/denoise/decode seconds, synchronised.
+        `decode=False` stops after denoising (the other ranks of a sequence-parallel group) and returns None."""
         t = self.teacher
         sync = torch.cuda.synchronize if t.device.type == "cuda" else (lambda: None)
         t0 = time.perf_counter()
@@ -70,6 +72,8 @@ class Candidate:
                            sampler=self.sampler, frames=frames, height=height, width=width, cond=cond)
         sync()
         t2 = time.perf_counter()
+        if not decode:
+            return None
         video = t.decode(latents).numpy()
         sync()
         t3 = time.perf_counter()
@@ -105,7 +109,11 @@ class Scored:
 
 class Harness:
     def __init__(self, suite: SuiteConfig, teacher_cfg, prompts: list[str], out_dir: Path,
-                 cache_dir: Path | None = None, real_clips: RealClips | None = None, progress: bool = True):
+                 cache_dir: Path | None = None, real_clips: RealClips | None = None, progress: bool = True,
+                 sequence: int = 1):
+        """`sequence`: ranks per clip under torchrun. With N > 1, each clip's tokens are split over N consecutive
+        ranks in every DiT forward (DeepSpeed-Ulysses, distill.teachers.parallel), and the world/N groups share the
+        clips out; with 1, each rank samples its own clips."""
         if not prompts:
             raise ValueError(f"suite {suite.name!r} resolved to an empty prompt list")
         self.suite, self.teacher_cfg, self.prompts = suite, teacher_cfg, prompts
@@ -121,13 +129,26 @@ class Harness:
         self.clusters = np.repeat(np.arange(len(prompts)), suite.seeds_per_prompt)
         self.slots = np.tile(np.arange(suite.seeds_per_prompt), len(prompts))  # each clip's seed within its prompt
         self._prepared: Prepared | None = None
+        self.sequence = sequence
+        self._layout: Layout | None = None
+
+    @property
+    def layout(self) -> Layout:
+        """The ranks' sequence-parallel groups (made once, collectively, on first use)."""
+        if self._layout is None:
+            try:
+                self._layout = make_layout(self.sequence, "--sequence")
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
+        return self._layout
 
     # --- models ---------------------------------------------------------------------------------------------
     def _load(self, source: str) -> WanTeacher:
         if source not in self._loaded:
             c = self.teacher_cfg
-            self._loaded[source] = WanTeacher.from_pretrained(source, dtype=c.dtype, device=c.device,
-                                                              max_sequence_length=c.max_sequence_length)
+            model = WanTeacher.from_pretrained(source, dtype=c.dtype, device=c.device,
+                                               max_sequence_length=c.max_sequence_length)
+            self._loaded[source] = model.shard_sequence(self.layout.group) if self.sequence > 1 else model
             self._hashes[source] = checkpoint_hash(resolve(source))
         return self._loaded[source]
 
@@ -152,19 +173,20 @@ class Harness:
 
     # --- sampling with a per-clip cache -------------------------------------------------------------------------
     def clips(self, cand: Candidate, items: list[tuple[str, int]], desc: str) -> np.ndarray:
-        s = self.suite
+        s, layout = self.suite, self.layout
         rank, world = rank_world()
         keys = [cand.cache_key(p, seed, s.frames, s.height, s.width) for p, seed in items]
         paths = [self.cache_dir / f"{k}.npy" for k in keys]
-        todo = [i for i, path in enumerate(paths) if not path.is_file() and i % world == rank]
+        # each group of `sequence` ranks samples its share of the clips together; its first rank keeps them
+        todo = [i for i, path in enumerate(paths) if not path.is_file() and i % layout.data_world == layout.data_rank]
         made: dict[int, np.ndarray] = {}
         for start in tqdm(range(0, len(todo), s.batch_size), desc=desc, disable=not self.progress or rank,
                           unit="batch"):
             chunk = todo[start:start + s.batch_size]
             videos = cand.sample([items[i][0] for i in chunk], [items[i][1] for i in chunk], s.frames, s.height,
-                                 s.width)
-            for i, video in zip(chunk, videos):
-                made[i] = video
+                                 s.width, decode=layout.leader)
+            if videos is not None:
+                made.update(zip(chunk, videos))
         made = gather_dict(made)
         if rank == 0:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -180,12 +202,15 @@ class Harness:
         """One clip at a time: `warmup` untimed clips, then the median of `clips` timed clips."""
         s = self.suite
         prompts = [self.prompts[i % len(self.prompts)] for i in range(s.speed.warmup + s.speed.clips)]
+        leader = self.layout.leader  # the other ranks of a sequence-parallel group only join the denoising
         runs = []
         for i, prompt in enumerate(prompts):
             timing: dict = {}
-            cand.sample([prompt], [10_000 + i], s.frames, s.height, s.width, timing)
+            cand.sample([prompt], [10_000 + i], s.frames, s.height, s.width, timing, decode=leader)
             if i >= s.speed.warmup:
                 runs.append(timing)
+        if not leader:
+            return {}
         med = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
         video_seconds = s.frames / s.fps
         return {"latency_s": med["total_s"], "denoise_s": med["denoise_s"], "text_s": med["text_s"],
@@ -213,11 +238,15 @@ class Harness:
         except (FileNotFoundError, ValueError) as err:
             raise ConfigError(f"suite {s.name!r} key 'flow': {err}") from None
         self._check_detector_file()  # cheap, so a wrong I3D file is refused before any model is loaded
+        layout = self.layout  # a --sequence the job cannot take is refused here
         candidates = {}
         for spec in specs:
             source = self.teacher_cfg.source if spec.source == "teacher" else spec.source
             try:
-                check_video_size(s.frames, s.height, s.width, *video_factors(resolve(source)))
+                folder = resolve(source)
+                check_video_size(s.frames, s.height, s.width, *video_factors(folder))
+                if layout.sequence > 1:
+                    self._check_split(folder)
                 candidates[spec.name] = self.candidate(spec)
             except (ConfigError, ValueError, OSError) as err:
                 raise ConfigError(f"model {spec.name!r} ({source}): {err}") from None
@@ -233,6 +262,18 @@ class Harness:
                                   f"{(s.frames, s.height, s.width, 3)}")
         self._prepared = Prepared(names, specs, candidates, scorers)
         return self._prepared
+
+    def _check_split(self, folder: Path) -> None:
+        """Refuse, before the weights load, a DiT or a clip whose heads or tokens do not divide by --sequence."""
+        s = self.suite
+        temporal, spatial, patch = video_factors(folder)
+        latent = ((s.frames - 1) // temporal + 1, s.height // spatial, s.width // spatial)
+        heads = json.loads((Path(folder) / "transformer" / "config.json").read_text())["num_attention_heads"]
+        where = f"clip {s.frames}x{s.height}x{s.width}"
+        try:
+            check_sequence_split(heads, token_count(latent, patch), self.sequence, where)
+        except ValueError as err:
+            raise ConfigError(str(err).replace("parallel.sequence", "--sequence")) from None
 
     def _check_detector_file(self) -> None:
         s = self.suite
@@ -307,7 +348,9 @@ class Harness:
             # other noise, the same prompts; consecutive seed sets of a replication share these clips.
             floor_items = [(p, seed + s.seeds_per_prompt) for p, seed in self.items]
             floor_videos = self.clips(candidates[ref], floor_items, "noise floor")
-        timings = {name: self.time_model(cand) for name, cand in candidates.items()} if rank == 0 else {}
+        # rank 0 times each model; under --sequence N its group's ranks run each timed clip with it
+        timed = rank == 0 or (self.sequence > 1 and self.layout.data_rank == 0)
+        timings = {name: self.time_model(cand) for name, cand in candidates.items()} if timed else {}
         self.videos = videos  # for the report's side-by-side clips
         if rank != 0:
             return {}
@@ -402,7 +445,10 @@ class Harness:
                 "seeds": [seed for _, seed in self.items], "teacher": self.teacher_cfg.source,
                 "detector": {"name": scorers.detector.name, "dim": scorers.detector.feature_dim,
                              "protocol": scorers.detector.protocol(s.frames)},
-                "clip_backend": scorers.clip.name, "speed_protocol": SPEED_PROTOCOL,
+                "clip_backend": scorers.clip.name, "ranks_per_clip": self.sequence,
+                "speed_protocol": SPEED_PROTOCOL + (f" Each clip was split over {self.sequence} ranks (sequence "
+                                                    f"parallelism), timed clips included." if self.sequence > 1
+                                                    else ""),
                 "metric_definitions": {m.family: {"level": m.level, "higher_is_better": m.higher_is_better,
                                                   "how": m.how} for m in metrics.REGISTRY}}
 

@@ -14,11 +14,17 @@ group's ranks, is N times that of the one-rank forward; the data-parallel mean o
 computes over the world) then equals the mean over groups of the one-rank gradients, with no loss scaling. A head
 that reads the gathered tokens (APT's discriminator heads, through `gather_input`) obeys the same rule.
 
-This module lives in the teacher layer so that the teacher's own sampling can use it; the engine builds the groups
-(distill/parallel.py) and applies it to every DiT of a run.
+This module lives in the teacher layer so that the teacher's own sampling and the eval harness can use it; the
+groups come from `make_layout` (N consecutive ranks per group), which the engine (distill/parallel.py) applies to
+every DiT of a run and the eval to every model it samples.
+
+    world 8, sequence 4:   ranks 0 1 2 3 │ 4 5 6 7
+                           group 0       │ group 1         data rank = group index, data world = 2
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -43,6 +49,55 @@ def token_count(latent_shape, patch_size) -> int:
     f, h, w = latent_shape[-3:]
     p_t, p_h, p_w = patch_size
     return (f // p_t) * (h // p_h) * (w // p_w)
+
+
+@dataclass
+class Layout:
+    """Which sequence-parallel group this rank is in, and which data-parallel replica that group is."""
+
+    sequence: int  # ranks per sequence-parallel group (N)
+    group: object | None  # this rank's sequence-parallel process group; None when N = 1
+    data_rank: int  # this rank's group: which replica's batches it sees
+    data_world: int  # number of groups (data-parallel replicas)
+
+    @property
+    def leader(self) -> bool:
+        """The first rank of its group: the one that keeps what the group computed together."""
+        return self.group is None or dist.get_rank(self.group) == 0
+
+    def shard(self, *dits) -> None:
+        """Make each DiT (a module or a DeepSpeed engine around one) split its forwards over this rank's group."""
+        for dit in dits:
+            if dit is not None:
+                shard_sequence(getattr(dit, "module", dit), self.group)
+
+    def gather_inputs(self, *modules) -> None:
+        """Whole-sequence inputs for modules that read every token of a sharded DiT's features (pooling heads)."""
+        for m in modules:
+            gather_input(m, self.group)
+
+
+def make_layout(sequence: int, what: str = "parallel.sequence") -> Layout:
+    """Create the sequence-parallel groups of N = `sequence` consecutive ranks (a collective: every rank calls it,
+    with the same `sequence`). One process without a process group is the layout of one rank."""
+    if not dist.is_initialized():
+        if sequence != 1:
+            raise ValueError(f"{what}={sequence} needs a job of {sequence} or a multiple of {sequence} ranks "
+                             f"(launch with torchrun); this is one process")
+        return Layout(1, None, 0, 1)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if world % sequence:
+        options = [d for d in range(1, world + 1) if world % d == 0]
+        raise ValueError(f"{what}={sequence} does not divide the job's {world} ranks (WORLD_SIZE); use one of "
+                         f"{options} or launch a multiple of {sequence} ranks")
+    if sequence == 1:
+        return Layout(1, None, rank, world)
+    mine = None
+    for start in range(0, world, sequence):  # every rank creates every group, in the same order
+        group = dist.new_group(list(range(start, start + sequence)))
+        if start <= rank < start + sequence:
+            mine = group
+    return Layout(sequence, mine, rank // sequence, world // sequence)
 
 
 def _local(x: torch.Tensor, group, dim: int = 1) -> torch.Tensor:
@@ -214,5 +269,5 @@ def gather_input(module: torch.nn.Module, group) -> None:
     module.register_forward_pre_hook(gather)
 
 
-__all__ = ["check_sequence_split", "token_count", "shard_sequence", "unshard_sequence", "gather_input",
+__all__ = ["Layout", "make_layout", "check_sequence_split", "token_count", "shard_sequence", "unshard_sequence", "gather_input",
            "UlyssesWanAttnProcessor"]

@@ -25,6 +25,10 @@ def add_parser(sub) -> None:
     p.add_argument("--model", action="append", default=[], help="a model to score (repeatable)")
     p.add_argument("--out", type=Path, required=True, help="run folder for eval.json, summary.md, report.html")
     p.add_argument("--cache", type=Path, help="clip cache (default OUT/cache); shareable between runs")
+    p.add_argument("--sequence", type=int, default=1, metavar="N",
+                   help="under torchrun: split each clip's tokens over N ranks in every DiT forward (DeepSpeed-"
+                        "Ulysses sequence parallelism, for clips too long for one GPU); N must divide the rank count, "
+                        "every DiT's heads and the clip's tokens. Default 1: each rank samples whole clips")
     p.add_argument("overrides", nargs="*", help="suite overrides key=value, e.g. seeds_per_prompt=2")
     p.set_defaults(func=run)
 
@@ -33,6 +37,12 @@ def run(args) -> int:
     from distill.eval.suite import load_suite, parse_model_spec, suite_prompts
     from distill.teachers.config import load_teacher_config
 
+    if args.sequence < 1:
+        raise ConfigError(f"--sequence must be at least 1, got {args.sequence}")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world % args.sequence:
+        raise ConfigError(f"--sequence={args.sequence} does not divide the job's {world} ranks (WORLD_SIZE); "
+                          f"launch with torchrun --nproc_per_node {args.sequence} (or a multiple)")
     check_output_dir(args.out)
     if args.cache is not None:
         check_output_dir(args.cache, "--cache")
@@ -43,11 +53,11 @@ def run(args) -> int:
         specs = [parse_model_spec(m) for m in args.model]
     except Exception as err:  # pydantic errors for a bad sampler name etc. carry the model text
         raise ConfigError(str(err)) from None
-    return evaluate(suite, prompts, teacher_cfg, specs, args.out, args.cache)
+    return evaluate(suite, prompts, teacher_cfg, specs, args.out, args.cache, sequence=args.sequence)
 
 
 def evaluate(suite, prompts: list[str], teacher_cfg, specs, out: Path, cache: Path | None = None,
-             print_summary: bool = True) -> int:
+             print_summary: bool = True, sequence: int = 1) -> int:
     """Check every model's folder and clip size, run the harness (joining the process group under torchrun) and
     write eval.json, summary.md and report.html to `out`. The library path `distill demo` takes too."""
     from distill.eval.harness import Harness
@@ -60,7 +70,7 @@ def evaluate(suite, prompts: list[str], teacher_cfg, specs, out: Path, cache: Pa
         check_video_size(suite.frames, suite.height, suite.width,
                          *video_factors(resolve(teacher_cfg.source if spec.source == "teacher" else spec.source)))
     teacher_cfg = _join_ranks(teacher_cfg)
-    harness = Harness(suite, teacher_cfg, prompts, out, cache, real_clips_for(suite))
+    harness = Harness(suite, teacher_cfg, prompts, out, cache, real_clips_for(suite), sequence=sequence)
     harness.preflight(specs)  # output folders, models, detector (I3D sha256), CLIP, flow, real clips: before sampling
     result = harness.run(specs)
     if not result:  # a non-zero rank under torchrun
