@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from distill.core.config import ConfigError
 from distill.train_config import fingerprint, load_train_config
-from tests.distill.test_train import losses, torchrun, train_cmd, write_config
+from tests.distill.test_train import APT, DMD2, losses, torchrun, train_cmd, write_config
 
 WORKER = __import__("pathlib").Path(__file__).with_name("parallel_worker.py")
 
@@ -100,3 +100,33 @@ def test_consistency_run_with_two_sequence_ranks_matches_one_rank_and_resumes(tm
     for step in range(6, 11):
         assert again[step] == pytest.approx(split[step], rel=1e-6, abs=1e-9), step
     print(json.dumps({"one": reference, "two": split, "resumed": again, "weight_drift": drift}))
+
+
+def logged(run) -> dict[int, dict]:
+    return {r["step"]: r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
+
+
+# Every figure a recipe logs from its networks' forwards: the loss, and the second network's own.
+FIGURES = {"consistency": ("loss",), "apt": ("loss", "discriminator", "d_real", "d_fake"),
+           "dmd2": ("loss", "critic", "dmd_grad_rms")}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("stage,recipe", [("zero3", "consistency"), ("zero2", "apt"), ("zero2", "dmd2")])
+def test_every_recipe_with_two_sequence_ranks_matches_one_rank(tmp_path, stage, recipe):
+    """The teacher, student, EMA target and the recipe's own network (APT's discriminator with its pooled heads,
+    DMD2's critic) all split their tokens over the group; ZeRO-3 partitions them as well."""
+    sections = {"apt": {**APT, "recipe": {**APT["recipe"], "alarms": {"every": 100}}}, "dmd2": DMD2}.get(recipe, {})
+    steps = {"steps": 4, "checkpoint_every": 4}
+    one = write_config(tmp_path, "one", deepspeed=stage, train=steps, **sections)
+    two = write_config(tmp_path, "two", deepspeed=stage, train=steps, parallel={"sequence": 2}, **sections)
+    for config, nproc in ((one, 1), (two, 2)):
+        proc = torchrun(*train_cmd(config), nproc=nproc, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    reference, split = logged(tmp_path / "one"), logged(tmp_path / "two")
+    assert sorted(split) == sorted(reference) == [1, 2, 3, 4]
+    for step in range(1, 5):
+        for key in FIGURES[recipe]:
+            assert split[step][key] == pytest.approx(reference[step][key], rel=1e-4, abs=1e-4), (step, key)
+    print(json.dumps({key: [(reference[s][key], split[s][key]) for s in range(1, 5)] for key in FIGURES[recipe]}))
