@@ -290,8 +290,35 @@ def _check_teacher(run: Path, folder: Path, meta: dict, cfg, what: str) -> None:
 
 
 def _launch(cmd: list[str], env: dict) -> int:
-    """The training process; its own output goes to the terminal."""
-    return subprocess.run(cmd, env=env, check=False).returncode
+    """The training process; its own output goes to the terminal. A SIGTERM to this process (a scheduler's stop, a
+    `kill`) is passed on to it, so torchrun stops its ranks and the run keeps its last checkpoint; once it has
+    exited, the stage ends as interrupted (KeyboardInterrupt), and its time is recorded like a Ctrl-C's."""
+    import signal
+    import threading
+
+    proc = subprocess.Popen(cmd, env=env)
+    stopped = []
+
+    def forward(signum, frame):
+        stopped.append(signum)
+        proc.send_signal(signum)
+
+    main = threading.current_thread() is threading.main_thread()  # handlers can only be set there
+    previous = signal.signal(signal.SIGTERM, forward) if main else None
+    try:
+        code = proc.wait()
+    except BaseException:  # Ctrl-C reaches the child from the terminal too; let it stop, then stop it for sure
+        try:
+            proc.wait(timeout=30)
+        except BaseException:
+            proc.kill()
+        raise
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+    if stopped:
+        raise KeyboardInterrupt(f"signal {stopped[0]}")
+    return code
 
 
 def read_cost(run: Path) -> dict:

@@ -5,6 +5,7 @@ mocked."""
 
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -352,3 +353,36 @@ def test_dry_run_prints_the_plan(tmp_path, capsys, no_work):
     text = capsys.readouterr().out
     assert "1 rank per run" in text and "2. second" in text and "after first" in text
     assert not (tmp_path / "o").exists()
+
+
+def test_a_sigterm_stops_the_training_process_and_counts_as_an_interruption(tmp_path):
+    """`kill` of `distill compare` (a scheduler's stop) reaches the training process, and the stage ends as
+    interrupted, so train_stage records the time it ran."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    marker = tmp_path / "child-got-sigterm"
+    child = textwrap.dedent(f"""
+        import pathlib, signal, sys, time
+        signal.signal(signal.SIGTERM, lambda *a: (pathlib.Path({str(marker)!r}).touch(), sys.exit(143)))
+        pathlib.Path({str(tmp_path / 'child-started')!r}).touch()
+        time.sleep(60)
+    """)
+    parent = textwrap.dedent(f"""
+        import sys
+        from distill import compare
+        try:
+            compare._launch([sys.executable, "-c", {child!r}], {{}})
+        except KeyboardInterrupt:
+            sys.exit(130)
+        sys.exit(0)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", parent])
+    deadline = time.time() + 60
+    while not (tmp_path / "child-started").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 130  # interrupted, after the child stopped
+    assert marker.exists()
