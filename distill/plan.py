@@ -509,8 +509,9 @@ def suggestions(cfg: TrainConfig, shp: Shapes, s: Settings, gpus: int, capacity:
         return out
     tried = "ZeRO-3, offload, LoRA, sequence parallelism, checkpointing (alone or in pairs)"
     if train_only:
-        t = train_only[0][1]
-        return [f"nothing among {tried}: the build peak ({t.build_peak / GIB:.1f} GiB: whole networks on each GPU "
+        base = estimate(cfg, shp, s, gpus, capacity, device, overhead)
+        least = min([base.build_peak] + [t.build_peak for _, t in train_only])  # as configured or with a change
+        return [f"nothing among {tried}: the build peak (at least {least / GIB:.1f} GiB: whole networks on each GPU "
                 f"before ZeRO partitions them) exceeds {capacity / GIB:.0f} GiB; the training peak alone would fit "
                 f"with " + " or ".join(" + ".join(n) + f" ({x.train_peak / GIB:.1f} GiB)" for n, x in train_only[:3])]
     return [f"nothing among {tried}"]

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""The README's memory table: `distill plan` for Wan 2.1 1.3B and 14B, consistency and APT, full and LoRA (rank 64),
-on --gpus x --gpu-memory GiB, each at its recipe config's settings, with what the planner says would make it fit.
+"""The README's memory table: `distill plan` for Wan 2.1 1.3B and 14B, consistency, APT and DMD2, full and LoRA
+(rank 64), on --gpus x --gpu-memory GiB, each at its recipe config's settings, with what the planner says would make it fit.
 
     python scripts/plan_table.py --gpus 8 --gpu-memory 80 > table.md
 """
@@ -17,8 +17,10 @@ sys.path.insert(0, str(REPO))
 
 ROWS = [("1.3B", "consistency", "configs/recipes/consistency-wan2.1-1.3b.yaml"),
         ("1.3B", "APT", "configs/recipes/apt-wan2.1-1.3b.yaml"),
+        ("1.3B", "DMD2", "configs/recipes/dmd2-wan2.1-1.3b.yaml"),
         ("14B", "consistency", "configs/recipes/consistency-wan2.1-14b.yaml"),
-        ("14B", "APT", "configs/recipes/apt-wan2.1-14b.yaml")]
+        ("14B", "APT", "configs/recipes/apt-wan2.1-14b.yaml"),
+        ("14B", "DMD2", "configs/recipes/dmd2-wan2.1-14b.yaml")]
 
 
 def main() -> None:

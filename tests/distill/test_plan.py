@@ -95,3 +95,15 @@ def test_plan_command_exit_codes(capsys):
     err = capsys.readouterr().err
     assert "distill plan:" in err and "largest:" in err and len(err.strip().splitlines()) == 1
     assert main(["plan", TINY, "no.such.key=1", "--gpus", "2", "--gpu-memory", "80"]) == 2
+
+
+def test_a_build_peak_no_change_fixes_is_quoted_no_higher_than_the_configured_one():
+    # DMD2 14B as configured trains in 73 GiB but builds whole networks first; the suggestions (LoRA among them,
+    # whose adapters add to the build) must not quote a build peak above the configured run's own
+    import re
+
+    p = plan(load_train_config("configs/recipes/dmd2-wan2.1-14b.yaml"), 8, 80)
+    assert not p.fits and p.train_peak <= 80 * GIB < p.build_peak
+    (line,) = p.suggestions
+    quoted = float(re.search(r"the build peak \(at least ([\d.]+) GiB", line).group(1))
+    assert quoted <= round(p.build_peak / GIB, 1), (quoted, p.build_peak / GIB)
