@@ -68,12 +68,12 @@ def test_two_ranks_sharing_each_clip_equal_one_process(tmp_path, one_process):
 
 
 # --- refused before any sampling --------------------------------------------------------------------------------
-def test_a_sequence_degree_that_does_not_divide_the_ranks_is_refused(tmp_path, monkeypatch, capsys):
-    from distill.cli import main
-
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    assert main([*eval_cmd(tmp_path / "out", "--sequence", "3")[2:]]) != 0
-    assert "--sequence=3 does not divide the job's 2 ranks" in capsys.readouterr().err
+def test_a_sequence_degree_that_does_not_divide_the_ranks_is_refused(tmp_path):
+    env = {**ENV, "WORLD_SIZE": "2"}  # as under torchrun, refused before joining any process group
+    proc = subprocess.run([sys.executable, *eval_cmd(tmp_path / "out", "--sequence", "3")], capture_output=True,
+                          text=True, env=env)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "--sequence=3 does not divide the job's 2 ranks" in proc.stderr
     assert not (tmp_path / "out").exists()
 
 
