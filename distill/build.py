@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from distill.core.config import ConfigError
 from distill.networks import (EMA, build_backbone, build_student, full_state_dict, load_full_state_dict,
-                              partition_frozen, save_lora, trainable)
+                              partition_frozen, place_partitioned, save_lora, trainable, zero_stage)
 from distill.students.base import NetworkSpec
 from distill.teachers.wan import Cond, WanTeacher
 
@@ -144,10 +144,11 @@ class RunNetworks:
             lr_scheduler=(lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, warmup)), config=self.ds)
         return engine, scheduler
 
-    def _recipe_network(self, spec: NetworkSpec) -> torch.nn.Module:
+    def _recipe_network(self, spec: NetworkSpec, teacher_dit: torch.nn.Module, host: bool = False) -> torch.nn.Module:
+        """`host`: the partitioned build (ZeRO-3): built on the host and placed as partitions when it will be."""
         ckpt = self.cfg.student.gradient_checkpointing if spec.gradient_checkpointing is None \
             else spec.gradient_checkpointing
-        dit = build_backbone(spec.init, self.teacher.transformer, ckpt)
+        dit = build_backbone(spec.init, teacher_dit, ckpt)
         if spec.lora is not None:
             from peft import LoraConfig
 
@@ -161,28 +162,36 @@ class RunNetworks:
             for name, p in dit.named_parameters():
                 p.requires_grad_("lora_" in name)
         net = spec.make(dit) if spec.make is not None else dit
-        net = net.to(self.device, torch.float32)
         if not spec.trains:
             net.requires_grad_(False).eval()
+        if host and (spec.trains or spec.partitioned):
+            net = place_partitioned(net.to(torch.float32), self.ds, self.device, train=spec.trains)
+        else:
+            net = net.to(self.device, torch.float32)
         self.layout.shard(spec.backbone(net) if spec.backbone else net)
         if spec.pooled is not None:
             self.layout.gather_inputs(*spec.pooled(net))  # each pooling head reads every token of the clip
         return net
 
     def _build(self) -> None:
+        """The networks, whole on the device before their engines partition them (ZeRO-0/1/2), or built one at a
+        time on the host and placed as partitions (ZeRO-3): `_build_students` says how."""
         cfg = self.cfg
         self.teacher.unshard_sequence()  # copies first: a process group cannot be deep-copied
-        student = build_student(cfg, self.teacher.transformer)
-        ema_module = copy.deepcopy(student).requires_grad_(False).eval() if cfg.student.ema_decay is not None else None
+        host = zero_stage(self.ds) == 3
+        teacher_dit = self.teacher.transformer.to("cpu") if host else self.teacher.transformer
+        student, ema_module = self._build_students(teacher_dit, host)
         self.layout.shard(student, ema_module)
         self.engines, self.schedulers, self.frozen = {}, {}, {}
         for name, spec in self.specs.items():
-            net = self._recipe_network(spec)
+            net = self._recipe_network(spec, teacher_dit, host)
             if spec.trains:
                 self.engines[name], self.schedulers[name] = self._engine(net.train(), spec.optim, spec.lr_scales)
             else:
                 self.frozen[name] = partition_frozen(net, self.ds) if spec.partitioned else net
         if "teacher" in self.recipe.reads:
+            if host:
+                place_partitioned(teacher_dit, self.ds, self.device, train=False)
             self.teacher.shard_sequence(self.layout.group)
             self.teacher.transformer = partition_frozen(self.teacher.transformer, self.ds)
         else:  # a recipe that never runs the teacher's DiT: free it (its VAE stays, for real clips and monitors)
@@ -195,6 +204,30 @@ class RunNetworks:
             self.ema = EMA(self.engine.module, getattr(self.ema_module, "module", self.ema_module),
                            cfg.student.ema_decay)
         self.trainable_names = {n for n, _ in trainable(self.engine.module)}
+
+    def _build_students(self, teacher_dit: torch.nn.Module, host: bool):
+        """The student and its EMA (or None). Under ZeRO-3 (`host`), the device never holds a network whole: the
+        teacher's DiT has moved to the host, each network is built there and placed as this rank's partitions
+        (`place_partitioned`) before the next is built, so the host holds the teacher and one other network whole
+        at a time. The EMA is then built a second time from the random state the student was built from (a LoRA
+        adapter's random init included) instead of being copied from it, which would need both whole at once;
+        the random state afterwards is the same as after building the student once, so the recipe's networks and
+        the training draws that follow see the same numbers as in the whole-network build."""
+        cfg = self.cfg
+        if not host:
+            student = build_student(cfg, teacher_dit)
+            if cfg.student.ema_decay is None:
+                return student, None
+            return student, copy.deepcopy(student).requires_grad_(False).eval()
+        before = torch.get_rng_state()
+        student = place_partitioned(build_student(cfg, teacher_dit), self.ds, self.device, train=True)
+        if cfg.student.ema_decay is None:
+            return student, None
+        after = torch.get_rng_state()
+        torch.set_rng_state(before)
+        ema = build_student(cfg, teacher_dit).requires_grad_(False).eval()
+        torch.set_rng_state(after)
+        return student, place_partitioned(ema, self.ds, self.device, train=False)
 
     # handles ----------------------------------------------------------------------------------------------------
     def handles(self, embeds: torch.Tensor, phase: str) -> dict[str, DiTHandle]:

@@ -82,6 +82,28 @@ def frozen_config(ds: dict, dtype: torch.dtype) -> dict:
             "steps_per_print": 1 << 30}
 
 
+def place_partitioned(module: torch.nn.Module, ds: dict, device: torch.device, train: bool) -> torch.nn.Module:
+    """ZeRO-3: turn a network built on the host into this rank's partitions on `device`, one weight at a time
+    (`deepspeed.zero.Init` given an existing module: each weight is moved to the device, broadcast from rank 0 and
+    cut to this rank's share before the next one moves), and move its buffers there. Nothing is then whole on the
+    device but one weight, where handing a whole network to `deepspeed.initialize` moves it there whole first. A
+    network that trains is first cast to the config's 16-bit dtype, as the engine would have cast it (its fp32
+    master partitions are made from those weights either way); a frozen one keeps its dtype."""
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}
+    dtype = next((d for key, d in half.items() if ds.get(key, {}).get("enabled")), None) if train else None
+    if dtype is not None:
+        for p in module.parameters():
+            p.data = p.data.to(dtype)
+    dtype = next(module.parameters()).dtype
+    config = ds if train else frozen_config(ds, dtype)
+    deepspeed.zero.Init(module=module, config_dict_or_path=config, dtype=dtype)
+    for sub in module.modules():
+        for key, buf in sub._buffers.items():
+            if buf is not None:
+                sub._buffers[key] = buf.to(device)
+    return module
+
+
 def partition_frozen(module: torch.nn.Module, ds: dict):
     """Wrap a frozen network in a stage-3 engine (ZeRO-3 runs only); otherwise return it as it is."""
     if zero_stage(ds) != 3:

@@ -19,9 +19,13 @@ Every figure comes from the run's own config and from how this project and DeepS
                     of live tensors, with attention counted as FlashAttention keeps it (q, k, v, output, log-sum-exp);
                     traced at depth 1 and 2 and extrapolated linearly to the full depth; divided by the
                     sequence-parallel degree (Ulysses splits every token-wise tensor)
-  build peak        before the engines partition anything, every rank holds the teacher, the fp32 student, its fp32
-                    EMA copy (and the recipe's networks) whole: ZeRO-3 does not lower this peak (distill train does not
-                    construct networks under deepspeed.zero.Init)
+  build peak        ZeRO-0/1/2: before the engines partition anything, every rank holds the teacher, the fp32 student,
+                    its fp32 EMA copy (and the recipe's networks) whole. ZeRO-3 (distill.build's partitioned build):
+                    the teacher's DiT, loaded whole, moves to the host, and each network is built there and placed as
+                    this rank's partitions one weight at a time, so on a GPU the build peak is the teacher as loaded;
+                    on CPU, where the host is the device, it is the teacher and the largest network whole beside the
+                    weights placed so far (gradients and Adam's moments appear at the first step). Checked on 2 CPU
+                    ranks at Wan 1.3B's width (scripts/measure_memory.py, docs/memory.md)
   fixed overheads   on GPU an allowance for the CUDA context, cuBLAS/NCCL workspaces and allocator fragmentation
                     (assumptions, named as such); on CPU the caller passes the process's own baseline
 
@@ -338,7 +342,7 @@ class Plan:
         for i in self.items:
             lines.append(f"{i.name:<44} {i.bytes / GIB:9.2f}  {i.note}")
         lines.append(f"{'= training peak':<44} {self.train_peak / GIB:9.2f}")
-        lines.append(f"{'build peak (before ZeRO partitions)':<44} {self.build_peak / GIB:9.2f}  "
+        lines.append(f"{'build peak (while the networks are built)':<44} {self.build_peak / GIB:9.2f}  "
                      + "; ".join(f"{i.name} {i.bytes / GIB:.2f}" for i in self.build_items))
         verdict = "fits" if self.fits else "DOES NOT FIT"
         lines.append(f"total {self.total / GIB:.2f} GiB of {self.capacity / GIB:.2f}: {verdict}, headroom "
@@ -438,13 +442,24 @@ def estimate(cfg: TrainConfig, shp: Shapes, s: Settings, gpus: int, capacity: in
     if sp > 1:  # Ulysses re-shards q, k, v and the output through all-to-all buffers of the same size
         dim = heads * shp.dit.get("attention_head_dim", 1)
         items.append(Item("Ulysses all-to-all buffers", 4 * b * L * dim * w // sp, "q, k, v, output", "buffer"))
-    # build peak: whole networks on every rank before deepspeed.initialize
-    build = [Item("teacher DiT", tb * shp.params), Item("student (fp32)", 4 * student),
-             Item("copy while casting", tb * shp.params)]
-    if cfg.student.ema_decay is not None:
-        build.append(Item("EMA (fp32)", 4 * student))
-    for net in extra.values():
-        build.append(Item(f"{net.name} (fp32)", 4 * net.params))
+    # build peak (distill.build)
+    dim = heads * shp.dit.get("attention_head_dim", 1)
+    largest_weight = dim * max(shp.dit.get("ffn_dim", 4 * dim), shp.dit.get("text_dim", dim))
+    if s.stage == 3:  # networks built on the host and placed as partitions one weight at a time
+        build = [Item("teacher DiT, as loaded", tb * shp.params),
+                 Item("one weight whole while it is partitioned", 4 * largest_weight)]
+        if device != "cuda":  # the host is the device: one network whole beside the weights placed so far
+            whole = max([student] + [net.params for net in extra.values()])
+            placed = [i for i in items if i.kind == "state" and not i.name.endswith(("gradients", "optimizer states"))]
+            build += [Item("the network being placed (fp32)", 4 * whole), *placed]
+    else:  # whole networks on every rank, and what deepspeed.initialize allocates before the first step
+        build = [Item("teacher DiT", tb * shp.params), Item("student (fp32)", 4 * student),
+                 Item("copy while casting", tb * shp.params)]
+        if cfg.student.ema_decay is not None:
+            build.append(Item("EMA (fp32)", 4 * student))
+        for net in extra.values():
+            build.append(Item(f"{net.name} (fp32)", 4 * net.params))
+        build += [i for i in items if i.name.endswith("fp32 master weights") or i.name == "gradient buckets"]
     if device == "cuda":
         dynamic = sum(i.bytes for i in items)
         items.append(Item("allocator fragmentation", int(FRAGMENTATION * dynamic),
@@ -511,8 +526,8 @@ def suggestions(cfg: TrainConfig, shp: Shapes, s: Settings, gpus: int, capacity:
     if train_only:
         base = estimate(cfg, shp, s, gpus, capacity, device, overhead)
         least = min([base.build_peak] + [t.build_peak for _, t in train_only])  # as configured or with a change
-        return [f"nothing among {tried}: the build peak (at least {least / GIB:.1f} GiB: whole networks on each GPU "
-                f"before ZeRO partitions them) exceeds {capacity / GIB:.0f} GiB; the training peak alone would fit "
+        return [f"nothing among {tried}: the build peak (at least {least / GIB:.1f} GiB, while the networks are "
+                f"built) exceeds {capacity / GIB:.0f} GiB; the training peak alone would fit "
                 f"with " + " or ".join(" + ".join(n) + f" ({x.train_peak / GIB:.1f} GiB)" for n, x in train_only[:3])]
     return [f"nothing among {tried}"]
 

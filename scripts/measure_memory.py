@@ -78,6 +78,7 @@ def worker(args: argparse.Namespace) -> None:
     cfg = load_train_config(args.config, args.overrides)
     baseline = _proc_status("VmRSS")  # after imports, before any network
     run = Run(cfg, progress=False)
+    build_peak = _proc_status("VmHWM")  # the teacher loaded, the training clips made, every network built
     engine = run.engine
     snapshots = []
     original = engine.step
@@ -90,7 +91,8 @@ def worker(args: argparse.Namespace) -> None:
     run.train_step(0)  # step 1: Adam's moments appear
     reset_peak(run.device)
     run.train_step(1)
-    report = {"rank": run.rank, "baseline_rss": baseline, "states_at_step": snapshots[-1],
+    report = {"rank": run.rank, "baseline_rss": baseline, "peak_rss_build": build_peak,
+              "states_at_step": snapshots[-1],
               "peak_rss_steps": _proc_status("VmHWM"), "rss_after": _proc_status("VmRSS")}
     args.worker.mkdir(parents=True, exist_ok=True)
     (args.worker / f"rank{run.rank}.json").write_text(json.dumps(report) + "\n")
@@ -171,9 +173,12 @@ def main() -> None:
             buffers = sum(i.bytes for i in p.items if i.name.startswith("gradient bucket"))
             measured_states = max(r["states_at_step"] for r in ranks)
             measured_peak = max(r["peak_rss_steps"] for r in ranks)
+            measured_build = max(r["peak_rss_build"] for r in ranks)
             rows.append({"stage": stage, "ranks": args.nproc, "wall_s": time.perf_counter() - t0,
                          "predicted_states": states, "measured_states": measured_states, "predicted_buffers": buffers,
                          "predicted_peak": p.train_peak, "measured_peak": measured_peak, "baseline_rss": baseline,
+                         "predicted_build": p.build_peak, "measured_build": measured_build,
+                         "build_items": [[i.name, i.bytes] for i in p.build_items],
                          "items": [[i.name, i.bytes, i.note] for i in p.items], "per_rank": ranks})
     ds = deepspeed_estimates(args.layers, args.nproc)
     result = {"schema": "distill.measure_memory/1", "layers": args.layers, "nproc": args.nproc,
@@ -211,6 +216,11 @@ def markdown(result: dict) -> str:
                      f"{r['measured_states'] / GIB:.3f} | {r['predicted_states'] / r['measured_states']:.3f} | "
                      f"{r['predicted_peak'] / GIB:.3f} | {r['measured_peak'] / GIB:.3f} | "
                      f"{r['predicted_peak'] / r['measured_peak']:.3f} | | {share} |")
+    builds = [r for r in ok if "measured_build" in r]
+    if builds:  # before the first step: the teacher loaded, the training clips made, every network built
+        lines += ["", "| ZeRO | build peak RSS predicted GiB | measured GiB | ratio |", "|---|---|---|---|"]
+        lines += [f"| {r['stage']} | {r['predicted_build'] / GIB:.3f} | {r['measured_build'] / GIB:.3f} | "
+                  f"{r['predicted_build'] / r['measured_build']:.3f} |" for r in builds]
     return "\n".join(lines)
 
 
