@@ -11,7 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 
 from distill.core.config import ConfigError
 from distill.students import registry
@@ -345,3 +347,24 @@ def test_the_engine_names_no_recipe():
             if pattern.search(line):
                 hits.append(f"{rel}:{i}: {line.strip()}")
     assert not hits, "\n".join(hits)
+
+
+@pytest.mark.slow  # ~1 min: one 2-rank ZeRO-3 run
+def test_zero3_partitioned_build_gives_the_ema_the_students_own_random_init(tmp_path):
+    """Under ZeRO-3 the EMA is built a second time from the student's random state rather than copied whole: a LoRA
+    student's randomly initialised adapter must come out the same in both. With a learning rate too small to move
+    a weight, the checkpoint's EMA (ema.safetensors) equals the online student's adapter (lora/, export: online)."""
+    config = write_config(tmp_path, deepspeed="zero3", optim={"lr": 1e-30}, train={"steps": 2, "checkpoint_every": 2},
+                          student={"lora": {"rank": 4, "alpha": 4}, "ema_decay": 0.5,
+                                   "export": "online"})  # lora/ holds the online student, not the EMA
+    proc = torchrun(*train_cmd(config))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = tmp_path / "run" / "checkpoints" / "step-000002"
+    ema = load_file(ckpt / "ema.safetensors")
+    lora = load_file(ckpt / "lora" / "pytorch_lora_weights.safetensors")
+    a = sorted(k for k in ema if "lora_A" in k)
+    assert a and any(float(ema[k].abs().max()) > 0 for k in a)  # a random init, not zeros
+    student = {k.removeprefix("transformer.").replace(".lora_A.weight", ".lora_A.default.weight"): v
+               for k, v in lora.items()}
+    for k in a:
+        assert torch.equal(ema[k], student[k]), k
