@@ -66,7 +66,8 @@ def worker(tmp: Path, config: Path, *overrides) -> dict:
     return json.loads(report.read_text())
 
 
-@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+# ZeRO-2 training runs in many tests below (resume, LoRA, APT, a NaN); its own run here is slow-only (make test's budget)
+@pytest.mark.parametrize("stage", [pytest.param("zero2", marks=pytest.mark.slow), "zero3"])
 def test_two_ranks_train_and_agree(tmp_path, stage):
     config = write_config(tmp_path, deepspeed=stage, optim={"lr": 1e-3}, train={"steps": 40, "checkpoint_every": 40})
     report = worker(tmp_path, config)
@@ -106,7 +107,9 @@ APT = {"recipe": {"name": "apt", "sampler": {"steps": 1}, "alarms": {"every": 2}
 DMD2 = {"recipe": {"name": "dmd2", "critic_steps": 2, "critic_lr": 1e-4, "sampler": {"steps": 2}}}
 
 
-@pytest.mark.parametrize("stage,recipe", [("zero2", "consistency"), ("zero3", "consistency"), ("zero2", "apt"),
+# make test: consistency under ZeRO-3 and APT under ZeRO-2 cover both stages and both recipe shapes; the rest is slow
+@pytest.mark.parametrize("stage,recipe", [pytest.param("zero2", "consistency", marks=pytest.mark.slow),
+                                          ("zero3", "consistency"), ("zero2", "apt"),
                                           pytest.param("zero2", "dmd2", marks=pytest.mark.slow)])  # ~2-4 min
 def test_killed_run_resumes_with_the_same_losses(tmp_path, stage, recipe):
     sections = {"apt": APT, "dmd2": DMD2}.get(recipe, {})
