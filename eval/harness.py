@@ -28,9 +28,9 @@ from distill.eval import flicker, metrics, stats
 from distill.eval.diversity import pairwise_diversity
 from distill.eval.schema import SCHEMA
 from distill.eval.suite import ModelSpec, SuiteConfig
-from distill.teachers.parallel import Layout, check_sequence_split, make_layout, token_count
+from distill.teachers.parallel import Layout, make_layout
 from distill.teachers.resolve import checkpoint_defaults, resolve
-from distill.teachers.wan import WanTeacher, check_video_size, video_factors
+from distill.teachers.wan import WanTeacher, check_folder_split, check_video_size, video_factors
 
 RealClips = Callable[[str, int], np.ndarray]  # (prompt, seed) -> uint8 [T, H, W, 3]
 
@@ -148,7 +148,7 @@ class Harness:
             c = self.teacher_cfg
             model = WanTeacher.from_pretrained(source, dtype=c.dtype, device=c.device,
                                                max_sequence_length=c.max_sequence_length)
-            self._loaded[source] = model.shard_sequence(self.layout.group) if self.sequence > 1 else model
+            self._loaded[source] = model.shard_sequence(self.layout.group)  # a no-op without a group
             self._hashes[source] = checkpoint_hash(resolve(source))
         return self._loaded[source]
 
@@ -266,12 +266,9 @@ class Harness:
     def _check_split(self, folder: Path) -> None:
         """Refuse, before the weights load, a DiT or a clip whose heads or tokens do not divide by --sequence."""
         s = self.suite
-        temporal, spatial, patch = video_factors(folder)
-        latent = ((s.frames - 1) // temporal + 1, s.height // spatial, s.width // spatial)
-        heads = json.loads((Path(folder) / "transformer" / "config.json").read_text())["num_attention_heads"]
-        where = f"clip {s.frames}x{s.height}x{s.width}"
         try:
-            check_sequence_split(heads, token_count(latent, patch), self.sequence, where)
+            check_folder_split(folder, s.frames, s.height, s.width, self.sequence,
+                               f"clip {s.frames}x{s.height}x{s.width}")
         except ValueError as err:
             raise ConfigError(str(err).replace("parallel.sequence", "--sequence")) from None
 
@@ -348,8 +345,8 @@ class Harness:
             # other noise, the same prompts; consecutive seed sets of a replication share these clips.
             floor_items = [(p, seed + s.seeds_per_prompt) for p, seed in self.items]
             floor_videos = self.clips(candidates[ref], floor_items, "noise floor")
-        # rank 0 times each model; under --sequence N its group's ranks run each timed clip with it
-        timed = rank == 0 or (self.sequence > 1 and self.layout.data_rank == 0)
+        # the first group times each model (rank 0 alone, or with the other ranks of its --sequence group)
+        timed = self.layout.data_rank == 0
         timings = {name: self.time_model(cand) for name, cand in candidates.items()} if timed else {}
         self.videos = videos  # for the report's side-by-side clips
         if rank != 0:

@@ -13,6 +13,7 @@ from diffusers import WanPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
 from distill.teachers import samplers
+from distill.teachers.parallel import check_sequence_split, token_count
 from distill.teachers.resolve import check_weight_files, resolve
 from distill.teachers.schedule import NUM_TRAIN_TIMESTEPS
 
@@ -69,6 +70,15 @@ def check_video_size(frames: int, height: int, width: int, temporal: int, spatia
         if value <= 0 or value % m:
             raise ValueError(f"{name}={value} is not divisible by {m} (VAE factor {spatial} x patch {p}); "
                              f"use for example {max(m, value // m * m)} or {(value // m + 1) * m}")
+
+
+def check_folder_split(folder: Path, frames: int, height: int, width: int, n: int, where: str = "") -> None:
+    """Refuse, from a Wan folder's configs alone (no weights), a sequence-parallel degree `n` that its DiT's heads or
+    this clip's tokens do not divide (ValueError naming the value, as `check_sequence_split`)."""
+    temporal, spatial, patch = video_factors(folder)
+    latent = ((frames - 1) // temporal + 1, height // spatial, width // spatial)
+    heads = json.loads((Path(folder) / "transformer" / "config.json").read_text())["num_attention_heads"]
+    check_sequence_split(heads, token_count(latent, patch), n, where)
 
 
 class PromptWarning(UserWarning):

@@ -140,20 +140,14 @@ def run(args) -> int:
 def _check_sequence_split(cfg, folder: Path, world: int):
     """Under torchrun: refuse a clip or a DiT that cannot be split over `world` ranks, and put each rank on its own
     GPU."""
-    import json
-
     import torch
 
-    from distill.teachers.parallel import check_sequence_split, token_count
-    from distill.teachers.wan import video_factors
+    from distill.teachers.wan import check_folder_split
 
     v = cfg.video
-    temporal, spatial, patch = video_factors(folder)
-    latent = ((v.frames - 1) // temporal + 1, v.height // spatial, v.width // spatial)
-    heads = json.loads((folder / "transformer" / "config.json").read_text())["num_attention_heads"]
     try:
-        check_sequence_split(heads, token_count(latent, patch), world,
-                             f"distill sample on {world} ranks, clip {v.frames}x{v.height}x{v.width}")
+        check_folder_split(folder, v.frames, v.height, v.width, world,
+                           f"distill sample on {world} ranks, clip {v.frames}x{v.height}x{v.width}")
     except ValueError as err:
         raise ConfigError(str(err).replace("parallel.sequence", "the rank count")) from None
     if torch.cuda.is_available() and cfg.device in ("auto", "cuda"):
