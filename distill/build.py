@@ -22,9 +22,9 @@ from safetensors.torch import load_file, save_file
 
 from distill.core.config import ConfigError
 from distill.networks import (EMA, build_backbone, build_student, full_state_dict, load_full_state_dict,
-                              partition_frozen, place_partitioned, save_lora, trainable, zero_stage)
+                              lora_settings, partition_frozen, place_partitioned, trainable, zero_stage)
 from distill.students.base import NetworkSpec
-from distill.teachers.wan import Cond, WanTeacher
+from distill.teachers.base import Cond, Teacher
 
 
 def make_optimizer(optim, params):
@@ -63,7 +63,7 @@ class PassCounter:
 class DiTHandle:
     """A network as a recipe's loss sees it, bound to one batch's text embeddings (students.base.Handle)."""
 
-    def __init__(self, teacher: WanTeacher, module, embeds: torch.Tensor, negative: torch.Tensor,
+    def __init__(self, teacher: Teacher, module, embeds: torch.Tensor, negative: torch.Tensor,
                  default_guidance: float = 1.0, is_teacher: bool = False, counter: PassCounter | None = None):
         self.teacher, self.module, self.embeds, self.negative = teacher, module, embeds, negative
         self.default_guidance, self.is_teacher, self.counter = default_guidance, is_teacher, counter
@@ -91,8 +91,8 @@ class DiTHandle:
         dit = getattr(self.module, "module", self.module)
         dit = getattr(dit, "backbone", dit)  # a headed network's DiT
         found: dict[int, torch.Tensor] = {}
-        hooks = [dit.blocks[i].register_forward_hook(lambda m, a, out, i=i: found.__setitem__(i, out))
-                 for i in blocks]
+        layers = self.teacher.family.dit_blocks(dit)
+        hooks = [layers[i].register_forward_hook(lambda m, a, out, i=i: found.__setitem__(i, out)) for i in blocks]
         try:
             out = self(x, t)
         finally:
@@ -111,7 +111,7 @@ class DiTHandle:
 
 # --- the run's networks -------------------------------------------------------------------------------------------
 class RunNetworks:
-    def __init__(self, cfg, recipe, teacher: WanTeacher, ds: dict, layout, device: torch.device,
+    def __init__(self, cfg, recipe, teacher: Teacher, ds: dict, layout, device: torch.device,
                  negative: torch.Tensor, teacher_guidance: float):
         self.cfg, self.recipe, self.teacher, self.ds, self.layout = cfg, recipe, teacher, ds, layout
         self.device, self.negative, self.teacher_guidance = device, negative, teacher_guidance
@@ -144,23 +144,11 @@ class RunNetworks:
             lr_scheduler=(lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, warmup)), config=self.ds)
         return engine, scheduler
 
-    def _recipe_network(self, spec: NetworkSpec, teacher_dit: torch.nn.Module, host: bool = False) -> torch.nn.Module:
+    def _recipe_network(self, spec: NetworkSpec, host: bool = False) -> torch.nn.Module:
         """`host`: the partitioned build (ZeRO-3): built on the host and placed as partitions when it will be."""
         ckpt = self.cfg.student.gradient_checkpointing if spec.gradient_checkpointing is None \
             else spec.gradient_checkpointing
-        dit = build_backbone(spec.init, teacher_dit, ckpt)
-        if spec.lora is not None:
-            from peft import LoraConfig
-
-            from distill.students.common import WAN_LORA_TARGETS
-
-            lora = spec.lora
-            dit.requires_grad_(False)
-            dit.add_adapter(LoraConfig(r=lora.get("rank", 16), lora_alpha=lora.get("alpha", 16.0),
-                                       target_modules=list(lora.get("target_modules", WAN_LORA_TARGETS)),
-                                       init_lora_weights=True))
-            for name, p in dit.named_parameters():
-                p.requires_grad_("lora_" in name)
+        dit = build_backbone(self.teacher.family, spec.init, self.teacher, ckpt, spec.lora)
         net = spec.make(dit) if spec.make is not None else dit
         if not spec.trains:
             net.requires_grad_(False).eval()
@@ -179,23 +167,24 @@ class RunNetworks:
         cfg = self.cfg
         self.teacher.unshard_sequence()  # copies first: a process group cannot be deep-copied
         host = zero_stage(self.ds) == 3
-        teacher_dit = self.teacher.transformer.to("cpu") if host else self.teacher.transformer
-        student, ema_module = self._build_students(teacher_dit, host)
+        if host:
+            self.teacher.dit = self.teacher.dit.to("cpu")
+        student, ema_module = self._build_students(host)
         self.layout.shard(student, ema_module)
         self.engines, self.schedulers, self.frozen = {}, {}, {}
         for name, spec in self.specs.items():
-            net = self._recipe_network(spec, teacher_dit, host)
+            net = self._recipe_network(spec, host)
             if spec.trains:
                 self.engines[name], self.schedulers[name] = self._engine(net.train(), spec.optim, spec.lr_scales)
             else:
                 self.frozen[name] = partition_frozen(net, self.ds) if spec.partitioned else net
         if "teacher" in self.recipe.reads:
             if host:
-                place_partitioned(teacher_dit, self.ds, self.device, train=False)
+                place_partitioned(self.teacher.dit, self.ds, self.device, train=False)
             self.teacher.shard_sequence(self.layout.group)
-            self.teacher.transformer = partition_frozen(self.teacher.transformer, self.ds)
+            self.teacher.dit = partition_frozen(self.teacher.dit, self.ds)
         else:  # a recipe that never runs the teacher's DiT: free it (its VAE stays, for real clips and monitors)
-            self.teacher.transformer = self.teacher.pipe.transformer = None
+            self.teacher.drop_dit()
         self.engines["student"], self.schedulers["student"] = self._engine(student)
         self.engine = self.engines["student"]
         self.ema_module = self.ema = None
@@ -205,7 +194,7 @@ class RunNetworks:
                            cfg.student.ema_decay)
         self.trainable_names = {n for n, _ in trainable(self.engine.module)}
 
-    def _build_students(self, teacher_dit: torch.nn.Module, host: bool):
+    def _build_students(self, host: bool):
         """The student and its EMA (or None). Under ZeRO-3 (`host`), the device never holds a network whole: the
         teacher's DiT has moved to the host, each network is built there and placed as this rank's partitions
         (`place_partitioned`) before the next is built, so the host holds the teacher and one other network whole
@@ -215,17 +204,17 @@ class RunNetworks:
         the training draws that follow see the same numbers as in the whole-network build."""
         cfg = self.cfg
         if not host:
-            student = build_student(cfg, teacher_dit)
+            student = build_student(cfg, self.teacher)
             if cfg.student.ema_decay is None:
                 return student, None
             return student, copy.deepcopy(student).requires_grad_(False).eval()
         before = torch.get_rng_state()
-        student = place_partitioned(build_student(cfg, teacher_dit), self.ds, self.device, train=True)
+        student = place_partitioned(build_student(cfg, self.teacher), self.ds, self.device, train=True)
         if cfg.student.ema_decay is None:
             return student, None
         after = torch.get_rng_state()
         torch.set_rng_state(before)
-        ema = build_student(cfg, teacher_dit).requires_grad_(False).eval()
+        ema = build_student(cfg, self.teacher).requires_grad_(False).eval()
         torch.set_rng_state(after)
         return student, place_partitioned(ema, self.ds, self.device, train=False)
 
@@ -244,8 +233,7 @@ class RunNetworks:
         for name, module in self.frozen.items():
             nets[name] = handle(module)
         if "teacher" in self.recipe.reads:
-            nets["teacher"] = handle(self.teacher.transformer, default_guidance=self.teacher_guidance,
-                                     is_teacher=True)
+            nets["teacher"] = handle(self.teacher.dit, default_guidance=self.teacher_guidance, is_teacher=True)
         if "ema" in self.recipe.reads:
             nets["ema"] = handle(self.ema_module)
         return nets
@@ -258,13 +246,12 @@ class RunNetworks:
         lora = cfg.student.lora is not None
         names = self.trainable_names if lora else None
         weights = full_state_dict(export, names)
+        family = self.teacher.family
         if rank == 0:
             if lora:
-                save_lora(folder / "lora", weights, cfg.student.lora)
+                family.save_lora(folder / "lora", weights, lora_settings(cfg, family))
             else:
-                (folder / "student").mkdir()
-                getattr(export, "module", export).save_config(folder / "student")
-                save_file(weights, folder / "student" / "diffusion_pytorch_model.safetensors")
+                family.save_dit(getattr(export, "module", export), weights, folder / "student")
         if self.ema_module is not None and (lora or cfg.student.export != "ema"):
             ema = full_state_dict(self.ema_module, self.trainable_names)
             if rank == 0:
@@ -279,9 +266,8 @@ class RunNetworks:
                                   f"(engines/{name} is missing)")
         if self.ema_module is not None:
             ema_file = folder / "ema.safetensors"
-            if not ema_file.is_file():
-                ema_file = folder / "student" / "diffusion_pytorch_model.safetensors"
-            state = load_file(ema_file)
+            # without ema.safetensors, the exported student is the EMA (student.export: ema)
+            state = load_file(ema_file) if ema_file.is_file() else self.teacher.family.read_dit_state(folder / "student")
             load_full_state_dict(self.ema_module, {k: v for k, v in state.items() if k in self.trainable_names})
 
     def sampling_model(self):

@@ -31,7 +31,7 @@ traceback."""
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="distill", epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Few-step distillation of flow-matching video DiTs (Wan 2.1/2.2) and their evaluation.")
+        description="Few-step distillation of flow-matching video DiTs (any registered teacher family) and their evaluation.")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:

@@ -4,7 +4,8 @@ this machinery on configs/compare/demo.yaml).
 
 A compare config (configs/compare/*.yaml, the class `CompareConfig` below):
 
-    teacher: tiny-wan                  # the eval's teacher config; every run must distil this teacher
+    teacher: NAME                      # the eval's teacher config (default: the built-in teacher's); every run
+                                       # must distil this teacher
     suite: toyworld-held-out           # an eval suite (name or file), with `suite_overrides: [key=value, ...]`
     nproc: 2                           # training ranks per run (`--nproc` overrides it)
     data_cache: data-cache             # every run's data.cache_dir, under --out (null: each recipe's own)
@@ -52,6 +53,7 @@ from typing import Annotated
 from pydantic import Field, StringConstraints
 
 from distill.core.config import CONFIG_DIR, REPO_ROOT, ConfigError, Strict, load
+from distill.teachers.resolve import DEFAULT_TEACHER
 
 COMPARE_DIR = CONFIG_DIR / "compare"
 RECIPE_DIR = CONFIG_DIR / "recipes"
@@ -75,7 +77,7 @@ class RunSpec(Strict):
 
 
 class CompareConfig(Strict):
-    teacher: str = "tiny-wan"
+    teacher: str = DEFAULT_TEACHER
     suite: str = "toyworld-held-out"
     suite_overrides: list[str] = []
     nproc: int = Field(2, ge=1)

@@ -24,7 +24,7 @@ from distill.teachers.config import TeacherConfig
 from distill.train_config import DataConfig
 from distill.videos import VideoSource
 from distill.core.dist import gather_dict, rank_world
-from distill.teachers.wan import WanTeacher
+from distill.teachers.base import Teacher
 
 
 # --- prompts ----------------------------------------------------------------------------------------------------
@@ -99,7 +99,7 @@ class Batch:
 class TrainData:
     """Examples (prompt, x0) with cached text embeddings; `batch(position, n)` is deterministic."""
 
-    def __init__(self, cfg: DataConfig, teacher: WanTeacher, teacher_cfg: TeacherConfig, checkpoint_id: str,
+    def __init__(self, cfg: DataConfig, teacher: Teacher, teacher_cfg: TeacherConfig, checkpoint_id: str,
                  cache_dir: Path, progress: bool = True, shard: tuple[int, int] | None = None):
         self.cfg, self.teacher, self.teacher_cfg, self.checkpoint_id = cfg, teacher, teacher_cfg, checkpoint_id
         # (index, count) of this rank's share of the precomputed latents: one per rank, or one per sequence-parallel
@@ -190,7 +190,7 @@ class TrainData:
         self.embeds = {p: tensors[_key(p)] for p in unique}
 
     def embed(self, prompts: list[str]) -> torch.Tensor:
-        """[B, L, D] embeddings, zero-padded to the teacher's max length exactly as Wan's encode_prompt pads."""
+        """[B, L, D] embeddings, zero-padded to the teacher's max length exactly as its pipeline pads them."""
         if not self.embeds:
             return self.teacher.embed(prompts)
         length = self.teacher.max_sequence_length
@@ -229,7 +229,7 @@ def _permutation(seed: int, epoch: int, size: int) -> list[int]:
 
 
 def trim(embedding: torch.Tensor) -> torch.Tensor:
-    """Drop the zero padding rows Wan's encode_prompt appends (kept rows are the prompt's real tokens)."""
+    """Drop the zero padding rows the pipeline's prompt encoding appends (kept rows are the prompt's real tokens)."""
     nonzero = embedding.abs().sum(-1) > 0
     length = int(nonzero.nonzero().max()) + 1 if nonzero.any() else 0
     return embedding[:length].contiguous()

@@ -2,7 +2,7 @@
 machinery (`distill.compare`) on configs/compare/demo.yaml, which names the recipes:
 
     1. distil a 4-step student from the teacher    (2 ranks under DeepSpeed)
-    2. export it as a diffusers Wan folder
+    2. export it as a diffusers folder of the teacher's pipeline
     3. post-train a 1-step student from that export (2 ranks)
     4. export it
     5. score the 50-step teacher, the teacher at 4 and 1 Euler steps, the first student at 4 and 1 steps and the

@@ -1,14 +1,18 @@
-"""`distill export`: a training checkpoint into a diffusers Wan folder that stock `WanPipeline` samples in few steps.
+"""`distill export`: a training checkpoint into a diffusers folder that the teacher family's stock pipeline samples
+in few steps.
 
     OUT/
-        model_index.json          the teacher's, naming FlowMatchEulerDiscreteScheduler
+        model_index.json          the teacher's (its pipeline class, and a two-expert boundary), naming the scheduler
         transformer/              the student: student/ of a full run, or the LoRA base with the adapter fused in
-        scheduler/                FlowMatchEulerDiscreteScheduler(shift, stochastic_sampling=True): per step it
-                                  computes exactly the multistep consistency sampler (teachers.samplers)
-        text_encoder/ tokenizer/ vae/   copied from the teacher
-        lora/pytorch_lora_weights.safetensors   (LoRA runs) the adapter alone, for `pipe.load_lora_weights`
-        lora/wan_lora.safetensors               the same adapter in the original Wan key names (ComfyUI, DiffSynth,
-                                                LightX2V; diffusers reads it too): distill.lora_format
+        transformer_2/            (two-expert teachers) the student's low-noise expert, likewise
+        scheduler/                the family's few-step scheduler (FlowMatchEulerDiscreteScheduler(shift,
+                                  stochastic_sampling=True) by default): per step it computes exactly the multistep
+                                  consistency sampler (teachers.samplers)
+        text_encoder/ tokenizer/ vae/ ...   copied from the teacher
+        lora/pytorch_lora_weights.safetensors   (LoRA runs) the adapter alone, for `pipe.load_lora_weights`; with
+                                                two experts the low-noise one's is lora/transformer_2/
+        lora/<native>.safetensors               the same adapter(s) in the family's native key names, where it has
+                                                them (ComfyUI and the family's own code)
         distill_teacher.json      the sampler and video defaults `distill sample` and `distill eval` pick up
         distill_export.json       where it came from (run, checkpoint, step, teacher, code version)
         README.md                 how to load and sample it
@@ -26,12 +30,9 @@ from pathlib import Path
 import yaml
 
 from distill.core.config import ConfigError
-from distill.lora_format import WAN_LORA_FILE, write_wan_lora
-
+from distill.teachers.base import FamilyError, dit_folder
 from distill.teachers.config import load_teacher_config
-from distill.teachers.resolve import has_two_experts, transformer_folder
 
-SCHEDULER_CLASS = "FlowMatchEulerDiscreteScheduler"
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
 
@@ -51,6 +52,8 @@ def _read_checkpoint(folder: Path) -> tuple[dict, dict]:
     lora = (config.get("student") or {}).get("lora")
     weights = folder / ("lora" if lora else "student")
     expected = weights / (LORA_FILE if lora else "config.json")
+    if not lora and not expected.is_file() and (weights / "transformer" / "config.json").is_file():
+        expected = weights / "transformer" / "config.json"  # a student with experts: one folder each
     if not expected.is_file():
         kind = "a LoRA run (student.lora is set)" if lora else "a full fine-tuning run"
         raise ConfigError(f"export: checkpoint {str(folder)!r} is {kind} but {str(expected)!r} is missing; the "
@@ -59,8 +62,9 @@ def _read_checkpoint(folder: Path) -> tuple[dict, dict]:
 
 
 def _teacher(meta: dict, config: dict, folder: Path):
-    """The teacher's config (for its video defaults and revision) and its local folder."""
-    from distill.teachers.resolve import TeacherNotFound, resolve
+    """The teacher's config (for its video defaults and revision), its family and its local folder."""
+    from distill.teachers.config import open_config
+    from distill.teachers.resolve import TeacherNotFound
 
     source = meta["teacher"]
     try:
@@ -70,17 +74,17 @@ def _teacher(meta: dict, config: dict, folder: Path):
     except ConfigError:
         tcfg = load_teacher_config(source)
     try:
-        return tcfg, resolve(source, tcfg.revision)
+        return (tcfg, *open_config(tcfg))
     except TeacherNotFound as err:
         raise ConfigError(f"export: the teacher of checkpoint {str(folder)!r} cannot be found: {err}") from None
 
 
-def _lora_base(config: dict, teacher_folder: Path) -> Path:
-    """The transformer folder the LoRA was trained on: the teacher's DiT, or the run's student.init."""
+def _lora_base(config: dict, teacher_folder: Path, component: str) -> Path:
+    """The transformer folder an expert's LoRA was trained on: the teacher's, or the run's student.init's."""
     init = (config.get("student") or {}).get("init", "teacher")
     if init == "teacher":
-        return teacher_folder / "transformer"
-    base = transformer_folder(init)
+        return teacher_folder / component
+    base = Path(init) / component if (Path(init) / component / "config.json").is_file() else dit_folder(init)
     if base is None:
         raise ConfigError(f"export: the LoRA was trained on student.init {str(init)!r}, which is no longer a "
                           f"transformer folder (no config.json)")
@@ -88,84 +92,16 @@ def _lora_base(config: dict, teacher_folder: Path) -> Path:
 
 
 # --- writing ----------------------------------------------------------------------------------------------------
-def _tensor_reader(folder: Path):
-    """name -> tensor, read lazily from a (possibly sharded) diffusers safetensors folder."""
-    from safetensors import safe_open
-
-    index = folder / "diffusion_pytorch_model.safetensors.index.json"
-    if index.is_file():
-        where = {k: folder / f for k, f in json.loads(index.read_text())["weight_map"].items()}
-    else:
-        single = folder / "diffusion_pytorch_model.safetensors"
-        with safe_open(single, "pt") as f:
-            where = dict.fromkeys(f.keys(), single)
-
-    def read(name: str):
-        with safe_open(where[name], "pt") as f:
-            return f.get_tensor(name)
-    return read
-
-
-def fuse_lora(base: Path, lora_file: Path, dest: Path) -> int:
-    """Save base + the LoRA fused (diffusers' own loader, so it is what `load_lora_weights` gives) to `dest`, after
-    checking every adapted weight numerically: W_fused = W + (alpha / r)·B·A. Returns the number of fused layers."""
-    import torch
-    from diffusers import WanPipeline, WanTransformer3DModel
-
-    state, metadata = WanPipeline.lora_state_dict(str(lora_file.parent), weight_name=lora_file.name,
-                                                  return_lora_metadata=True)
-    bad = [k for k in state if not k.startswith("transformer.") or ".lora_" not in k]
-    if bad:
-        raise ConfigError(f"export: {str(lora_file)!r} holds weights that are not transformer LoRA layers: {bad[:3]}")
-    transformer = WanTransformer3DModel.from_pretrained(base, torch_dtype=torch.float32)
-    transformer.load_lora_adapter(state, prefix="transformer", adapter_name="student", metadata=metadata)
-    transformer.fuse_lora(lora_scale=1.0)
-    transformer.unload_lora()
-    fused = transformer.state_dict()
-
-    meta = metadata or {}
-    rank, alpha = meta.get("transformer.r"), meta.get("transformer.lora_alpha")
-    read = _tensor_reader(base)
-    layers = sorted({k.removeprefix("transformer.").rsplit(".lora_", 1)[0] for k in state})
-    for layer in layers:
-        a = state[f"transformer.{layer}.lora_A.weight"].to(torch.float32)
-        b = state[f"transformer.{layer}.lora_B.weight"].to(torch.float32)
-        scale = (alpha / rank) if rank and alpha else 1.0
-        expected = read(f"{layer}.weight").to(torch.float32) + scale * (b @ a)
-        got = fused[f"{layer}.weight"]
-        tol = 1e-5 * max(1.0, float(expected.abs().max()))
-        if got.shape != expected.shape or float((got - expected).abs().max()) > tol:
-            raise RuntimeError(f"export: fusing the LoRA into {layer} did not give W + {scale}·B·A; refusing to "
-                               f"write a transformer that differs from the adapter")
-    leftover = [k for k in fused if "lora_" in k or "base_layer" in k]
-    if leftover:
-        raise RuntimeError(f"export: LoRA layers left in the fused transformer: {leftover[:3]}")
-    transformer.save_pretrained(dest, safe_serialization=True)
-    return len(layers)
-
-
-def _readme(out_name: str, sampler: dict, tcfg, lora: bool, meta: dict, folder: Path) -> str:
-    v = tcfg.video
-    steps, shift = sampler["steps"], sampler["shift"]
-    text = f"""# {out_name}: a {steps}-step student distilled from `{meta['teacher']}`
+def _readme(out_name: str, sampler: dict, tcfg, family, pipeline: str, lora: bool, experts: tuple[str, ...],
+            meta: dict, folder: Path) -> str:
+    steps = sampler["steps"]
+    return f"""# {out_name}: a {steps}-step student distilled from `{meta['teacher']}`
 
 Exported by `distill export` from `{folder}` (step {meta.get('step')}, recipe `{meta.get('recipe')}`).
-A complete diffusers Wan folder: stock `WanPipeline` samples it in {steps} steps, without classifier-free guidance.
-Its scheduler is `FlowMatchEulerDiscreteScheduler(shift={shift}, stochastic_sampling=True)`: multistep consistency
-sampling (jump to the clean estimate, re-noise to the next level, repeat).
+A complete diffusers folder: stock `{pipeline}` samples it in {steps} steps, without classifier-free guidance.
+Its scheduler does multistep consistency sampling (jump to the clean estimate, re-noise to the next level, repeat).
 
-```python
-import torch
-from diffusers import WanPipeline
-pipe = WanPipeline.from_pretrained("{out_name}")
-video = pipe("a red circle moving left slowly on a black background", num_inference_steps={steps},
-             guidance_scale=1.0, num_frames={v.frames}, height={v.height}, width={v.width},
-             max_sequence_length={tcfg.max_sequence_length}, generator=torch.Generator().manual_seed(0)).frames[0]
-```
-
-The scheduler draws its re-noising noise from the global torch RNG (the pipeline passes it no generator): call
-`torch.manual_seed(...)` before the pipeline as well for a fully reproducible clip.
-
+{family.readme(out_name, sampler, tcfg.video, tcfg.max_sequence_length, lora, experts)}
 With this project's tools (they read `distill_teacher.json`, so the consistency sampler is picked automatically):
 
 ```bash
@@ -173,25 +109,6 @@ distill sample --teacher {out_name} --prompt "..." --out clip.mp4
 distill eval --model student={out_name}@{steps} --out runs/eval
 ```
 """
-    if lora:
-        text += f"""
-## The adapter alone
-
-`lora/{LORA_FILE}` is the LoRA the student was trained as; on the teacher it gives the same transformer as
-`transformer/` here (which is that LoRA fused in):
-
-```python
-from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
-pipe = WanPipeline.from_pretrained("<the teacher folder>")
-pipe.load_lora_weights("{out_name}/lora")
-pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift={shift}, stochastic_sampling=True)
-```
-
-`lora/{WAN_LORA_FILE}` is the same adapter in the original Wan key names (`diffusion_model.blocks.0.self_attn.q...`,
-its alpha / rank folded into `lora_B`), for ComfyUI, DiffSynth-Studio and LightX2V; diffusers loads it too, with
-`weight_name="{WAN_LORA_FILE}"`.
-"""
-    return text
 
 
 def _copy_tree(src: Path, dst: Path) -> None:
@@ -199,11 +116,28 @@ def _copy_tree(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, symlinks=False)
 
 
+def _student_layout(folder: Path, lora: bool, family, experts: tuple[str, ...]) -> dict[str, Path]:
+    """Each expert's weights in a checkpoint (its LoRA file, or its transformer folder), refused by name when the
+    checkpoint holds another number of experts than the teacher has."""
+    if lora:
+        found = family.lora_files(folder / "lora", experts)
+    else:
+        found = {experts[0]: folder / "student"} if len(experts) == 1 else \
+            {e: folder / "student" / e for e in experts}
+    want = [(e, path / "config.json" if not lora else path) for e, path in found.items()]
+    missing = [str(path) for _, path in want if not path.is_file()]
+    if missing:
+        stored = sorted(p.parent.name for p in (folder / "student").glob("*/config.json")) if not lora else []
+        raise ConfigError(f"export: checkpoint {str(folder)!r} does not hold the student's {len(experts)} expert(s) "
+                          f"{list(experts)} that its teacher has: {missing} missing"
+                          + (f" (it holds {stored})" if stored else ""))
+    return found
+
+
 def export(run: str | Path, out: Path, checkpoint: str = "latest", steps: int | None = None,
            overwrite: bool = False) -> Path:
-    """Write the student of a run (its latest checkpoint, or `checkpoint`) as a diffusers Wan folder at `out`."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
+    """Write the student of a run (its latest checkpoint, or `checkpoint`) as a diffusers folder at `out` that the
+    teacher family's stock pipeline samples."""
     from distill.checkpoint import find
 
     try:
@@ -222,11 +156,10 @@ def export(run: str | Path, out: Path, checkpoint: str = "latest", steps: int | 
         sampler["steps"] = steps
     sampler = {"name": "consistency", "steps": int(sampler["steps"]), "guidance": 1.0,
                "shift": float(sampler["shift"])}
-    tcfg, teacher = _teacher(meta, config, folder)
+    tcfg, family, teacher = _teacher(meta, config, folder)
     index = json.loads((teacher / "model_index.json").read_text())
-    if has_two_experts(teacher):
-        raise ConfigError(f"export: teacher {meta['teacher']!r} has two expert DiTs (transformer_2); one student "
-                          f"cannot replace both")
+    experts = family.experts(teacher)
+    weights = _student_layout(folder, lora, family, experts)
 
     out = Path(out).expanduser().absolute()
     if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
@@ -238,21 +171,31 @@ def export(run: str | Path, out: Path, checkpoint: str = "latest", steps: int | 
     tmp.mkdir()
     try:
         for name, entry in index.items():  # the teacher's other components: text encoder, tokenizer, VAE, ...
-            if name in ("transformer", "transformer_2", "scheduler") or not isinstance(entry, list) or entry[0] is None:
+            if name in (*experts, "scheduler") or not isinstance(entry, list) or entry[0] is None:
                 continue
             if not (teacher / name).is_dir():
                 raise ConfigError(f"export: teacher folder {str(teacher)!r} lacks {name}/")
             _copy_tree(teacher / name, tmp / name)
-        if lora:
-            fuse_lora(_lora_base(config, teacher), folder / "lora" / LORA_FILE, tmp / "transformer")
-            (tmp / "lora").mkdir()
-            shutil.copy2(folder / "lora" / LORA_FILE, tmp / "lora" / LORA_FILE)
-            write_wan_lora(tmp / "lora" / LORA_FILE, tmp / "lora" / WAN_LORA_FILE)
-        else:
-            _copy_tree(folder / "student", tmp / "transformer")
-        FlowMatchEulerDiscreteScheduler(shift=sampler["shift"], stochastic_sampling=True).save_pretrained(
-            tmp / "scheduler")
-        index["scheduler"] = ["diffusers", SCHEDULER_CLASS]
+        for component, path in weights.items():
+            if lora:
+                try:
+                    family.fuse_lora(_lora_base(config, teacher, component), path, tmp / component, component)
+                except FamilyError as err:
+                    raise ConfigError(f"export: {err}") from None
+                dest = tmp / "lora" / path.relative_to(folder / "lora")
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, dest)
+                if family.native_lora_file:
+                    family.write_native_lora(path, tmp / "lora" / family.native_lora_name(component, len(experts)))
+            else:
+                _copy_tree(path, tmp / component)
+        try:
+            scheduler = family.few_step_scheduler(sampler["shift"], teacher, sampler["steps"])
+        except FamilyError as err:
+            raise ConfigError(f"export: {err}") from None
+        scheduler.save_pretrained(tmp / "scheduler")
+        index["scheduler"] = ["diffusers", type(scheduler).__name__]
+        index.update(family.pipeline_config(teacher))
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         defaults = {"sampler": sampler, "video": tcfg.video.model_dump(), "negative_prompt": tcfg.negative_prompt,
                     "max_sequence_length": tcfg.max_sequence_length}
@@ -260,9 +203,11 @@ def export(run: str | Path, out: Path, checkpoint: str = "latest", steps: int | 
         provenance = {"schema": "distill.export/1", "checkpoint": str(folder.resolve()), "step": meta.get("step"),
                       "teacher": meta["teacher"], "teacher_revision": tcfg.revision, "recipe": meta.get("recipe"),
                       "student": "lora" if lora else "full", "code_version": meta.get("code_version"),
-                      "fingerprint": meta.get("fingerprint"), "sampler": sampler}
+                      "fingerprint": meta.get("fingerprint"), "sampler": sampler, "family": family.name,
+                      "experts": list(experts)}
         (tmp / "distill_export.json").write_text(json.dumps(provenance, indent=1) + "\n")
-        (tmp / "README.md").write_text(_readme(out.name, sampler, tcfg, lora, meta, folder))
+        (tmp / "README.md").write_text(_readme(out.name, sampler, tcfg, family, index["_class_name"], lora, experts,
+                                               meta, folder))
         if out.exists():
             old = out.parent / f".old-{out.name}-{os.getpid()}"
             os.replace(out, old)

@@ -9,23 +9,18 @@ is updated shard by shard, on each rank's own partition.
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import json
 from pathlib import Path
 
 import deepspeed
 import torch
 from deepspeed.runtime.zero.partition_parameters import GatheredParameters
-from diffusers import WanTransformer3DModel
 
 from distill.core.config import ConfigError
-from distill.train_config import TrainConfig, deepspeed_path
 from distill.core.dist import rank_world
-from distill.teachers.resolve import has_two_experts, transformer_folder
-
-# Transformer config keys a student must share with its teacher to be trained against it.
-_SHAPE_KEYS = ("in_channels", "out_channels", "patch_size", "text_dim", "freq_dim")
+from distill.core.logs import quiet_diffusers
+from distill.teachers.base import Family, FamilyError
+from distill.train_config import TrainConfig, deepspeed_path
 
 
 # --- DeepSpeed configs ------------------------------------------------------------------------------------------
@@ -115,84 +110,86 @@ def partition_frozen(module: torch.nn.Module, ds: dict):
 
 
 # --- the student ------------------------------------------------------------------------------------------------
-def check_student_source(cfg: TrainConfig, teacher_folder: Path, inits: list[tuple[str, str]] = ()) -> None:
-    """Refuse, before any weights load, a teacher no single student can be made from, or a student init (or another
-    network's init, `inits`: (config key, init) pairs) whose shape differs from the teacher's."""
-    if has_two_experts(teacher_folder):
-        raise ConfigError(f"teacher {cfg.teacher!r} has two expert DiTs (Wan 2.2 A14B: transformer and "
-                          f"transformer_2); distilling both experts into one student is not supported yet")
-    inits = [("student.init", cfg.student.init), *inits]
-    ours = json.loads((teacher_folder / "transformer" / "config.json").read_text())
-    for key, init in inits:
+def check_student_source(cfg: TrainConfig, family: Family, teacher_folder: Path,
+                         inits: list[tuple[str, str]] = ()) -> None:
+    """Refuse, before any weights load, a student init (or another network's init, `inits`: (config key, init)
+    pairs) that its family says cannot be trained against the teacher (another shape or expert layout), and a
+    choice of experts to train that the teacher does not have."""
+    experts = family.experts(teacher_folder)
+    wanted = cfg.student.experts
+    if wanted is not None:
+        unknown = [e for e in wanted if e not in experts]
+        if unknown or not wanted:
+            raise ConfigError(f"student.experts: {wanted} is not a non-empty subset of teacher {cfg.teacher!r}'s "
+                              f"experts {list(experts)}")
+    for key, init in [("student.init", cfg.student.init), *inits]:
         if init == "teacher":
             continue
-        folder = Path(init)
-        if not folder.exists():
-            raise ConfigError(f"{key}: {init!r} does not exist (give 'teacher', a diffusers transformer folder or a "
-                              f"Wan folder such as a `distill export`)")
-        dit = transformer_folder(folder)
-        if dit is None:
-            raise ConfigError(f"{key}: {init!r} is neither a diffusers transformer folder nor a Wan folder "
-                              f"(no config.json or transformer/config.json)")
-        theirs = json.loads((dit / "config.json").read_text())
-        diff = {k: (theirs.get(k), ours.get(k)) for k in _SHAPE_KEYS if theirs.get(k) != ours.get(k)}
-        if diff:
-            raise ConfigError(f"{key}: {init!r} cannot be trained against teacher {cfg.teacher!r}: "
-                              + ", ".join(f"{k} is {a!r}, the teacher's is {b!r}" for k, (a, b) in diff.items()))
+        try:
+            family.check_init(init, teacher_folder, key, cfg.teacher)
+        except FamilyError as err:
+            raise ConfigError(str(err)) from None
 
 
-def build_student(cfg: TrainConfig, teacher_dit: torch.nn.Module) -> torch.nn.Module:
-    """The trainable student in fp32: a copy of the teacher's DiT (or another init), optionally with LoRA."""
-    if cfg.student.init == "teacher":
-        student = copy.deepcopy(teacher_dit)
-    else:
-        student = WanTransformer3DModel.from_pretrained(transformer_folder(cfg.student.init))
+def _add_lora(family: Family, net: torch.nn.Module, lora: dict, what: str) -> None:
+    """LoRA on every DiT of a velocity network (each of its experts), only the adapter trainable."""
+    from peft import LoraConfig
+
+    net.requires_grad_(False)
+    targets = list(lora.get("target_modules") or family.lora_targets)
+    try:
+        family.add_lora(net, LoraConfig(r=lora["rank"], lora_alpha=lora["alpha"], lora_dropout=lora.get("dropout", 0.0),
+                                        target_modules=targets, init_lora_weights=True))
+    except ValueError as err:
+        raise ConfigError(f"{what}.target_modules {targets}: {err}") from None
+    for name, p in net.named_parameters():
+        p.requires_grad_("lora_" in name)
+
+
+def lora_settings(cfg: TrainConfig, family: Family) -> dict | None:
+    """The student's LoRA as its files record it (rank, alpha, dropout, targets: the family's by default)."""
+    lora = cfg.student.lora
+    if lora is None:
+        return None
+    return {"r": lora.rank, "lora_alpha": lora.alpha, "lora_dropout": lora.dropout,
+            "target_modules": list(lora.target_modules or family.lora_targets)}
+
+
+def build_student(cfg: TrainConfig, teacher) -> torch.nn.Module:
+    """The trainable student in fp32: a copy of the teacher's velocity network (its experts, where it has two) or
+    another init, full or LoRA; with `student.experts`, only the experts named train."""
+    family = teacher.family
+    student = family.student_dit(teacher, cfg.student.init)
     # Master weights in fp32 whatever the teacher's dtype (DeepSpeed's bf16 mode keeps its own copy for compute).
     # diffusers warns on .to() for modules it prefers in fp32; they are fp32 here, so the warning is moot.
     with quiet_diffusers():
         student = student.to(torch.float32).train()
     if cfg.student.gradient_checkpointing:
-        student.enable_gradient_checkpointing()
-    if cfg.student.lora is None:
-        student.requires_grad_(True)
-        return student
-    from peft import LoraConfig
-
+        family.enable_gradient_checkpointing(student)
     lora = cfg.student.lora
-    student.requires_grad_(False)
-    try:
-        student.add_adapter(LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                       target_modules=list(lora.target_modules), init_lora_weights=True))
-    except ValueError as err:
-        raise ConfigError(f"student.lora.target_modules {lora.target_modules}: {err}") from None
-    for name, p in student.named_parameters():
-        p.requires_grad_("lora_" in name)
+    if lora is None:
+        student.requires_grad_(True)
+    else:
+        _add_lora(family, student, {"rank": lora.rank, "alpha": lora.alpha, "dropout": lora.dropout,
+                                    "target_modules": lora.target_modules}, "student.lora")
+    if cfg.student.experts is not None:
+        for component, expert in family.experts_of(student):
+            if component not in cfg.student.experts:
+                expert.requires_grad_(False)
     return student
 
 
-@contextlib.contextmanager
-def quiet_diffusers():
-    """diffusers' own messages at error level only, restored afterwards."""
-    from diffusers.utils import logging as dlogging
-
-    level = dlogging.get_verbosity()
-    dlogging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        dlogging.set_verbosity(level)
-
-
-def build_backbone(init: str, teacher_dit: torch.nn.Module, gradient_checkpointing: bool = False) -> torch.nn.Module:
-    """A trainable fp32 copy of the teacher's DiT (or of another same-shaped one) for a discriminator backbone."""
-    if init == "teacher":
-        backbone = copy.deepcopy(teacher_dit)
-    else:
-        backbone = WanTransformer3DModel.from_pretrained(transformer_folder(init))
+def build_backbone(family: Family, init: str, teacher, gradient_checkpointing: bool = False,
+                   lora: dict | None = None) -> torch.nn.Module:
+    """A trainable fp32 copy of the teacher's velocity network (or of another same-shaped one) for a recipe's
+    network (a discriminator backbone, a critic), optionally with LoRA."""
+    backbone = family.student_dit(teacher, init)
     with quiet_diffusers():
         backbone = backbone.to(torch.float32).train().requires_grad_(True)
     if gradient_checkpointing:
-        backbone.enable_gradient_checkpointing()
+        family.enable_gradient_checkpointing(backbone)
+    if lora is not None:
+        _add_lora(family, backbone, {"rank": 16, "alpha": 16.0, **lora}, "recipe network lora")
     return backbone
 
 
@@ -251,13 +248,3 @@ def load_full_state_dict(module: torch.nn.Module, state: dict[str, torch.Tensor]
         with GatheredParameters([p], modifier_rank=0, enabled=hasattr(p, "ds_id")):
             with torch.no_grad():
                 p.data.copy_(value.to(p.dtype))
-
-
-def save_lora(folder: Path, weights: dict[str, torch.Tensor], lora) -> None:
-    """Adapter weights (peft names) as a diffusers LoRA file that `WanPipeline.load_lora_weights` accepts."""
-    from diffusers import WanPipeline
-
-    layers = {name.replace(".default", ""): w for name, w in weights.items()}
-    metadata = {"r": lora.rank, "lora_alpha": lora.alpha, "lora_dropout": lora.dropout,
-                "target_modules": list(lora.target_modules)}
-    WanPipeline.save_lora_weights(folder, transformer_lora_layers=layers, transformer_lora_adapter_metadata=metadata)

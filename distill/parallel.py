@@ -12,15 +12,12 @@ distill.teachers.parallel for why no loss scaling is needed).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-
 from distill.core.config import ConfigError
-from distill.teachers.parallel import Layout, check_sequence_split
+from distill.teachers.base import Family
+from distill.teachers.parallel import Layout
 from distill.teachers.parallel import make_layout as _make_layout
-from distill.teachers.resolve import transformer_folder
-from distill.teachers.wan import video_factors
 
 
 def make_layout(sequence: int) -> Layout:
@@ -31,7 +28,8 @@ def make_layout(sequence: int) -> Layout:
         raise ConfigError(str(err)) from None
 
 
-def check_sequence_parallel(cfg, teacher_folder: Path, video, world: int, inits: list[tuple[str, str]] = ()) -> None:
+def check_sequence_parallel(cfg, family: Family, teacher_folder: Path, video, world: int,
+                            inits: list[tuple[str, str]] = ()) -> None:
     """Refuse, before any weights load, a sequence degree the job or the networks cannot take: N must divide the
     world size, every DiT's head count (the student's and other networks' inits: (config key, init) pairs), and
     the clip's token count."""
@@ -42,16 +40,9 @@ def check_sequence_parallel(cfg, teacher_folder: Path, video, world: int, inits:
         options = [d for d in range(1, world + 1) if world % d == 0]
         raise ConfigError(f"parallel.sequence={n} does not divide the job's {world} ranks (WORLD_SIZE); "
                           f"use one of {options} or launch a multiple of {n} ranks")
-    temporal, spatial, patch = video_factors(teacher_folder)
-    latent = ((video.frames - 1) // temporal + 1, video.height // spatial, video.width // spatial)
-    tokens = (latent[0] // patch[0]) * (latent[1] // patch[1]) * (latent[2] // patch[2])
-    dits = {"teacher": teacher_folder / "transformer"}
-    for key, init in [("student.init", cfg.student.init), *inits]:
-        if init != "teacher":
-            dits[f"{key} {init!r}"] = transformer_folder(init)
-    for name, folder in dits.items():
-        heads = json.loads((Path(folder) / "config.json").read_text())["num_attention_heads"]
-        try:
-            check_sequence_split(heads, tokens, n, f"{name}, clip {video.frames}x{video.height}x{video.width}")
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
+    try:
+        family.check_sequence_split(teacher_folder, video.frames, video.height, video.width, n,
+                                    f"clip {video.frames}x{video.height}x{video.width}",
+                                    [("student.init", cfg.student.init), *inits])
+    except ValueError as err:
+        raise ConfigError(str(err)) from None

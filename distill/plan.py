@@ -25,7 +25,7 @@ Every figure comes from the run's own config and from how this project and DeepS
                     this rank's partitions one weight at a time, so on a GPU the build peak is the teacher as loaded;
                     on CPU, where the host is the device, it is the teacher and the largest network whole beside the
                     weights placed so far (gradients and Adam's moments appear at the first step). Checked on 2 CPU
-                    ranks at Wan 1.3B's width (scripts/measure_memory.py, docs/memory.md)
+                    ranks at the 1.3B teacher's width (scripts/measure_memory.py, docs/memory.md)
   fixed overheads   on GPU an allowance for the CUDA context, cuBLAS/NCCL workspaces and allocator fragmentation
                     (assumptions, named as such); on CPU the caller passes the process's own baseline
 
@@ -44,9 +44,9 @@ from pathlib import Path
 import torch
 
 from distill.core.config import CONFIG_DIR, ConfigError
-from distill.networks import quiet_diffusers
 from distill.recipes import make_recipe
 from distill.students.base import DitShape, RecipePlan
+from distill.teachers import registry
 from distill.teachers.config import load_teacher_config
 from distill.train_config import TrainConfig, deepspeed_path
 
@@ -62,16 +62,27 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 # --- the networks' shapes -------------------------------------------------------------------------------------------
-def transformer_config(cfg: TrainConfig) -> tuple[dict, tuple[int, int]]:
-    """The teacher DiT's config.json and the VAE's (temporal, spatial) factors: from the teacher's folder when it is
-    here (a local folder, builtin:NAME, or the Hugging Face cache), else from configs/transformers/<hub id>.json (a
-    copy of the published transformer/config.json) for a hub teacher that is not downloaded."""
+@dataclass(frozen=True)
+class TeacherShape:
+    """What the planner reads of a teacher, without weights: its family, one expert's DiT config, the VAE's
+    (temporal, spatial) compression, and how many experts share that shape."""
+
+    family: str
+    dit: dict
+    factors: tuple[int, int]
+    experts: int = 1
+
+
+def teacher_shape(cfg: TrainConfig) -> TeacherShape:
+    """From the teacher's folder when it is here (a local folder, builtin:NAME, or the Hugging Face cache), else
+    from configs/transformers/<hub id>.json (a copy of the published configs: `family`, `transformer`, `vae`,
+    `experts`) for a hub teacher that is not downloaded."""
     from distill.teachers.resolve import TeacherNotFound, resolve
 
     tcfg = load_teacher_config(cfg.teacher)
     try:
         if tcfg.source.startswith("builtin:") or Path(tcfg.source).expanduser().exists():
-            folder = resolve(tcfg.source, tcfg.revision)
+            folder = resolve(tcfg.source, tcfg.revision, tcfg.family)
         else:  # a hub id: the local cache only (a plan never downloads)
             from huggingface_hub import snapshot_download
 
@@ -84,20 +95,13 @@ def transformer_config(cfg: TrainConfig) -> tuple[dict, tuple[int, int]]:
                               f"planner needs the DiT's transformer/config.json (download the teacher, or copy the "
                               f"config there)") from None
         data = json.loads(shipped.read_text())
-        return data["transformer"], (data["vae"]["scale_factor_temporal"], data["vae"]["scale_factor_spatial"])
-    vae = json.loads((folder / "vae" / "config.json").read_text())
-    dit = json.loads((folder / "transformer" / "config.json").read_text())
-    return dit, (vae.get("scale_factor_temporal") or 4, vae.get("scale_factor_spatial") or 8)
-
-
-def _meta_dit(config: dict, layers: int | None = None, dtype: torch.dtype = torch.float32):
-    from diffusers import WanTransformer3DModel
-
-    keys = {k: v for k, v in config.items() if not k.startswith("_")}
-    if layers is not None:
-        keys["num_layers"] = layers
-    with torch.device("meta"), quiet_diffusers():
-        return WanTransformer3DModel.from_config(keys).to(dtype)
+        family = registry.family(tcfg.family or data["family"])
+        return TeacherShape(family.name, data["transformer"],
+                            (data["vae"]["scale_factor_temporal"], data["vae"]["scale_factor_spatial"]),
+                            int(data.get("experts", 1)))
+    family = registry.family(tcfg.family) if tcfg.family else registry.family_of(folder)
+    f = family.video_factors(folder)
+    return TeacherShape(family.name, family.dit_config(folder), (f.temporal, f.spatial), len(family.experts(folder)))
 
 
 def lora_params(model: torch.nn.Module, rank: int, targets: list[str]) -> int:
@@ -113,6 +117,7 @@ def lora_params(model: torch.nn.Module, rank: int, targets: list[str]) -> int:
 class Shapes:
     """What the planner needs to know about the networks, all counted from the DiT's config."""
 
+    teacher: TeacherShape
     dit: dict  # the teacher's transformer config.json
     params: int  # the DiT's parameters
     block_params: int  # one transformer block's
@@ -124,41 +129,45 @@ class Shapes:
     latent: tuple[int, int, int, int]  # [C, F, H, W] of one clip
     tokens: int  # video tokens of one clip
     text_tokens: int
+    heads: int  # one DiT's attention heads, depth (blocks), token width and largest weight
+    depth: int
+    width: int
+    largest_weight: int
 
 
-def shapes(cfg: TrainConfig, dit: dict | None = None, factors: tuple[int, int] | None = None,
-           lora_rank: int | None = -1) -> Shapes:
-    """`lora_rank` -1: the config's LoRA (or none); None: no LoRA; N: LoRA rank N on the config's targets."""
-    if dit is None:
-        dit, factors = transformer_config(cfg)
+def shapes(cfg: TrainConfig, teacher: TeacherShape | None = None, lora_rank: int | None = -1) -> Shapes:
+    """`lora_rank` -1: the config's LoRA (or none); None: no LoRA; N: LoRA rank N on the config's targets. Every
+    network copied from the teacher's velocity network counts all its experts."""
+    teacher = teacher or teacher_shape(cfg)
+    family, dit, experts = registry.family(teacher.family), teacher.dit, teacher.experts
     tcfg = load_teacher_config(cfg.teacher)
-    model = _meta_dit(dit)
-    params = sum(p.numel() for p in model.parameters())
-    block = sum(p.numel() for p in model.blocks[0].parameters())
+    model = family.meta_dit(dit)
+    params = experts * sum(p.numel() for p in model.parameters())
+    layers = family.dit_blocks(model)
+    block = sum(p.numel() for p in layers[0].parameters())
     threshold = DS_DEFAULTS["stage3_param_persistence_threshold"]
-    small = sum(p.numel() for p in model.parameters() if p.numel() < threshold)
+    small = experts * sum(p.numel() for p in model.parameters() if p.numel() < threshold)
     lora_cfg = cfg.student.lora
     if lora_rank == -1:
         lora_rank = lora_cfg.rank if lora_cfg is not None else None
-    targets = list(lora_cfg.target_modules) if lora_cfg is not None else None
-    if lora_rank is not None and targets is None:
-        from distill.students.common import WAN_LORA_TARGETS
-        targets = list(WAN_LORA_TARGETS)
-    lora = lora_params(model, lora_rank, targets) if lora_rank is not None else 0
-    recipe = make_recipe(cfg, tcfg, dit)
-    output = sum(p.numel() for m in (model.proj_out, model.norm_out) for p in m.parameters())
-    heads = model.config.num_attention_heads
-    recipe_plan = recipe.plan(DitShape(params=params, block_params=block, depth=len(model.blocks),
-                                       dim=heads * model.config.attention_head_dim, heads=heads,
-                                       frozen_output_params=output + model.scale_shift_table.numel()))
+    targets = list((lora_cfg.target_modules if lora_cfg is not None else None) or family.lora_targets)
+    lora = experts * lora_params(model, lora_rank, targets) if lora_rank is not None else 0
+    recipe = make_recipe(cfg, tcfg, family, dit, experts)
+    output = sum(p.numel() if isinstance(p, torch.nn.Parameter) else sum(q.numel() for q in p.parameters())
+                 for p in family.dit_output(model))
+    recipe_plan = recipe.plan(DitShape(params=params, block_params=block, depth=len(layers), dim=family.width(dit),
+                                       heads=family.attention_heads(dit), frozen_output_params=experts * output,
+                                       lora_per_rank=experts * lora_params(model, 1, list(family.lora_targets))))
     v = tcfg.video
-    temporal, spatial = factors
-    latent = (dit.get("in_channels", 16), (v.frames - 1) // temporal + 1, v.height // spatial, v.width // spatial)
-    pt, ph, pw = dit.get("patch_size", (1, 2, 2))
+    temporal, spatial = teacher.factors
+    latent = (family.latent_channels(dit), (v.frames - 1) // temporal + 1, v.height // spatial, v.width // spatial)
+    pt, ph, pw = family.patch(dit)
     tokens = (latent[1] // pt) * (latent[2] // ph) * (latent[3] // pw)
-    return Shapes(dit=dit, params=params, block_params=block, small_params=small, lora=lora, recipe=recipe_plan,
-                  reads=tuple(recipe.reads), factors=tuple(factors), latent=latent, tokens=tokens,
-                  text_tokens=tcfg.max_sequence_length)
+    return Shapes(teacher=teacher, dit=dit, params=params, block_params=block, small_params=small, lora=lora,
+                  recipe=recipe_plan, reads=tuple(recipe.reads), factors=tuple(teacher.factors), latent=latent,
+                  tokens=tokens, text_tokens=tcfg.max_sequence_length, heads=family.attention_heads(dit),
+                  depth=len(layers), width=family.width(dit),
+                  largest_weight=max(p.numel() for p in model.parameters()))
 
 
 # --- activations: one forward (and backward) traced on the meta device ------------------------------------------
@@ -210,23 +219,23 @@ class _LiveBytes:
 
 
 @functools.lru_cache(maxsize=64)
-def _trace(dit_json: str, layers: int, batch: int, latent: tuple, text_tokens: int, dtype: str, checkpointing: bool,
-           grad: bool) -> int:
+def _trace(family_name: str, dit_json: str, layers: int, batch: int, latent: tuple, text_tokens: int, dtype: str,
+           checkpointing: bool, grad: bool) -> int:
+    family = registry.family(family_name)
     dit = json.loads(dit_json)
     torch_dtype = getattr(torch, dtype)
-    model = _meta_dit(dit, layers, torch_dtype)
+    model = family.meta_dit(dit, layers, torch_dtype)
     if checkpointing:
         model.enable_gradient_checkpointing()
     model.train(grad)
     x = torch.empty(batch, *latent, device="meta", dtype=torch_dtype, requires_grad=grad)
-    text = torch.empty(batch, text_tokens, dit.get("text_dim", 4096), device="meta", dtype=torch_dtype)
-    t = torch.empty(batch, device="meta")
+    inputs = family.dit_inputs(dit, x, text_tokens)
     live = _LiveBytes()
     sdpa = torch.nn.functional.scaled_dot_product_attention
     torch.nn.functional.scaled_dot_product_attention = _flash_sdpa
     try:
         with torch.set_grad_enabled(grad), live.mode:
-            out = model(hidden_states=x, timestep=t, encoder_hidden_states=text, return_dict=False)[0]
+            out = model(**inputs, return_dict=False)[0]
             if grad:  # weight gradients go to DeepSpeed's buckets (counted there); the input's drive the backward
                 torch.autograd.grad(out.float().pow(2).mean(), x)
     finally:
@@ -234,15 +243,16 @@ def _trace(dit_json: str, layers: int, batch: int, latent: tuple, text_tokens: i
     return live.peak
 
 
-def activation_bytes(dit: dict, layers: int, batch: int, latent: tuple, text_tokens: int, dtype: str,
+def activation_bytes(family: str, dit: dict, layers: int, batch: int, latent: tuple, text_tokens: int, dtype: str,
                      checkpointing: bool, grad: bool) -> int:
     """Peak activation bytes of one DiT pass: traced at depth 1 and 2, extrapolated linearly (each block adds the
-    same saved tensors, or with checkpointing the same saved input)."""
+    same saved tensors, or with checkpointing the same saved input). With two experts a pass runs each sample
+    through one of them, so one DiT's activations for the whole batch are what a pass keeps."""
     key = json.dumps(dit, sort_keys=True)
-    one = _trace(key, 1, batch, tuple(latent), text_tokens, dtype, checkpointing, grad)
+    one = _trace(family, key, 1, batch, tuple(latent), text_tokens, dtype, checkpointing, grad)
     if layers == 1:
         return one
-    two = _trace(key, 2, batch, tuple(latent), text_tokens, dtype, checkpointing, grad)
+    two = _trace(family, key, 2, batch, tuple(latent), text_tokens, dtype, checkpointing, grad)
     return one + (layers - 1) * max(0, two - one)
 
 
@@ -357,7 +367,7 @@ def estimate(cfg: TrainConfig, shp: Shapes, s: Settings, gpus: int, capacity: in
     if gpus < 1:
         raise ConfigError(f"--gpus {gpus}: need at least 1")
     sp = s.sequence_parallel
-    heads = shp.dit.get("num_attention_heads", 1)
+    heads = shp.heads
     if gpus % sp:
         raise ConfigError(f"parallel.sequence={sp} does not divide the {gpus} GPUs")
     if heads % sp:
@@ -422,11 +432,12 @@ def estimate(cfg: TrainConfig, shp: Shapes, s: Settings, gpus: int, capacity: in
     # activations: the largest phase
     latent, L = shp.latent, shp.tokens
     adt = "bfloat16" if s.bf16 else "float32"
-    layers = shp.dit.get("num_layers", 1)
+    layers = shp.depth
     b = s.batch
 
     def act(batch, dtype, grad, depth=layers, ckpt=s.checkpointing):
-        return activation_bytes(shp.dit, depth, batch, latent, shp.text_tokens, dtype, ckpt and grad, grad) // sp
+        return activation_bytes(shp.teacher.family, shp.dit, depth, batch, latent, shp.text_tokens, dtype,
+                                ckpt and grad, grad) // sp
 
     def dtype_of(network: str) -> str:
         return {"teacher": s.teacher_dtype, "ema": "float32"}.get(network, adt)
@@ -440,11 +451,10 @@ def estimate(cfg: TrainConfig, shp: Shapes, s: Settings, gpus: int, capacity: in
     items.append(Item("activations", peak, f"{phase}; {b} x {L} tokens{f' / {sp} (sequence parallel)' if sp > 1 else ''}"
                       f", checkpointing {'on' if s.checkpointing else 'off'}", "activation"))
     if sp > 1:  # Ulysses re-shards q, k, v and the output through all-to-all buffers of the same size
-        dim = heads * shp.dit.get("attention_head_dim", 1)
-        items.append(Item("Ulysses all-to-all buffers", 4 * b * L * dim * w // sp, "q, k, v, output", "buffer"))
+        items.append(Item("Ulysses all-to-all buffers", 4 * b * L * shp.width * w // sp, "q, k, v, output",
+                          "buffer"))
     # build peak (distill.build)
-    dim = heads * shp.dit.get("attention_head_dim", 1)
-    largest_weight = dim * max(shp.dit.get("ffn_dim", 4 * dim), shp.dit.get("text_dim", dim))
+    largest_weight = shp.largest_weight
     if s.stage == 3:  # networks built on the host and placed as partitions one weight at a time
         build = [Item("teacher DiT, as loaded", tb * shp.params),
                  Item("one weight whole while it is partitioned", 4 * largest_weight)]
@@ -502,8 +512,7 @@ def _alternatives(cfg: TrainConfig, s: Settings, gpus: int, heads: int) -> list[
 
 def suggestions(cfg: TrainConfig, shp: Shapes, s: Settings, gpus: int, capacity: int, device: str,
                 overhead: int | None) -> list[str]:
-    heads = shp.dit.get("num_attention_heads", 1)
-    alt = _alternatives(cfg, s, gpus, heads)
+    alt = _alternatives(cfg, s, gpus, shp.heads)
     found, train_only = [], []
     candidates = [[a] for a in alt] + [[a, b] for i, a in enumerate(alt) for b in alt[i + 1:]]
     for combo in candidates:
@@ -513,7 +522,7 @@ def suggestions(cfg: TrainConfig, shp: Shapes, s: Settings, gpus: int, capacity:
         changes = {}
         for _, c in combo:
             changes.update(c)
-        trial_shp = shp if "lora_rank" not in changes else shapes(cfg, shp.dit, shp.factors, changes["lora_rank"])
+        trial_shp = shp if "lora_rank" not in changes else shapes(cfg, shp.teacher, changes["lora_rank"])
         trial = estimate(cfg, trial_shp, replace(s, **changes), gpus, capacity, device, overhead)
         if trial.fits:
             found.append((names, trial))

@@ -4,7 +4,6 @@ DeepSpeed JSON, and (on GPU) whether the run fits in memory."""
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +14,9 @@ from distill.core.config import ConfigError
 from distill.networks import check_student_source, deepspeed_config
 from distill.parallel import check_sequence_parallel
 from distill.recipes import make_recipe
-from distill.teachers.config import TeacherConfig, load_teacher_config
-from distill.teachers.resolve import TeacherNotFound, resolve
-from distill.teachers.wan import check_video_size, video_factors
+from distill.teachers.base import Family
+from distill.teachers.config import TeacherConfig, load_teacher_config, open_config
+from distill.teachers.resolve import TeacherNotFound
 from distill.train_config import TrainConfig
 
 
@@ -25,6 +24,7 @@ from distill.train_config import TrainConfig
 class Checked:
     tcfg: TeacherConfig
     folder: Path  # the teacher's resolved folder
+    family: Family  # the teacher's family (distill.teachers.base)
     ds: dict  # the DeepSpeed config, "auto" values filled
     recipe: object  # the recipe instance (students.base.Recipe)
 
@@ -33,21 +33,21 @@ def preflight(cfg: TrainConfig) -> Checked:
     overrides = [f"dtype={cfg.teacher_dtype}"] if cfg.teacher_dtype else []
     tcfg = load_teacher_config(cfg.teacher, overrides)
     try:
-        folder = resolve(tcfg.source, tcfg.revision)
+        family, folder = open_config(tcfg)
     except TeacherNotFound as err:
         raise ConfigError(f"teacher {cfg.teacher!r}: {err}") from None
-    recipe = make_recipe(cfg, tcfg, json.loads((folder / "transformer" / "config.json").read_text()))
+    recipe = make_recipe(cfg, tcfg, family, family.dit_config(folder), len(family.experts(folder)))
     inits = [(spec.init_key or f"recipe network {spec.name!r}", spec.init) for spec in recipe.networks()]
-    check_student_source(cfg, folder, inits)
+    check_student_source(cfg, family, folder, inits)
     if cfg.data.source != "toyworld" and not Path(cfg.data.source).exists():
         raise ConfigError(f"data.source: {cfg.data.source!r} does not exist (give 'toyworld', a .txt, .jsonl or "
                           f".parquet file of prompts, or a saved datasets folder)")
     v = tcfg.video
     try:
-        check_video_size(v.frames, v.height, v.width, *video_factors(folder))
+        family.check_video_size(v.frames, v.height, v.width, family.video_factors(folder))
     except ValueError as err:
         raise ConfigError(f"teacher {cfg.teacher!r} video settings: {err}") from None
-    check_sequence_parallel(cfg, folder, v, int(os.environ.get("WORLD_SIZE", "1")), inits)
+    check_sequence_parallel(cfg, family, folder, v, int(os.environ.get("WORLD_SIZE", "1")), inits)
     ds = deepspeed_config(cfg)
     if "optimizer" in ds and any(spec.optim for spec in recipe.networks()):
         raise ConfigError(f"{cfg.deepspeed}: an 'optimizer' section sets one optimizer for every network, but recipe "
@@ -61,4 +61,4 @@ def preflight(cfg: TrainConfig) -> Checked:
         if not predicted.fits:
             raise ConfigError(f"memory: {refusal(predicted)} (details: `distill plan CONFIG --gpus N --gpu-memory "
                               f"GiB`)")
-    return Checked(tcfg, folder, ds, recipe)
+    return Checked(tcfg, folder, family, ds, recipe)

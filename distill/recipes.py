@@ -11,17 +11,17 @@ from distill.students import registry
 from distill.students.base import Context
 
 
-def recipe_context(tcfg, dit: dict) -> Context:
-    """`tcfg`: the teacher config; `dit`: its transformer's config.json."""
+def recipe_context(tcfg, family, dit: dict, experts: int = 1) -> Context:
+    """`tcfg`: the teacher config; `family`: its family; `dit`: one expert's transformer config.json; `experts`:
+    how many expert DiTs the teacher has."""
     s = tcfg.sampler
-    heads = int(dit["num_attention_heads"])
     return Context(teacher_shift=s.shift, teacher_guidance=s.guidance, teacher_steps=s.steps,
-                   depth=int(dit.get("num_layers", 1)), dim=heads * int(dit["attention_head_dim"]), heads=heads)
+                   depth=family.depth(dit), dim=family.width(dit), heads=family.attention_heads(dit), experts=experts)
 
 
-def make_recipe(cfg, tcfg, dit: dict):
+def make_recipe(cfg, tcfg, family, dit: dict, experts: int = 1):
     """The recipe named by `cfg.recipe.name`, built from its own config section."""
     try:
-        return registry.get(cfg.recipe.name)(cfg.recipe, recipe_context(tcfg, dit))
+        return registry.get(cfg.recipe.name)(cfg.recipe, recipe_context(tcfg, family, dit, experts))
     except ValueError as err:  # a value that only the teacher's settings show to be wrong
         raise ConfigError(f"recipe: {err}") from None

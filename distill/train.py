@@ -38,7 +38,7 @@ from distill.parallel import make_layout
 from distill.preflight import preflight
 from distill.students.base import MonitorContext
 from distill.teachers.samplers import sample
-from distill.teachers.wan import WanTeacher
+from distill.teachers.config import load_teacher
 from distill.train_config import TrainConfig
 
 
@@ -95,8 +95,7 @@ class Run:
         torch.manual_seed(cfg.train.seed * 1000 + replica)
         self.generator = torch.Generator().manual_seed(cfg.train.seed * 1000 + replica + 1)
         t = self.tcfg
-        self.teacher = WanTeacher.from_pretrained(t.source, dtype=t.dtype, device=str(self.device),
-                                                  revision=t.revision, max_sequence_length=t.max_sequence_length)
+        self.teacher = load_teacher(t, str(self.device))
         cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else self.out / "cache"
         shard = None  # real clips: each rank encodes its own share
         if cfg.data.latents == "teacher":  # the teacher's x0 samples: one clip per group, spread over its ranks
@@ -106,7 +105,7 @@ class Run:
         self.validation_prompts = cfg.train.validation_prompts or sorted(set(self.data.prompts))[:4]
         if cfg.data.cache_text:
             self.data.cache_text(self.validation_prompts)
-            self.teacher.pipe.text_encoder = None  # no longer needed: every prompt is embedded
+            self.teacher.drop_text_encoder()  # no longer needed: every prompt is embedded
         negative = self.data.embed([t.negative_prompt]).to(self.device)
 
         self.networks = RunNetworks(cfg, self.recipe, self.teacher, self.ds, self.layout, self.device, negative,

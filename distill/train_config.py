@@ -16,7 +16,6 @@ from pydantic import Field, field_validator, model_validator
 
 from distill.core.config import CONFIG_DIR, REPO_ROOT, ConfigError, Strict, load_yaml, validate
 from distill.students import registry as recipe_registry
-from distill.students.common import WAN_LORA_TARGETS  # Wan's attention and feed-forward layers
 
 
 # The recipe section: each recipe's own config class (students/<recipe>.py), told apart by `recipe.name`.
@@ -27,12 +26,15 @@ class LoraConfig(Strict):
     rank: int = Field(16, ge=1)
     alpha: float = Field(16.0, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] = Field(default_factory=lambda: list(WAN_LORA_TARGETS))
+    target_modules: list[str] | None = None  # None: the teacher family's (its attention and feed-forward layers)
 
 
 class StudentConfig(Strict):
-    init: str = "teacher"  # "teacher" (a copy of its DiT), or a diffusers transformer / Wan folder of the same shape
+    init: str = "teacher"  # "teacher" (a copy of its DiT), or a transformer / pipeline folder of the same shape
     lora: LoraConfig | None = None
+    # A teacher with experts (a two-expert family's transformer, transformer_2): the ones that train in this run, each on
+    # its side of the boundary; the others keep the teacher's weights. None: all of them (one run for both).
+    experts: list[str] | None = None
     gradient_checkpointing: bool = False
     ema_decay: float | None = Field(0.95, ge=0, lt=1)  # the student's EMA; None: keep no EMA
     export: Literal["ema", "online"] = "ema"  # which weights a checkpoint's student/ folder (and export) holds

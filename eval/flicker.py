@@ -34,7 +34,7 @@ def vbench_flicker(videos: torch.Tensor) -> torch.Tensor:
     steadier, 1.0 for a static clip. It also drops with genuine motion: VBench applies it to near-static clips."""
     check_videos(videos, min_frames=2, what="flicker")
     scores = []
-    for clip in videos:  # one clip at a time: the int16 differences of a full Wan clip are ~200 MB
+    for clip in videos:  # one clip at a time: the int16 differences of an 81x480x832 clip are ~200 MB
         diff = (clip[1:].to(torch.int16) - clip[:-1].to(torch.int16)).abs()
         mean_abs_diff = diff.sum(dtype=torch.float64) / diff.numel()
         scores.append((255.0 - mean_abs_diff) / 255.0)
@@ -206,7 +206,7 @@ def hf_energy(videos: torch.Tensor, cutoff: float = 0.25, detrend: str = "linear
         one_sided[-1] = 1.0
     high = freqs / 0.5 > cutoff
     scores = []
-    for clip in videos:  # one clip at a time: a float spectrum of a full Wan clip is hundreds of MB
+    for clip in videos:  # one clip at a time: a float spectrum of an 81x480x832 clip is hundreds of MB
         intensity = clip.float().mean(dim=-1) / 255.0  # [T, H, W]
         spectrum = torch.fft.rfft(_detrended(intensity, detrend), dim=0)
         energy = spectrum.abs().pow(2).sum(dim=(1, 2), dtype=torch.float64) * one_sided  # [F]

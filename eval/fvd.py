@@ -76,7 +76,7 @@ def preprocess_for_i3d(videos: torch.Tensor, num_frames: int = I3D_FRAMES, size:
     """uint8 [B, T, H, W, 3] -> float32 [B, 3, num_frames, size, size] in [-1, 1], on the videos' device.
 
     Time: the first `num_frames` CONSECUTIVE frames (FVD16's rule, as StyleGAN-V: a window of the clip at its own
-    frame rate; a uniform resample would change the motion the detector sees, by 5x for an 81-frame Wan clip).
+    frame rate; a uniform resample would change the motion the detector sees, by 5x for an 81-frame clip).
     A clip shorter than `num_frames` is refused, not padded or slowed down.
     Space: each frame is resized straight to size×size, bilinear without antialiasing (as the original TF FVD's
     `resize_bilinear`), so non-square frames are squashed rather than cropped.

@@ -1,7 +1,8 @@
 """The eval harness: sample every model on the same prompts and seeds, score what each student kept and lost
 against the teacher, with intervals, and time it.
 
-`eval` never knows how a student was trained: a model here is a Wan folder (the teacher, or a student's export)
+`eval` never knows how a student was trained: a model here is a pipeline folder of a registered teacher family (the
+teacher, or a student's export)
 plus sampler settings. Prompts and real clips come resolved from the caller.
 """
 
@@ -29,18 +30,18 @@ from distill.eval.diversity import pairwise_diversity
 from distill.eval.schema import SCHEMA
 from distill.eval.suite import ModelSpec, SuiteConfig
 from distill.teachers.parallel import Layout, make_layout
-from distill.teachers.resolve import checkpoint_defaults, resolve
-from distill.teachers.wan import WanTeacher, check_folder_split, check_video_size, video_factors
+from distill.teachers.base import DTYPES, Teacher, pick_device
+from distill.teachers.resolve import checkpoint_defaults, open_teacher
 
 RealClips = Callable[[str, int], np.ndarray]  # (prompt, seed) -> uint8 [T, H, W, 3]
 
 
 @dataclass
 class Candidate:
-    """One model under evaluation: a loaded Wan folder and how it is sampled."""
+    """One model under evaluation: a loaded pipeline folder and how it is sampled."""
 
     spec: ModelSpec
-    teacher: WanTeacher
+    teacher: Teacher
     steps: int
     sampler: str
     guidance: float
@@ -53,9 +54,11 @@ class Candidate:
         return self.steps * (2 if self.guidance > 1 else 1)
 
     def cache_key(self, prompt: str, seed: int, frames: int, height: int, width: int) -> str:
-        text = json.dumps([self.ckpt_hash, self.steps, self.sampler, self.guidance, self.shift, self.negative,
-                           self.teacher.max_sequence_length, str(self.teacher.transformer.dtype), prompt, seed,
-                           frames, height, width])
+        key = [self.ckpt_hash, self.steps, self.sampler, self.guidance, self.shift, self.negative,
+               self.teacher.max_sequence_length, str(self.teacher.dtype), prompt, seed, frames, height, width]
+        if self.teacher.guidance_2 is not None:  # a two-expert teacher's own low-noise guidance
+            key.append(self.teacher.guidance_2)
+        text = json.dumps(key)
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
     def sample(self, prompts: list[str], seeds: list[int], frames: int, height: int, width: int,
@@ -121,7 +124,7 @@ class Harness:
         self.cache_dir = Path(cache_dir) if cache_dir else self.out_dir / "cache"
         self.real_clips = real_clips
         self.progress = progress
-        self._loaded: dict[str, WanTeacher] = {}
+        self._loaded: dict[str, Teacher] = {}
         self._hashes: dict[str, str] = {}
         self.items = [(p, suite.seed + 1000 * i + k) for i, p in enumerate(prompts)
                       for k in range(suite.seeds_per_prompt)]
@@ -143,13 +146,21 @@ class Harness:
         return self._layout
 
     # --- models ---------------------------------------------------------------------------------------------
-    def _load(self, source: str) -> WanTeacher:
+    def _open(self, source: str):
+        """(family, folder) of a model's source: the teacher's family as its config says, a student's as its
+        folder says."""
+        c = self.teacher_cfg
+        is_teacher = source == c.source
+        return open_teacher(source, c.revision if is_teacher else None, c.family if is_teacher else None)
+
+    def _load(self, source: str) -> Teacher:
         if source not in self._loaded:
             c = self.teacher_cfg
-            model = WanTeacher.from_pretrained(source, dtype=c.dtype, device=c.device,
-                                               max_sequence_length=c.max_sequence_length)
+            family, folder = self._open(source)
+            guidance_2 = c.sampler.guidance_2 if source == c.source else None
+            model = family.load(folder, DTYPES[c.dtype], pick_device(c.device), c.max_sequence_length, guidance_2)
             self._loaded[source] = model.shard_sequence(self.layout.group)  # a no-op without a group
-            self._hashes[source] = checkpoint_hash(resolve(source))
+            self._hashes[source] = checkpoint_hash(folder)
         return self._loaded[source]
 
     def candidate(self, spec: ModelSpec) -> Candidate:
@@ -243,10 +254,10 @@ class Harness:
         for spec in specs:
             source = self.teacher_cfg.source if spec.source == "teacher" else spec.source
             try:
-                folder = resolve(source)
-                check_video_size(s.frames, s.height, s.width, *video_factors(folder))
+                family, folder = self._open(source)
+                family.check_video_size(s.frames, s.height, s.width, family.video_factors(folder))
                 if layout.sequence > 1:
-                    self._check_split(folder)
+                    self._check_split(family, folder)
                 candidates[spec.name] = self.candidate(spec)
             except (ConfigError, ValueError, OSError) as err:
                 raise ConfigError(f"model {spec.name!r} ({source}): {err}") from None
@@ -263,12 +274,12 @@ class Harness:
         self._prepared = Prepared(names, specs, candidates, scorers)
         return self._prepared
 
-    def _check_split(self, folder: Path) -> None:
+    def _check_split(self, family, folder: Path) -> None:
         """Refuse, before the weights load, a DiT or a clip whose heads or tokens do not divide by --sequence."""
         s = self.suite
         try:
-            check_folder_split(folder, s.frames, s.height, s.width, self.sequence,
-                               f"clip {s.frames}x{s.height}x{s.width}")
+            family.check_sequence_split(folder, s.frames, s.height, s.width, self.sequence,
+                                        f"clip {s.frames}x{s.height}x{s.width}")
         except ValueError as err:
             raise ConfigError(str(err).replace("parallel.sequence", "--sequence")) from None
 

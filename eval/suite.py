@@ -70,10 +70,10 @@ class SuiteConfig(Strict):
 
 
 class ModelSpec(Strict):
-    """A model to score: the teacher at some settings, or another Wan folder (a student export)."""
+    """A model to score: the teacher at some settings, or another pipeline folder (a student export)."""
 
     name: str
-    source: str = "teacher"  # "teacher", or a Wan folder / hub id / builtin:NAME
+    source: str = "teacher"  # "teacher", or a pipeline folder / hub id / builtin:NAME
     steps: int = Field(ge=1)
     sampler: Literal["euler", "unipc", "consistency"] | None = None  # None: the folder's own (else euler)
     guidance: float | None = None  # None: the teacher's for "teacher"; a folder's own, else 1 (no CFG)

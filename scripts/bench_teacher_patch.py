@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from distill import toyworld  # noqa: E402
-from distill.toyworld.tiny_teacher import TinyWanSpec, build_components  # noqa: E402
+from distill.teachers.wan.tiny import TinyWanSpec, build_components  # noqa: E402
 
 
 def latent_grid(spec: TinyWanSpec) -> tuple[int, int, int]:
@@ -38,7 +38,7 @@ LATENT = latent_grid(TinyWanSpec())
 
 def make_step(patch: int, batch: int, device: str):
     spec = TinyWanSpec(dit_patch=(1, patch, patch))
-    dit = build_components(spec, seed=0)["transformer"].to(device).train()
+    dit = build_components(spec, toyworld.vocabulary(), seed=0)["transformer"].to(device).train()
     opt = torch.optim.AdamW(dit.parameters(), lr=1e-4)
     gen = torch.Generator(device).manual_seed(0)
     x = torch.randn((batch, spec.vae_z_dim, *LATENT), generator=gen, device=device)

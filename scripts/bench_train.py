@@ -258,7 +258,7 @@ def build_wan_folder(folder: Path, layers: int) -> None:
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
-    from distill.toyworld.tiny_teacher import build_tokenizer
+    from distill.teachers.wan.tiny import build_tokenizer
     from distill.toyworld import vocabulary
 
     torch.manual_seed(0)

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""The README's memory table: `distill plan` for Wan 2.1 1.3B and 14B, consistency, APT and DMD2, full and LoRA
-(rank 64), on --gpus x --gpu-memory GiB, each at its recipe config's settings, with what the planner says would make it fit.
+"""The README's memory table: `distill plan` for Wan 2.1 1.3B and 14B and Wan 2.2 A14B (two 14B experts, 720p),
+consistency, APT and DMD2, full and LoRA (rank 64), on --gpus x --gpu-memory GiB, each at its recipe config's
+settings, with what the planner says would make it fit (a recipe that refuses the teacher says why).
 
     python scripts/plan_table.py --gpus 8 --gpu-memory 80 > table.md
 """
@@ -15,12 +16,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-ROWS = [("1.3B", "consistency", "configs/recipes/consistency-wan2.1-1.3b.yaml"),
-        ("1.3B", "APT", "configs/recipes/apt-wan2.1-1.3b.yaml"),
-        ("1.3B", "DMD2", "configs/recipes/dmd2-wan2.1-1.3b.yaml"),
-        ("14B", "consistency", "configs/recipes/consistency-wan2.1-14b.yaml"),
-        ("14B", "APT", "configs/recipes/apt-wan2.1-14b.yaml"),
-        ("14B", "DMD2", "configs/recipes/dmd2-wan2.1-14b.yaml")]
+ROWS = [("Wan 2.1 1.3B", "consistency", "configs/recipes/consistency-wan2.1-1.3b.yaml"),
+        ("Wan 2.1 1.3B", "APT", "configs/recipes/apt-wan2.1-1.3b.yaml"),
+        ("Wan 2.1 1.3B", "DMD2", "configs/recipes/dmd2-wan2.1-1.3b.yaml"),
+        ("Wan 2.1 14B", "consistency", "configs/recipes/consistency-wan2.1-14b.yaml"),
+        ("Wan 2.1 14B", "APT", "configs/recipes/apt-wan2.1-14b.yaml"),
+        ("Wan 2.1 14B", "DMD2", "configs/recipes/dmd2-wan2.1-14b.yaml"),
+        ("Wan 2.2 A14B", "consistency", "configs/recipes/consistency-wan2.2-a14b.yaml"),
+        ("Wan 2.2 A14B", "APT", "configs/recipes/consistency-wan2.2-a14b.yaml", ["recipe={name: apt}",
+                                                                                  "data.latents=real"]),
+        ("Wan 2.2 A14B", "DMD2", "configs/recipes/dmd2-wan2.2-a14b.yaml")]
 
 
 def main() -> None:
@@ -30,16 +35,21 @@ def main() -> None:
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.chdir(REPO)
+    from distill.core.config import ConfigError
     from distill.plan import GIB, plan
     from distill.train_config import load_train_config
 
-    print(f"| Wan 2.1 | recipe | student | settings (config) | train peak GiB | build peak GiB | fits {args.gpus} x "
+    print(f"| teacher | recipe | student | settings (config) | train peak GiB | build peak GiB | fits {args.gpus} x "
           f"{args.gpu_memory:g} GiB | would fit with |")
     print("|---|---|---|---|---|---|---|---|")
-    for size, recipe, path in ROWS:
+    for size, recipe, path, *base in ROWS:
         for student, overrides in (("full", []), ("LoRA r64", ["student.lora={rank: 64, alpha: 64}"])):
-            cfg = load_train_config(path, overrides)
-            r = plan(cfg, args.gpus, args.gpu_memory)
+            try:
+                cfg = load_train_config(path, [*(base[0] if base else []), *overrides])
+                r = plan(cfg, args.gpus, args.gpu_memory)
+            except ConfigError as err:  # a recipe that cannot serve this teacher
+                print(f"| {size} | {recipe} | {student} | refused: {str(err).split(': ', 1)[-1]} | | | | |")
+                continue
             s = r.settings
             settings = (f"ZeRO-{s.stage}{' offload' if s.offload_optimizer else ''}, bf16, ckpt "
                         f"{'on' if s.checkpointing else 'off'}, SP {s.sequence_parallel}, batch {s.batch}")

@@ -37,7 +37,7 @@ from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from distill import toyworld  # noqa: E402
-from distill.toyworld.tiny_teacher import TinyWanSpec, build_components  # noqa: E402
+from distill.teachers.wan.tiny import TinyWanSpec, build_components  # noqa: E402
 
 MAX_SEQ = 16  # text length the tiny teacher is trained and sampled with (recorded in distill_teacher.json)
 
@@ -381,7 +381,7 @@ def main(argv: list[str] | None = None) -> None:
 
     spec = TinyWanSpec(dit_patch=(1, args.dit_patch, args.dit_patch), dit_layers=args.dit_layers,
                        dit_ffn=args.dit_ffn)
-    parts = build_components(spec, seed=args.seed)
+    parts = build_components(spec, toyworld.vocabulary(), seed=args.seed)
     for name in ("text_encoder", "vae", "transformer"):
         parts[name].to(args.device)
     parts["text_encoder"].eval().requires_grad_(False)

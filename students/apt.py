@@ -81,6 +81,13 @@ class AdversarialPostTraining(RecipeBase):
     def __init__(self, cfg: APTConfig | None = None, ctx: Context | None = None, **overrides):
         cfg = cfg or APTConfig(name="apt", **overrides)
         super().__init__(cfg, ctx)
+        if ctx is not None and ctx.experts > 1:
+            # A one-step generator is evaluated at t = 1 only, always on the high-noise side of the boundary: its
+            # low-noise expert would never run, in training or sampling. A few-step APT would need a discriminator
+            # per expert; neither is built.
+            raise ValueError(f"recipe 'apt' trains a one-step student, which runs only the high-noise expert of a "
+                             f"{ctx.experts}-expert teacher; distil it with consistency or dmd2 (both experts), or "
+                             f"make a one-DiT teacher of its high-noise expert")
 
     @classmethod
     def check_run(cls, run_cfg) -> None:

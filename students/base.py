@@ -57,6 +57,7 @@ class Context:
     depth: int  # transformer blocks of the teacher's DiT
     dim: int  # hidden size (heads x head dim)
     heads: int
+    experts: int = 1  # expert DiTs behind the teacher's velocity (2 for a high-/low-noise pair), each a copy of this shape
 
 
 @dataclass(frozen=True)
@@ -164,14 +165,15 @@ class RecipePlan:
 
 @dataclass(frozen=True)
 class DitShape:
-    """The planner's view of the DiT, for a recipe to count what it adds."""
+    """The planner's view of the teacher's velocity network, for a recipe to count what it adds."""
 
-    params: int
+    params: int  # the whole velocity network's (every expert's)
     block_params: int
     depth: int
     dim: int
     heads: int
     frozen_output_params: int  # the output projection, its norm and the scale-shift table
+    lora_per_rank: int = 0  # weights LoRA of rank 1 adds on the family's default targets (all experts)
 
 
 # --- the recipe ----------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distill.teachers.registry import family_of_dit
 from distill.teachers.schedule import shift_sigmas
 
 
@@ -71,7 +72,7 @@ class QueryHead(nn.Module):
 
     def __init__(self, dim: int, heads: int):
         super().__init__()
-        self.norm = nn.LayerNorm(dim, elementwise_affine=False)  # block outputs are not normalised in Wan
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False)  # a DiT's block outputs are not normalised
         self.query = nn.Parameter(torch.randn(1, 1, dim) * dim ** -0.5)
         self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
 
@@ -97,8 +98,9 @@ def query_head_params(dim: int, heads: int, n: int) -> int:
 
 
 class HeadedDiT(nn.Module):
-    """A Wan DiT with cross-attention-only query heads after blocks at `fractions` of its depth, pooled into one
-    logit (APT's discriminator; DMD2's critic with its GAN term).
+    """A DiT with cross-attention-only query heads after blocks at `fractions` of its depth, pooled into one logit
+    (APT's discriminator; DMD2's critic with its GAN term). The DiT's blocks and output layers are found through
+    its family (distill.teachers.registry.family_of_dit).
 
     `keep_output=False` (a discriminator): blocks past the last head are dropped, the output layer is frozen, and
     forward returns (logits,). `keep_output=True` (a critic that is also a velocity model): forward returns
@@ -110,33 +112,37 @@ class HeadedDiT(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.keep_output = keep_output
-        cfg = backbone.config
-        dim = cfg.num_attention_heads * cfg.attention_head_dim
-        self.blocks = head_blocks(len(backbone.blocks), fractions)
+        family = family_of_dit(backbone)
+        cfg = dict(backbone.config)
+        dim, heads = family.width(cfg), family.attention_heads(cfg)
+        layers = self._layers()
+        self.blocks = head_blocks(len(layers), fractions)
         if not keep_output:
             # Blocks past the last head would be computed for nothing, and the output layer is never read: drop
             # the first and freeze the second (a parameter without a gradient also trips ZeRO's gradient buckets).
-            backbone.blocks = backbone.blocks[:self.blocks[-1] + 1]
-            for unused in (backbone.proj_out, backbone.norm_out):
+            del layers[self.blocks[-1] + 1:]
+            for unused in family.dit_output(backbone):
                 unused.requires_grad_(False)
-            backbone.scale_shift_table.requires_grad_(False)
-        self.heads = nn.ModuleList(QueryHead(dim, cfg.num_attention_heads) for _ in self.blocks)
+        self.heads = nn.ModuleList(QueryHead(dim, heads) for _ in self.blocks)
         self.norm = nn.LayerNorm(dim * len(self.blocks))
         self.out = nn.Linear(dim * len(self.blocks), 1)
 
+    def _layers(self) -> nn.ModuleList:
+        return family_of_dit(self.backbone).dit_blocks(self.backbone)
+
     @property
-    def config(self):  # what WanTeacher.forward and the planner read of a DiT
+    def config(self):  # what the teacher's forward and the planner read of a DiT
         return self.backbone.config
 
-    def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
-                return_dict: bool = False, heads: bool | None = None) -> tuple[torch.Tensor, ...]:
+    def forward(self, *args, heads: bool | None = None, **kwargs) -> tuple[torch.Tensor, ...]:
+        """The backbone's forward (the teacher's call: hidden_states, timestep, encoder_hidden_states, ...)."""
         heads = not self.keep_output if heads is None else heads
         features: dict[int, torch.Tensor] = {}
-        hooks = [self.backbone.blocks[i].register_forward_hook(
+        layers = self._layers()
+        hooks = [layers[i].register_forward_hook(
             lambda module, args, out, i=i: features.__setitem__(i, out)) for i in self.blocks] if heads else []
         try:
-            out = self.backbone(hidden_states=hidden_states, timestep=timestep,
-                                encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+            out = self.backbone(*args, **{**kwargs, "return_dict": False})[0]
         finally:
             for h in hooks:
                 h.remove()
@@ -145,18 +151,3 @@ class HeadedDiT(nn.Module):
         pooled = torch.cat([head(features[i]) for head, i in zip(self.heads, self.blocks)], dim=-1)
         logits = self.out(self.norm(pooled)).squeeze(-1).float()
         return (out, logits) if self.keep_output else (logits,)
-
-
-# --- LoRA on a Wan DiT ----------------------------------------------------------------------------------------------
-# Wan's attention projections and feed-forward layers (diffusers' WanTransformer3DModel names): LoRA's usual targets.
-WAN_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2")
-
-
-def wan_lora_params(dim: int, block_params: int, depth: int, rank: int) -> int:
-    """Weights LoRA of rank r adds on WAN_LORA_TARGETS of a Wan DiT, counted from its shape (for the memory planner):
-    r·(in + out) for the 8 attention projections (d → d; self- and cross-attention) and the 2 feed-forward layers
-    (d → f → d) of every block. The feed-forward width f is solved from one block's size, 8d² + 21d + 2df + f
-    (projections with biases, q/k norms, the cross-attention norm, the scale-shift table, the feed-forward
-    layers); a block without q/k norms or cross-attention norm moves f by at most 3."""
-    ffn = round((block_params - 8 * dim * dim - 21 * dim) / (2 * dim + 1))
-    return depth * rank * (8 * 2 * dim + 2 * (dim + ffn))

@@ -1,7 +1,7 @@
 """Distribution matching distillation (DMD2) of a flow-matching teacher into a few-step student.
 
 Yin et al. 2024, "Improved Distribution Matching Distillation for Fast Image Synthesis", written for the
-flow-matching parametrisation Wan uses (x_t = (1 − t)·x0 + t·ε, v = ε − x0, x0 = x_t − t·v):
+flow-matching parametrisation the teachers use (x_t = (1 − t)·x0 + t·ε, v = ε − x0, x0 = x_t − t·v):
 
     generator   G_θ(x, t_k) = x − t_k · v_θ(x, t_k, c)         one student step from level t_k (θ from the teacher)
                 t_0 = 1 > t_1 > … > t_{N−1}                     the levels of its N-step sampler (shifted Euler grid
@@ -43,15 +43,15 @@ from pydantic import Field, field_validator
 from distill.core.config import Strict
 from distill.students.base import (Context, DitShape, Nets, NetworkSpec, PlannedNetwork, PlannedPass, RecipeBase,
                                    RecipeConfig, RecipePlan, StudentSampler)
-from distill.students.common import (WAN_LORA_TARGETS, HeadedDiT, d_loss, g_loss, head_blocks, per_sample,
-                                     query_head_params, randn_like, renoise, shifted_levels, wan_lora_params,
-                                     x0_from_velocity)
+from distill.students.common import (HeadedDiT, d_loss, g_loss, head_blocks, per_sample, query_head_params,
+                                     randn_like, renoise, shifted_levels, x0_from_velocity)
 from distill.students.registry import register
 from distill.teachers.samplers import consistency_timesteps
 
 
 class CriticLora(Strict):
-    """LoRA on the critic's DiT copy instead of training it in full (Wan's attention and feed-forward layers)."""
+    """LoRA on the critic's DiT copy instead of training it in full (the teacher family's attention and
+    feed-forward layers)."""
 
     rank: int = Field(64, ge=1)
     alpha: float = Field(64.0, gt=0)
@@ -109,6 +109,10 @@ class DMD2(RecipeBase):
         self.levels = consistency_timesteps(s.steps, s.shift if s.shift is not None else ctx.teacher_shift)
         self.t_shift = cfg.t_shift if cfg.t_shift is not None else ctx.teacher_shift
         self.gan = cfg.gan_weight > 0
+        if self.gan and ctx.experts > 1:
+            raise ValueError(f"gan_weight={cfg.gan_weight}: the critic's GAN heads read one DiT's blocks, and this "
+                             f"teacher has {ctx.experts} experts; set recipe.gan_weight=0 (distribution matching "
+                             f"alone trains a two-expert student)")
         if self.gan:
             try:
                 head_blocks(ctx.depth, tuple(cfg.gan_head_fractions))
@@ -125,8 +129,7 @@ class DMD2(RecipeBase):
     def networks(self) -> list[NetworkSpec]:
         c = self.cfg
         optim = {k: v for k, v in (("lr", c.critic_lr), ("betas", c.critic_betas)) if v is not None}
-        lora = None if c.critic_lora is None else {"rank": c.critic_lora.rank, "alpha": c.critic_lora.alpha,
-                                                   "target_modules": list(WAN_LORA_TARGETS)}
+        lora = None if c.critic_lora is None else {"rank": c.critic_lora.rank, "alpha": c.critic_lora.alpha}
         if not self.gan:
             return [NetworkSpec("critic", init="teacher", optim=optim, lora=lora)]
         fractions = tuple(c.gan_head_fractions)
@@ -220,8 +223,7 @@ class DMD2(RecipeBase):
         c = self.cfg
         params, frozen = dit.params, 0
         if c.critic_lora is not None:
-            params, frozen = dit.params + wan_lora_params(dit.dim, dit.block_params, dit.depth, c.critic_lora.rank), \
-                dit.params
+            params, frozen = dit.params + dit.lora_per_rank * c.critic_lora.rank, dit.params
         if self.gan:
             params += query_head_params(dit.dim, dit.heads, len(head_blocks(dit.depth, tuple(c.gan_head_fractions))))
         rollout = [PlannedPass("student", 1, grad=False)] if c.backward_simulation and len(self.levels) > 1 else []

@@ -14,6 +14,8 @@ class SamplerConfig(Strict):
     name: Literal["euler", "unipc", "consistency"] = "unipc"
     steps: int = Field(50, ge=1, le=1000)
     guidance: float = Field(5.0, ge=0.0)
+    # the low-noise expert's guidance in a two-expert family (the stock pipelines' guidance_scale_2); None: `guidance`
+    guidance_2: float | None = Field(None, ge=0.0)
     shift: float = Field(3.0, gt=0.0)
 
 
@@ -29,6 +31,7 @@ class TeacherConfig(Strict):
 
     name: str
     source: str  # a local folder, a hub id (online only) or builtin:NAME
+    family: str | None = None  # a registered family (distill.teachers.registry); None: the folder's pipeline class says
     revision: str | None = None
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = "auto"
@@ -58,3 +61,20 @@ def load_teacher_config(ref: str, overrides: list[str] = ()) -> TeacherConfig:
 
     data = {"name": ref, "source": ref, **checkpoint_defaults(ref)}
     return validate(TeacherConfig, data, f"teacher {ref!r}", overrides)
+
+
+def open_config(cfg: TeacherConfig):
+    """(family, folder) of a teacher config, checked by its family without loading weights; TeacherNotFound names
+    what is wrong (an unregistered family names the registered ones)."""
+    from distill.teachers.resolve import open_teacher
+
+    return open_teacher(cfg.source, cfg.revision, cfg.family)
+
+
+def load_teacher(cfg: TeacherConfig, device: str | None = None):
+    """The loaded teacher of a config (distill.teachers.base.Teacher), on `device` (None: the config's)."""
+    from distill.teachers.base import DTYPES, pick_device
+
+    family, folder = open_config(cfg)
+    return family.load(folder, DTYPES[cfg.dtype], pick_device(device or cfg.device), cfg.max_sequence_length,
+                       cfg.sampler.guidance_2)

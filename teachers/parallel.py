@@ -201,8 +201,13 @@ def _ensure_deepspeed_comm() -> None:
 def shard_sequence(dit: torch.nn.Module, group) -> torch.nn.Module:
     """Split every forward of `dit` (a diffusers WanTransformer3DModel) over the ranks of `group`: each rank
     computes 1/N of the tokens; the output is whole on every rank. Every rank of the group must run the same
-    forwards on the same inputs. Returns `dit`; `unshard_sequence` undoes it. A group of one rank changes nothing."""
+    forwards on the same inputs. Returns `dit`; `unshard_sequence` undoes it. A group of one rank changes nothing.
+    A network of experts (`experts`, a ModuleList of DiTs) has each of its experts split."""
     if group is None or dist.get_world_size(group) == 1:
+        return dit
+    if isinstance(getattr(dit, "experts", None), torch.nn.ModuleList):
+        for expert in dit.experts:
+            shard_sequence(expert, group)
         return dit
     if getattr(dit, _HANDLE, None) is not None:
         raise ValueError("this DiT is already sequence-parallel")
@@ -249,6 +254,10 @@ def shard_sequence(dit: torch.nn.Module, group) -> torch.nn.Module:
 
 def unshard_sequence(dit: torch.nn.Module) -> torch.nn.Module:
     """Undo `shard_sequence` (before a deepcopy, for one: process groups cannot be copied)."""
+    if isinstance(getattr(dit, "experts", None), torch.nn.ModuleList):
+        for expert in dit.experts:
+            unshard_sequence(expert)
+        return dit
     state = getattr(dit, _HANDLE, None)
     if state is not None:
         state.remove()

@@ -8,13 +8,15 @@ import re
 from pathlib import Path
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
+DEFAULT_TEACHER = "tiny-wan"  # the built-in teacher's config (configs/teachers/tiny-wan.yaml): commands' default
+DEFAULT_BUILTIN = "builtin:tiny-wan"
 DEFAULTS_FILE = "distill_teacher.json"  # sampler and video defaults a shipped checkpoint carries with it
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "tokenizer*/*"]
 
 
 class TeacherNotFound(ValueError):
-    """A teacher name that does not lead to a usable Wan checkpoint folder."""
+    """A teacher name that does not lead to a checkpoint folder a registered family can load."""
 
 
 class IncompleteWeights(ValueError):
@@ -72,56 +74,63 @@ def _from_hub(repo_id: str, revision: str | None) -> Path:
         if _offline():
             raise TeacherNotFound(
                 f"teacher {repo_id!r} looks like a hub id, but it is not in the local Hugging Face cache and the hub "
-                f"is offline (HF_HUB_OFFLINE=1). Accepted offline: a local Wan checkpoint folder, or one of "
+                f"is offline (HF_HUB_OFFLINE=1). Accepted offline: a local pipeline folder, or one of "
                 f"{['builtin:' + n for n in builtin_names()]}."
             ) from None
     return Path(snapshot_download(repo_id, revision=revision, allow_patterns=_HUB_PATTERNS))
 
 
-def check_wan_folder(folder: Path, name: str) -> Path:
-    index = folder / "model_index.json"
-    if not index.is_file():
+def check_pipeline_folder(folder: Path, name: str, family: str | None = None):
+    """The family serving a pipeline folder (detected from model_index.json, or the one a config names), after its
+    checks; TeacherNotFound naming what is wrong."""
+    from distill.teachers import registry
+    from distill.teachers.base import FamilyError
+
+    if not (folder / "model_index.json").is_file():
         raise TeacherNotFound(
-            f"teacher {name!r}: {str(folder)!r} is not a diffusers checkpoint folder (no model_index.json); "
-            f"expected a Wan text-to-video folder (WanPipeline) with transformer/, vae/, text_encoder/, tokenizer/"
+            f"teacher {name!r}: {str(folder)!r} is not a diffusers pipeline folder (no model_index.json); expected "
+            f"a checkpoint of one of the registered families {registry.names()}"
         )
     try:
-        cls = json.loads(index.read_text()).get("_class_name")
-    except json.JSONDecodeError as err:
-        raise TeacherNotFound(f"teacher {name!r}: {index} is not valid JSON ({err})") from None
-    if cls != "WanPipeline":
-        raise TeacherNotFound(
-            f"teacher {name!r}: {index} names pipeline class {cls!r}; accepted: 'WanPipeline' "
-            f"(Wan 2.1 / 2.2 text-to-video)"
-        )
-    missing = [sub for sub in ("transformer", "vae", "text_encoder", "tokenizer", "scheduler") if not (folder / sub).is_dir()]
-    if missing:
-        raise TeacherNotFound(f"teacher {name!r}: {str(folder)!r} lacks the component folders {missing}")
-    return folder
+        fam = registry.family(family) if family else registry.family_of(folder, name)
+        fam.check_folder(folder, name)
+    except FamilyError as err:
+        raise TeacherNotFound(str(err)) from None
+    return fam
 
 
-def resolve(source: str, revision: str | None = None) -> Path:
-    """The local folder of a Wan checkpoint named by `source`, checked to be one."""
+def resolve_folder(source: str, revision: str | None = None) -> Path:
+    """The local folder named by `source` (a folder, builtin:NAME, or a hub id), unchecked."""
     if source.startswith("builtin:"):
         name = source.removeprefix("builtin:")
-        folder = BUILTIN_DIR / name
         if name not in builtin_names():
             raise TeacherNotFound(
                 f"no built-in teacher {source!r}; built-in teachers: {['builtin:' + n for n in builtin_names()]} "
                 f"(re-make tiny-wan with `make teacher`)"
             )
-        return check_wan_folder(folder, source)
+        return BUILTIN_DIR / name
     path = Path(source).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise TeacherNotFound(f"teacher {source!r} is a file; expected a Wan checkpoint folder")
-        return check_wan_folder(path, source)
+            raise TeacherNotFound(f"teacher {source!r} is a file; expected a diffusers pipeline folder")
+        return path
     if _HUB_ID.match(source) and not source.startswith((".", "/")):
-        return check_wan_folder(_from_hub(source, revision), source)
+        return _from_hub(source, revision)
     raise TeacherNotFound(
-        f"teacher {source!r}: no such folder. Accepted: a local Wan checkpoint folder, a hub id such as "
+        f"teacher {source!r}: no such folder. Accepted: a local diffusers pipeline folder, a hub id such as "
         f"'Wan-AI/Wan2.1-T2V-1.3B-Diffusers' (online), or one of {['builtin:' + n for n in builtin_names()]}"
     )
+
+
+def open_teacher(source: str, revision: str | None = None, family: str | None = None):
+    """(family, folder) of the checkpoint named by `source`, checked by its family; no weights are read."""
+    folder = resolve_folder(source, revision)
+    return check_pipeline_folder(folder, source, family), folder
+
+
+def resolve(source: str, revision: str | None = None, family: str | None = None) -> Path:
+    """The local folder of a checkpoint named by `source`, checked by its family."""
+    return open_teacher(source, revision, family)[1]
 
 
 def checkpoint_defaults(source: str) -> dict:
@@ -129,19 +138,3 @@ def checkpoint_defaults(source: str) -> dict:
     folder = resolve(source)
     path = folder / DEFAULTS_FILE
     return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def has_two_experts(folder: Path) -> bool:
-    """Whether a Wan folder holds two expert DiTs (Wan 2.2 A14B: `transformer` and `transformer_2`)."""
-    second = json.loads((Path(folder) / "model_index.json").read_text()).get("transformer_2")
-    return isinstance(second, list) and bool(second) and second[0] is not None
-
-
-def transformer_folder(path: str | Path) -> Path | None:
-    """The DiT's folder inside a Wan pipeline folder, or `path` itself when it is a transformer folder; None when
-    it is neither (no config.json there)."""
-    path = Path(path)
-    for candidate in (path / "transformer", path):
-        if (candidate / "config.json").is_file():
-            return candidate
-    return None

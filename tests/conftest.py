@@ -16,8 +16,26 @@ def untrained_wan(tmp_path_factory):
     two layers keep it cheap)."""
     from diffusers import WanPipeline
 
-    from distill.toyworld.tiny_teacher import TinyWanSpec, build_components
+    from distill.teachers.wan.tiny import TinyWanSpec, build_components
+    from distill.toyworld import vocabulary
 
     folder = tmp_path_factory.mktemp("untrained-wan")
-    WanPipeline(**build_components(TinyWanSpec(dit_patch=(1, 4, 4), dit_layers=2), seed=0)).save_pretrained(folder)
+    WanPipeline(**build_components(TinyWanSpec(dit_patch=(1, 4, 4), dit_layers=2), vocabulary(), seed=0)).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def untrained_wan_a14b(tmp_path_factory):
+    """A real, untrained tiny two-expert WanPipeline folder (Wan 2.2 A14B's layout: `transformer` for t >= 0.875,
+    `transformer_2` below), its experts seeded differently so that a wrong switch shows."""
+    from diffusers import WanPipeline
+
+    from distill.teachers.wan.tiny import TinyWanSpec, build_components
+    from distill.toyworld import vocabulary
+
+    spec = TinyWanSpec(dit_patch=(1, 4, 4), dit_layers=2)
+    parts = build_components(spec, vocabulary(), seed=0)
+    low = build_components(spec, vocabulary(), seed=1)["transformer"]
+    folder = tmp_path_factory.mktemp("untrained-wan-a14b")
+    WanPipeline(**parts, transformer_2=low, boundary_ratio=0.875).save_pretrained(folder)
     return folder

@@ -32,7 +32,8 @@ def test_the_wheel_installs_one_top_level_import_package(wheel):
     assert top_level == {"distill"}, top_level
     assert declared == ["distill"]
     # the layers are sub-packages, and the shipped checkpoints travel with them
-    for path in ("distill/eval/harness.py", "distill/teachers/wan.py", "distill/students/consistency.py",
+    for path in ("distill/eval/harness.py", "distill/teachers/base.py", "distill/teachers/wan/family.py",
+                 "distill/students/consistency.py",
                  "distill/core/config.py", "distill/toyworld/domain.py",
                  "distill/teachers/builtin/tiny-wan/model_index.json",
                  "distill/eval/builtin/domain-clip/open_clip_model.safetensors"):

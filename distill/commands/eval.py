@@ -9,6 +9,7 @@ from pathlib import Path
 
 from distill.core.paths import check_output_dir
 from distill.core.config import ConfigError
+from distill.teachers.resolve import DEFAULT_TEACHER
 
 
 def add_parser(sub) -> None:
@@ -17,11 +18,11 @@ def add_parser(sub) -> None:
                                    "CLIP adherence, FVD (vs teacher, vs real, noise floor), flicker, diversity and "
                                    "speed with intervals, and write eval.json, summary.md and report.html.\n"
                                    "Models: teacher@4 (the teacher, 4 Euler steps, its CFG), teacher@8:unipc, "
-                                   "NAME=FOLDER@4 (a Wan folder, e.g. a student export; no CFG unless "
+                                   "NAME=FOLDER@4 (a pipeline folder, e.g. a student export; no CFG unless "
                                    "guidance=G), NAME=FOLDER@2:euler,guidance=1,shift=5",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--suite", default="toyworld-held-out", help="suite YAML or name under configs/eval/suites")
-    p.add_argument("--teacher", default="tiny-wan", help="teacher config, name, folder or builtin:NAME")
+    p.add_argument("--teacher", default=DEFAULT_TEACHER, help="teacher config, name, folder or builtin:NAME")
     p.add_argument("--model", action="append", default=[], help="a model to score (repeatable)")
     p.add_argument("--out", type=Path, required=True, help="run folder for eval.json, summary.md, report.html")
     p.add_argument("--cache", type=Path, help="clip cache (default OUT/cache); shareable between runs")
@@ -63,12 +64,13 @@ def evaluate(suite, prompts: list[str], teacher_cfg, specs, out: Path, cache: Pa
     from distill.eval.harness import Harness
     from distill.eval.report import summary_markdown, write_outputs
     from distill.eval.suite import real_clips_for
-    from distill.teachers.resolve import resolve
-    from distill.teachers.wan import check_video_size, video_factors
+    from distill.teachers.resolve import open_teacher
 
     for spec in specs:  # refuse a bad folder or size before any sampling
-        check_video_size(suite.frames, suite.height, suite.width,
-                         *video_factors(resolve(teacher_cfg.source if spec.source == "teacher" else spec.source)))
+        teacher = spec.source == "teacher"
+        family, folder = open_teacher(teacher_cfg.source if teacher else spec.source, teacher_cfg.revision if teacher
+                                      else None, teacher_cfg.family if teacher else None)
+        family.check_video_size(suite.frames, suite.height, suite.width, family.video_factors(folder))
     teacher_cfg = _join_ranks(teacher_cfg)
     harness = Harness(suite, teacher_cfg, prompts, out, cache, real_clips_for(suite), sequence=sequence)
     harness.preflight(specs)  # output folders, models, detector (I3D sha256), CLIP, flow, real clips: before sampling

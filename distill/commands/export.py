@@ -1,4 +1,5 @@
-"""`distill export`: a run's student as a diffusers Wan folder that stock `WanPipeline` samples in few steps."""
+"""`distill export`: a run's student as a diffusers folder that the teacher family's stock pipeline samples in few
+steps."""
 
 from __future__ import annotations
 
@@ -11,13 +12,15 @@ from distill.core.paths import check_output_dir
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
-        "export", help="write a run's student as a diffusers Wan folder that stock WanPipeline samples in few steps",
+        "export", help="write a run's student as a diffusers folder that the teacher's stock pipeline samples in "
+                       "few steps",
         description="Export the student of a `distill train` run (its latest checkpoint, or --checkpoint) as a "
-                    "complete diffusers Wan folder: the student transformer (LoRA runs: fused into its base, and "
-                    "the adapter alone under lora/), the teacher's text encoder, tokenizer and VAE, and a "
-                    "FlowMatchEulerDiscreteScheduler that does the student's consistency sampling. Example:\n"
+                    "complete diffusers folder of the teacher's pipeline class: the student transformer(s) (LoRA "
+                    "runs: fused into the base, and the adapter alone under lora/), the teacher's text encoder, "
+                    "tokenizer and VAE, and a scheduler that does the student's consistency sampling. Example:\n"
                     "  distill export runs/cd --out runs/cd/export\n"
-                    "  python -c \"from diffusers import WanPipeline; WanPipeline.from_pretrained('runs/cd/export')\"",
+                    "  python -c \"from diffusers import DiffusionPipeline; "
+                    "DiffusionPipeline.from_pretrained('runs/cd/export')\"",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="a run folder (the `out` of distill train) or one of its checkpoints/step-N folders")
     p.add_argument("--out", type=Path, required=True, help="the folder to write (must not exist, or be empty)")

@@ -12,7 +12,7 @@ def add_parser(sub) -> None:
                     "the frozen teacher, the EMA, the discriminator, activations at the run's clip size, DeepSpeed "
                     "buffers and fixed overheads. Exit 0 when it fits, 2 (one line naming the largest items) when "
                     "it does not. Sequence parallelism: parallel.sequence=N.\n"
-                    "  distill plan configs/recipes/consistency-wan2.1-14b.yaml --gpus 8 --gpu-memory 80")
+                    "  distill plan configs/recipes/consistency-tiny.yaml --gpus 8 --gpu-memory 80")
     p.add_argument("config", help="a recipe config YAML (configs/recipes/*.yaml)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (for example "
                                                                      "student.gradient_checkpointing=false)")

@@ -11,7 +11,7 @@ from distill.commands import no_progress_bars
 from distill.core.paths import check_output_file
 from distill.core.config import ConfigError
 
-DEFAULT_TEACHER = "builtin:tiny-wan"
+from distill.teachers.resolve import DEFAULT_BUILTIN as DEFAULT_TEACHER
 
 
 def add_parser(sub) -> None:
@@ -19,14 +19,14 @@ def add_parser(sub) -> None:
         "sample", help="sample clips from a teacher and write mp4, gif and a frame-grid png",
         description="Sample clips from a teacher. Unset options take the teacher's own defaults (its config file, "
                     "or the defaults a shipped checkpoint carries). Example:\n  distill sample --teacher "
-                    "builtin:tiny-wan --prompt 'a red circle moving left slowly on a black background' "
+                    f"{DEFAULT_TEACHER} --prompt 'a red circle moving left slowly on a black background' "
                     "--steps 50 --seed 0 --out clip.mp4",
         epilog="Launched under torchrun with N ranks, every clip's tokens are split over the N ranks in every DiT "
                "forward (DeepSpeed-Ulysses sequence parallelism: one long clip spread over GPUs); the heads and the "
                "clip's tokens must divide by N. Rank 0 writes the files.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher", default=DEFAULT_TEACHER,
-                   help="a teacher config (configs/teachers/X.yaml or its name X), a Wan folder, a hub id (online), "
+                   help="a teacher config (configs/teachers/X.yaml or its name X), a pipeline folder, a hub id (online), "
                         f"or builtin:NAME (default {DEFAULT_TEACHER})")
     p.add_argument("--prompt", action="append", default=[], help="a prompt; repeat for several clips")
     p.add_argument("--prompts-file", type=Path, help="a text file with one prompt per line")
@@ -81,9 +81,7 @@ def run(args) -> int:
         for suffix in dict.fromkeys([args.out.suffix, *formats]):
             check_output_file(stem.with_suffix(suffix))
 
-    from distill.teachers.config import load_teacher_config
-    from distill.teachers.resolve import resolve
-    from distill.teachers.wan import check_video_size, video_factors
+    from distill.teachers.config import load_teacher, load_teacher_config, open_config
 
     overrides = [f"{k}={v}" for k, v in (
         ("sampler.steps", args.steps), ("sampler.guidance", args.guidance), ("sampler.shift", args.shift),
@@ -94,22 +92,19 @@ def run(args) -> int:
     if args.negative_prompt is not None:
         cfg = cfg.model_copy(update={"negative_prompt": args.negative_prompt})
     v, s = cfg.video, cfg.sampler
-    folder = resolve(cfg.source, cfg.revision)
-    check_video_size(v.frames, v.height, v.width, *video_factors(folder))
+    family, folder = open_config(cfg)
+    family.check_video_size(v.frames, v.height, v.width, family.video_factors(folder))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:  # before any weights load: the split must be possible
-        cfg = _check_sequence_split(cfg, folder, world)
+        cfg = _check_sequence_split(cfg, family, folder, world)
 
     from tqdm.auto import tqdm
-
-    from distill.teachers.wan import WanTeacher
 
     if args.no_progress:
         no_progress_bars()
 
     rank = _join_sequence_group(world)
-    teacher = WanTeacher.from_pretrained(cfg.source, dtype=cfg.dtype, device=cfg.device, revision=cfg.revision,
-                                         max_sequence_length=cfg.max_sequence_length)
+    teacher = load_teacher(cfg)
     if world > 1:
         import torch.distributed as dist
 
@@ -125,7 +120,7 @@ def run(args) -> int:
         chunk = prompts[i:i + args.batch_size]
         latents = teacher.sample(chunk, steps=s.steps, guidance=s.guidance, shift=s.shift,
                                  seed=seeds[i:i + args.batch_size], sampler=s.name, negative=cfg.negative_prompt,
-                                 frames=v.frames, height=v.height, width=v.width,
+                                 frames=v.frames, height=v.height, width=v.width, guidance_2=s.guidance_2,
                                  progress=not args.no_progress and rank == 0)
         if rank != 0:  # every rank computed the same clips; one writes them
             continue
@@ -137,17 +132,15 @@ def run(args) -> int:
     return 0
 
 
-def _check_sequence_split(cfg, folder: Path, world: int):
+def _check_sequence_split(cfg, family, folder: Path, world: int):
     """Under torchrun: refuse a clip or a DiT that cannot be split over `world` ranks, and put each rank on its own
     GPU."""
     import torch
 
-    from distill.teachers.wan import check_folder_split
-
     v = cfg.video
     try:
-        check_folder_split(folder, v.frames, v.height, v.width, world,
-                           f"distill sample on {world} ranks, clip {v.frames}x{v.height}x{v.width}")
+        family.check_sequence_split(folder, v.frames, v.height, v.width, world,
+                                    f"distill sample on {world} ranks, clip {v.frames}x{v.height}x{v.width}")
     except ValueError as err:
         raise ConfigError(str(err).replace("parallel.sequence", "the rank count")) from None
     if torch.cuda.is_available() and cfg.device in ("auto", "cuda"):

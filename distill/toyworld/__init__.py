@@ -1,6 +1,7 @@
-"""The toy world: a procedural text-to-video domain (`domain`) and the builder of the tiny Wan teacher trained on
-it (`tiny_teacher`, which imports diffusers and is therefore not imported here). Both eval and the engine may
-import this layer; it imports only the core."""
+"""The toy world: a procedural text-to-video domain (`domain`): its clips, captions, vocabulary and held-out
+combinations. The built-in tiny teachers trained on it are made by scripts/train_tiny_teacher.py from the teacher
+family's own builder (they are ordinary pipeline folders). Both eval and the engine may import this layer; it
+imports only the core."""
 
 from distill.toyworld.domain import (BACKGROUNDS, COLOURS, DIRECTIONS, FRAMES, HEIGHT, SHAPES, SPEEDS, SUPERSAMPLE,
                                      WIDTH, Attributes, PromptSuite, all_attributes, attribute_accuracy, dataset,

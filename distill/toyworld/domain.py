@@ -26,7 +26,7 @@ BACKGROUNDS = {"black": (15, 15, 15), "white": (240, 240, 240), "gray": (120, 12
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 SPEEDS = {"slowly": 1.0, "quickly": 2.0}
 
-FRAMES, HEIGHT, WIDTH = 17, 64, 64  # 4k+1 frames for the Wan VAE's 4x temporal compression
+FRAMES, HEIGHT, WIDTH = 17, 64, 64  # 4k+1 frames for the tiny teacher VAE's 4x temporal compression
 SUPERSAMPLE = 4  # anti-aliasing: shapes are drawn at 4x and box-filtered down
 
 

@@ -125,7 +125,7 @@ def check_sample(report: dict, group, folder: str) -> None:
     alone = teacher.sample(prompts, **kwargs)
     teacher.shard_sequence(group)
     seen = set()
-    teacher.transformer.blocks[0].register_forward_hook(lambda m, a, o: seen.add(o.shape[1]))
+    teacher.dit.blocks[0].register_forward_hook(lambda m, a, o: seen.add(o.shape[1]))
     spread = teacher.sample(prompts, **kwargs)
     report["sample"] = {"latents": float((spread - alone).abs().max()), "scale": float(alone.abs().max()),
                         "shape": list(alone.shape), "block_tokens": sorted(seen)}

@@ -25,7 +25,10 @@ def _item(p, name):
 def test_param_counts_are_the_real_models(tiny):
     from diffusers import WanTransformer3DModel
 
+    from types import SimpleNamespace
+
     from distill.networks import build_student
+    from distill.teachers.registry import family
     from distill.teachers.resolve import resolve
 
     cfg, shp = tiny
@@ -34,8 +37,8 @@ def test_param_counts_are_the_real_models(tiny):
     assert shp.block_params == sum(p.numel() for p in real.blocks[0].parameters())
     # LoRA: the planner's count equals the weights peft really adds on the configured targets
     lora_cfg = load_train_config(TINY, ["student.lora={rank: 4}"])
-    student = build_student(lora_cfg, real)
-    assert shapes(lora_cfg, shp.dit, shp.factors).lora == sum(p.numel() for p in student.parameters()
+    student = build_student(lora_cfg, SimpleNamespace(family=family("wan"), dit=real))
+    assert shapes(lora_cfg, shp.teacher).lora == sum(p.numel() for p in student.parameters()
                                                                if p.requires_grad)
     # tokens: 17x64x64 through the VAE (4x in time) and 1x2x2 patches
     assert shp.latent == (8, 5, 16, 16) and shp.tokens == 5 * 8 * 8  # the tiny VAE compresses space 4x
@@ -57,7 +60,7 @@ def test_lora_shrinks_optimizer_states_but_not_the_ema(tiny):
     cfg, shp = tiny
     s = settings(cfg)
     full = estimate(cfg, shp, s, 2, 80 * GIB)
-    lora_shp = shapes(cfg, shp.dit, shp.factors, lora_rank=4)
+    lora_shp = shapes(cfg, shp.teacher, lora_rank=4)
     lora = estimate(cfg, lora_shp, replace(s, lora_rank=4), 2, 80 * GIB)
     assert _item(lora, "student: optimizer states") == 8 * lora_shp.lora // 2
     assert _item(lora, "student: optimizer states") < _item(full, "student: optimizer states") / 3
@@ -66,7 +69,7 @@ def test_lora_shrinks_optimizer_states_but_not_the_ema(tiny):
 
 def test_checkpointing_shrinks_activations_and_sequence_parallel_divides_them(tiny):
     cfg, shp = tiny
-    args = (shp.dit, 4, 2, shp.latent, shp.text_tokens, "float32")
+    args = (shp.teacher.family, shp.dit, 4, 2, shp.latent, shp.text_tokens, "float32")
     with_ckpt, without = activation_bytes(*args, True, True), activation_bytes(*args, False, True)
     assert 0 < with_ckpt < without
     s = settings(cfg)

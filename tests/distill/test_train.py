@@ -227,19 +227,16 @@ def test_missing_student_init_is_refused_naming_it(tmp_path):
         preflight(cfg)
 
 
-def test_two_expert_teacher_is_refused(tmp_path, untrained_wan):
-    from distill.preflight import preflight
+def test_an_unregistered_family_is_refused_naming_the_registered_ones(tmp_path, capsys):
+    from distill.cli import main
 
-    teacher = tmp_path / "a14b"
-    teacher.mkdir()
-    for item in untrained_wan.iterdir():
-        (teacher / item.name).symlink_to(item)
-    index = json.loads((untrained_wan / "model_index.json").read_text())
-    (teacher / "model_index.json").unlink()
-    (teacher / "model_index.json").write_text(json.dumps({**index, "transformer_2": index["transformer"]}))
-    cfg = load_train_config(write_config(tmp_path, teacher=str(teacher)))
-    with pytest.raises(ConfigError, match="two expert DiTs"):
-        preflight(cfg)
+    teacher = tmp_path / "teacher.yaml"
+    teacher.write_text("name: t\nsource: builtin:tiny-wan\nfamily: hunyuan\n")
+    config = write_config(tmp_path, teacher=str(teacher))
+    assert main(["train", str(config), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown teacher family 'hunyuan'; registered families: [" in err[0] and "'wan'" in err[0]
+    assert not (tmp_path / "run").exists()  # refused before any work
 
 
 def test_resume_from_another_config_is_refused(tmp_path):

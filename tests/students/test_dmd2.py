@@ -10,7 +10,8 @@ from pydantic import ValidationError
 
 from distill.students import registry
 from distill.students.base import Context, DitShape
-from distill.students.common import HeadedDiT, WAN_LORA_TARGETS, per_sample, wan_lora_params
+from distill.students.common import HeadedDiT, per_sample
+from distill.teachers.registry import family
 from distill.students.dmd2 import DMD2, DMD2Config
 from distill.teachers.samplers import consistency_timesteps
 
@@ -213,10 +214,11 @@ def test_plan_counts_the_critic_and_its_lora():
     params = sum(p.numel() for p in dit.parameters())
     block = sum(p.numel() for p in dit.blocks[0].parameters())
     before = params
-    dit.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=list(WAN_LORA_TARGETS)))
+    dit.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=list(family("wan").lora_targets)))
     lora = sum(p.numel() for p in dit.parameters()) - before
-    assert wan_lora_params(32, block, 2, 4) == lora
-    shape = DitShape(params=params, block_params=block, depth=2, dim=32, heads=2, frozen_output_params=0)
+    assert lora > 0 and lora % 4 == 0  # r·(in + out) per adapted layer: linear in the rank
+    shape = DitShape(params=params, block_params=block, depth=2, dim=32, heads=2, frozen_output_params=0,
+                     lora_per_rank=lora // 4)
     full = recipe().plan(shape)
     assert full.networks[0].params == params and full.networks[0].frozen_params == 0
     low = recipe(critic_lora={"rank": 4, "alpha": 4.0}).plan(shape)

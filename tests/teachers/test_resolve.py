@@ -27,7 +27,7 @@ def test_folder_without_model_index(tmp_path):
 
 def test_non_wan_pipeline_folder(tmp_path):
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
-    with pytest.raises(TeacherNotFound, match="'StableDiffusionPipeline'; accepted: 'WanPipeline'"):
+    with pytest.raises(TeacherNotFound, match="'StableDiffusionPipeline', which no registered family serves; served: {.*'WanPipeline': 'wan'"):
         resolve(str(tmp_path))
 
 

@@ -41,7 +41,7 @@ def test_cfg_runs_both_halves_in_one_forward_and_equals_the_two_pass_formula(tea
     x = teacher.noise(2, 17, 64, 64, seed=0)
     t = torch.tensor([0.7, 0.3], dtype=torch.float64)
     batches = []
-    hook = teacher.transformer.register_forward_hook(lambda m, args, kw, out: batches.append(kw["hidden_states"].shape[0]),
+    hook = teacher.dit.register_forward_hook(lambda m, args, kw, out: batches.append(kw["hidden_states"].shape[0]),
                                                      with_kwargs=True)
     try:
         v = teacher.velocity(x, t, cond, guidance=4.0)

@@ -1,4 +1,5 @@
-"""The parts of the built-in tiny teacher: a genuine diffusers `WanPipeline` over the toy world's vocabulary.
+"""The parts of the built-in tiny teachers: a genuine diffusers `WanPipeline` over a small word vocabulary (the toy
+world's, which the caller passes in: this layer does not know the toy world).
 
 Word-level tokenizer over the toy vocabulary, a tiny UMT5 encoder, a tiny `AutoencoderKLWan` and a tiny
 `WanTransformer3DModel`. `scripts/train_tiny_teacher.py` trains the VAE and the DiT; the text encoder stays at its
@@ -14,8 +15,6 @@ import torch
 from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
-
-from distill.toyworld.domain import vocabulary
 
 SPECIAL = ["<pad>", "</s>", "<unk>"]
 
@@ -57,10 +56,10 @@ def build_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
                                    model_max_length=512, padding_side="right")
 
 
-def build_components(spec: TinyWanSpec, seed: int = 0) -> dict:
-    """Fresh (untrained) components of a tiny WanPipeline, seeded."""
+def build_components(spec: TinyWanSpec, words: list[str], seed: int = 0) -> dict:
+    """Fresh (untrained) components of a tiny WanPipeline over the vocabulary `words`, seeded."""
     torch.manual_seed(seed)
-    tokenizer = build_tokenizer(vocabulary() + list(spec.extra_words))
+    tokenizer = build_tokenizer(list(words) + list(spec.extra_words))
     text_encoder = UMT5EncoderModel(UMT5Config(
         vocab_size=len(tokenizer), d_model=spec.text_dim, d_kv=spec.text_dim // spec.text_heads,
         d_ff=spec.text_dim * 2, num_layers=spec.text_layers, num_heads=spec.text_heads,

@@ -1,11 +1,10 @@
-"""The diffusers Wan 2.1 / 2.2 text-to-video teacher: `WanTransformer3DModel` (and, for Wan 2.2 A14B, its low-noise
+"""The loaded Wan 2.1 / 2.2 text-to-video teacher: `WanTransformer3DModel` (and, for Wan 2.2 A14B, its low-noise
 expert `transformer_2`), `AutoencoderKLWan`, and the pipeline's UMT5 text encoder and tokenizer."""
 
 from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -13,42 +12,12 @@ from diffusers import WanPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
 from distill.teachers import samplers
+from distill.teachers.base import DTYPES, Cond, pick_device, seed_list  # noqa: F401
 from distill.teachers.parallel import check_sequence_split, token_count
 from distill.teachers.resolve import check_weight_files, resolve
 from distill.teachers.schedule import NUM_TRAIN_TIMESTEPS
+from distill.teachers.wan.experts import WanExperts
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass
-class Cond:
-    """Text conditioning for a batch: per-prompt embeddings, and those of the negative prompt (for CFG)."""
-
-    prompt_embeds: torch.Tensor  # [B, L, D]
-    negative_embeds: torch.Tensor | None  # [B, L, D]
-
-    def to(self, device) -> "Cond":
-        neg = None if self.negative_embeds is None else self.negative_embeds.to(device)
-        return Cond(self.prompt_embeds.to(device), neg)
-
-    def __getitem__(self, index) -> "Cond":
-        neg = None if self.negative_embeds is None else self.negative_embeds[index]
-        return Cond(self.prompt_embeds[index], neg)
-
-
-def pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def seed_list(seed: int | list[int], n: int) -> list[int]:
-    """One seed per clip: a list is taken as is; an int s gives s, s+1, ... so clip i is reproducible alone."""
-    if isinstance(seed, int):
-        return [seed + i for i in range(n)]
-    if len(seed) != n:
-        raise ValueError(f"got {len(seed)} seeds for {n} prompts; give one seed per prompt, or a single int")
-    return list(seed)
 
 
 def video_factors(folder: Path) -> tuple[int, int, tuple[int, ...]]:
@@ -116,7 +85,11 @@ def _param_dtype(model) -> torch.dtype:
 class WanTeacher:
     """A 50-step flow-matching spacetime DiT teacher loaded from a diffusers Wan folder."""
 
-    def __init__(self, pipe: WanPipeline, folder: Path, device: torch.device, max_sequence_length: int = 512):
+    def __init__(self, pipe: WanPipeline, folder: Path, device: torch.device, max_sequence_length: int = 512,
+                 guidance_2: float | None = None):
+        from distill.teachers.registry import family
+
+        self.family = family("wan")
         self.pipe = pipe
         self.folder = folder
         self.device = device
@@ -129,6 +102,11 @@ class WanTeacher:
         self.scheduler_config = dict(pipe.scheduler.config)
         boundary = pipe.config.get("boundary_ratio")
         self.boundary_t = None if boundary is None or self.transformer_2 is None else float(boundary)
+        # The velocity network the engine copies, partitions and runs: one DiT, or the two experts behind their
+        # router (the low-noise expert's guidance `guidance_2`, as the stock pipeline's `guidance_scale_2`).
+        self.dit = self.transformer if self.boundary_t is None else \
+            WanExperts(self.transformer, self.transformer_2, self.boundary_t)
+        self.guidance_2 = guidance_2
         self.expand_timesteps = bool(pipe.config.get("expand_timesteps", False))
         self.vae_scale_temporal = pipe.vae_scale_factor_temporal
         self.vae_scale_spatial = pipe.vae_scale_factor_spatial
@@ -147,20 +125,24 @@ class WanTeacher:
 
     @classmethod
     def from_pretrained(cls, source: str, dtype: str = "float32", device: str = "auto", revision: str | None = None,
-                        max_sequence_length: int = 512) -> "WanTeacher":
-        folder = resolve(source, revision)
+                        max_sequence_length: int = 512, guidance_2: float | None = None) -> "WanTeacher":
         if dtype not in DTYPES:
             raise ValueError(f"dtype {dtype!r} is not one of {list(DTYPES)}")
+        return cls.load(resolve(source, revision), DTYPES[dtype], pick_device(device), max_sequence_length,
+                        guidance_2)
+
+    @classmethod
+    def load(cls, folder: Path, dtype: torch.dtype, dev: torch.device, max_sequence_length: int = 512,
+             guidance_2: float | None = None) -> "WanTeacher":
         check_weight_files(folder)  # a truncated download fails here, naming its file
         # The VAE stays in fp32: it is small next to the DiT, and fp32 keeps decoded colours exact.
-        pipe = WanPipeline.from_pretrained(folder, dtype={"default": DTYPES[dtype], "vae": torch.float32})
-        dev = pick_device(device)
+        pipe = WanPipeline.from_pretrained(folder, dtype={"default": dtype, "vae": torch.float32})
         pipe.to(dev)
         pipe.set_progress_bar_config(disable=True)
         for module in (pipe.transformer, getattr(pipe, "transformer_2", None), pipe.vae, pipe.text_encoder):
             if module is not None:
                 module.eval().requires_grad_(False)
-        return cls(pipe, folder, dev, max_sequence_length)
+        return cls(pipe, folder, dev, max_sequence_length, guidance_2)
 
     # --- sequence parallelism ----------------------------------------------------------------------------------
     def shard_sequence(self, group) -> "WanTeacher":
@@ -169,17 +151,15 @@ class WanTeacher:
         `velocity` with the same prompts and seeds, and every rank gets the whole result."""
         from distill.teachers.parallel import shard_sequence
 
-        for model in (self.transformer, self.transformer_2):
-            if model is not None:
-                shard_sequence(getattr(model, "module", model), group)
+        if self.dit is not None:
+            shard_sequence(getattr(self.dit, "module", self.dit), group)
         return self
 
     def unshard_sequence(self) -> "WanTeacher":
         from distill.teachers.parallel import unshard_sequence
 
-        for model in (self.transformer, self.transformer_2):
-            if model is not None:
-                unshard_sequence(getattr(model, "module", model))
+        if self.dit is not None:
+            unshard_sequence(getattr(self.dit, "module", self.dit))
         return self
 
     # --- shapes -------------------------------------------------------------------------------------------------
@@ -236,40 +216,52 @@ class WanTeacher:
     def forward_all(self, model, x: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor, **kwargs) -> tuple:
         """`forward`, returning every output of the network (a headed critic gives velocity and logits), with
         `kwargs` passed on to it."""
+        dtype = _param_dtype(model)
+        return model(hidden_states=x.to(dtype), timestep=self._timestep(t, x), encoder_hidden_states=embeds.to(dtype),
+                     return_dict=False, **kwargs)
+
+    def _timestep(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The DiT's timestep input: t·1000 in float32 (as the stock pipeline's scheduler gives it)."""
         timestep = (t.to(torch.float64) * NUM_TRAIN_TIMESTEPS).to(torch.float32)
         if self.expand_timesteps:  # Wan 2.2 TI2V: one timestep per latent patch
             p_t, p_h, p_w = self.patch_size
             n = (x.shape[2] // p_t) * (x.shape[3] // p_h) * (x.shape[4] // p_w)
             timestep = timestep[:, None].expand(-1, n)
-        dtype = _param_dtype(model)
-        return model(hidden_states=x.to(dtype), timestep=timestep, encoder_hidden_states=embeds.to(dtype),
-                     return_dict=False, **kwargs)
+        return timestep
 
-    def _velocity_one_model(self, model, x, t, cond: Cond, guidance: float) -> torch.Tensor:
-        if guidance > 1.0 and cond.negative_embeds is not None:
-            # Conditional and unconditional halves in one batched forward.
-            both = self.forward(model, torch.cat([x, x]), torch.cat([t, t]),
-                                 torch.cat([cond.prompt_embeds, cond.negative_embeds]))
-            v_cond, v_uncond = both.chunk(2)
-            return v_uncond + guidance * (v_cond - v_uncond)
-        return self.forward(model, x, t, cond.prompt_embeds)
+    def guided(self, model, x, t, cond: Cond, guidance: float, guidance_2: float | None = None) -> torch.Tensor:
+        """`model`'s velocity with classifier-free guidance when guidance > 1, both halves in one forward. With two
+        experts, the low-noise expert's samples take `guidance_2` (None: `guidance`), as the stock pipeline's
+        `guidance_scale_2`; guidance is on or off for both by `guidance`, as there."""
+        if not (guidance > 1.0 and cond.negative_embeds is not None):
+            return self.forward(model, x, t, cond.prompt_embeds)
+        both = self.forward(model, torch.cat([x, x]), torch.cat([t, t]),
+                             torch.cat([cond.prompt_embeds, cond.negative_embeds]))
+        v_cond, v_uncond = both.chunk(2)
+        scale = guidance
+        module = getattr(model, "module", model)
+        if guidance_2 is not None and isinstance(module, WanExperts):
+            high = module.is_high(self._timestep(t, x))
+            scale = torch.where(high, guidance, guidance_2).to(v_cond.dtype).view(-1, *([1] * (x.dim() - 1)))
+        return v_uncond + scale * (v_cond - v_uncond)
 
-    def guided(self, model, x, t, cond: Cond, guidance: float) -> torch.Tensor:
-        """`model`'s velocity with classifier-free guidance (when guidance > 1), both halves in one forward."""
-        return self._velocity_one_model(model, x, t, cond, guidance)
-
-    def velocity(self, x_t: torch.Tensor, t: torch.Tensor | float, cond: Cond, guidance: float = 1.0) -> torch.Tensor:
-        """v(x_t, t, text) with classifier-free guidance when guidance > 1; t ∈ [0, 1], scalar or per sample."""
+    def velocity(self, x_t: torch.Tensor, t: torch.Tensor | float, cond: Cond, guidance: float = 1.0,
+                 guidance_2: float | None = None) -> torch.Tensor:
+        """v(x_t, t, text) with classifier-free guidance when guidance > 1; t ∈ [0, 1], scalar or per sample. With
+        two experts each sample goes to its expert (WanExperts), the low-noise ones guided by `guidance_2` (None:
+        this teacher's own `guidance_2`, else `guidance`)."""
         t = torch.as_tensor(t, dtype=torch.float64, device=x_t.device).reshape(-1).expand(x_t.shape[0])
-        if self.boundary_t is None:
-            return self._velocity_one_model(self.transformer, x_t, t, cond, guidance)
-        # Wan 2.2 A14B: the high-noise expert above the boundary, the low-noise expert below it.
-        high = t >= self.boundary_t
-        out = torch.empty_like(x_t, dtype=self.transformer.dtype)
-        for mask, model in ((high, self.transformer), (~high, self.transformer_2)):
-            if mask.any():
-                out[mask] = self._velocity_one_model(model, x_t[mask], t[mask], cond[mask], guidance).to(out.dtype)
-        return out
+        g2 = guidance_2 if guidance_2 is not None else self.guidance_2
+        return self.guided(self.dit, x_t, t, cond, guidance, g2)
+
+    def drop_text_encoder(self) -> None:
+        self.pipe.text_encoder = None
+
+    def drop_dit(self) -> None:
+        self.dit = self.transformer = self.transformer_2 = None
+        self.pipe.transformer = None
+        if hasattr(self.pipe, "transformer_2"):
+            self.pipe.transformer_2 = None
 
     # --- sampling -----------------------------------------------------------------------------------------------
     def noise(self, n: int, frames: int, height: int, width: int, seed: int | list[int]) -> torch.Tensor:
@@ -281,7 +273,8 @@ class WanTeacher:
     @torch.no_grad()
     def sample(self, prompts: list[str], steps: int = 50, guidance: float = 5.0, shift: float = 3.0,
                seed: int | list[int] = 0, sampler: str = "unipc", negative: str = "", frames: int = 81,
-               height: int = 480, width: int = 832, progress: bool = False, cond: Cond | None = None) -> torch.Tensor:
+               height: int = 480, width: int = 832, progress: bool = False, cond: Cond | None = None,
+               guidance_2: float | None = None) -> torch.Tensor:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         cond = cond if cond is not None else self.encode(prompts, negative if guidance > 1.0 else None)
         gens = [torch.Generator(self.device).manual_seed(s) for s in seed_list(seed, len(prompts))]
@@ -289,7 +282,7 @@ class WanTeacher:
                          device=self.device, dtype=torch.float32)
         # Stochastic samplers draw their fresh noise from the same per-clip generators, after the initial noise.
         noise = lambda like: randn_tensor(like.shape, generator=gens, device=self.device, dtype=like.dtype)  # noqa
-        model = lambda x_t, t: self.velocity(x_t, t, cond, guidance)  # noqa: E731
+        model = lambda x_t, t: self.velocity(x_t, t, cond, guidance, guidance_2)  # noqa: E731
         return samplers.sample(sampler, model, x, steps, shift, self.scheduler_config, progress, noise)
 
     # --- pixels -------------------------------------------------------------------------------------------------

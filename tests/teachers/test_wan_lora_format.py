@@ -9,20 +9,19 @@ from peft import LoraConfig as PeftLoraConfig
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from distill.lora_format import WAN_LORA_FILE, to_wan_keys, write_wan_lora
-from distill.networks import save_lora
-from distill.train_config import WAN_LORA_TARGETS, LoraConfig
+from distill.teachers.registry import family
+from distill.teachers.wan.lora_format import WAN_LORA_FILE, to_wan_keys, write_wan_lora
 
 LORA_FILE = "pytorch_lora_weights.safetensors"  # what WanPipeline.save_lora_weights names it
 RANK, ALPHA = 4, 16.0  # scale alpha / r = 4: a forgotten or doubled scale shows
 # the default targets, and the layers outside the blocks that have a Wan name too
-TARGETS = [*WAN_LORA_TARGETS, "proj_out", "time_proj", "linear_1", "linear_2"]
+TARGETS = [*family("wan").lora_targets, "proj_out", "time_proj", "linear_1", "linear_2"]
 
 
 @pytest.fixture(scope="module")
 def lora_folder(untrained_wan, tmp_path_factory):
     """A peft LoRA on the untrained tiny Wan DiT, with nonzero lora_B (peft starts it at zero), written by the
-    project's own writer (`save_lora`, as training does) and converted by `write_wan_lora`, as export does."""
+    project's own writer (the family's `save_lora`, as training does) and converted by `write_wan_lora`, as export does."""
     transformer = WanTransformer3DModel.from_pretrained(untrained_wan / "transformer", torch_dtype=torch.float32)
     transformer.add_adapter(PeftLoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=TARGETS, init_lora_weights=True))
     g = torch.Generator().manual_seed(0)
@@ -31,7 +30,8 @@ def lora_folder(untrained_wan, tmp_path_factory):
         if "lora_" in name:
             weights[name] = 0.05 * torch.randn(p.shape, generator=g) if "lora_B" in name else p.detach().clone()
     folder = tmp_path_factory.mktemp("lora")
-    save_lora(folder, weights, LoraConfig(rank=RANK, alpha=ALPHA, target_modules=TARGETS))
+    family("wan").save_lora(folder, weights, {"r": RANK, "lora_alpha": ALPHA, "lora_dropout": 0.0,
+                                              "target_modules": TARGETS})
     layers = write_wan_lora(folder / LORA_FILE, folder / WAN_LORA_FILE)
     assert layers == len(weights) // 2 == 2 * 10 + 6  # 2 blocks x (4 + 4 attention + 2 FFN), 6 outside
     return folder

@@ -1,0 +1,352 @@
+"""The teacher-family contract: everything the engine, eval, export, planner and recipes may know of a teacher.
+
+A model family (Wan 2.1/2.2 today) is a plug-in, as a recipe is: one package under `teachers/` holding a `Family`
+subclass registered with `@register` (teachers/registry.py), or a class another installed package names under the
+`distill.teachers` entry-point group. Nothing outside `teachers/` names a family; it asks the registry for the
+family of a folder (or of a teacher config's `family:`) and talks to the two objects below.
+
+    Family   stateless: what a checkpoint folder's configs say without loading weights (its checks, the video
+             factors, the experts and their boundary, the DiT's shape), and how the family's networks and files
+             are made (student backbones, the planner's meta-device DiT, LoRA files in diffusers and native key
+             names, the exported stock-pipeline folder)
+    Teacher  a loaded checkpoint: conditioning (batched, cacheable), the guided velocity (conditional and
+             unconditional halves in one forward; per-expert guidance), sampling, decode/encode, sequence sharding
+
+A family with experts (Wan 2.2 A14B: a high-noise and a low-noise DiT switching at `boundary_ratio`) gives the
+engine ONE network, `Teacher.dit`, that routes each sample to its expert by timestep; a student built from it has
+the same experts and routes the same way, so training, validation, export and eval switch experts alike.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import torch
+from torch import nn
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def seed_list(seed: int | list[int], n: int) -> list[int]:
+    """One seed per clip: a list is taken as is; an int s gives s, s+1, ... so clip i is reproducible alone."""
+    if isinstance(seed, int):
+        return [seed + i for i in range(n)]
+    if len(seed) != n:
+        raise ValueError(f"got {len(seed)} seeds for {n} prompts; give one seed per prompt, or a single int")
+    return list(seed)
+
+
+# --- what a folder's configs say -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class VideoFactors:
+    """How a family's VAE and DiT cut a clip: VAE compression in time and space, and the DiT's patch (t, h, w)."""
+
+    temporal: int
+    spatial: int
+    patch: tuple[int, int, int]
+
+    def latent_grid(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
+        return ((frames - 1) // self.temporal + 1, height // self.spatial, width // self.spatial)
+
+    def tokens(self, frames: int, height: int, width: int) -> int:
+        f, h, w = self.latent_grid(frames, height, width)
+        pt, ph, pw = self.patch
+        return (f // pt) * (h // ph) * (w // pw)
+
+
+@dataclass
+class Cond:
+    """The conditioning of a batch: per-prompt text embeddings, and those of the negative prompt (for CFG)."""
+
+    prompt_embeds: torch.Tensor  # [B, L, D]
+    negative_embeds: torch.Tensor | None  # [B, L, D]
+
+    def to(self, device) -> "Cond":
+        neg = None if self.negative_embeds is None else self.negative_embeds.to(device)
+        return Cond(self.prompt_embeds.to(device), neg)
+
+    def __getitem__(self, index) -> "Cond":
+        neg = None if self.negative_embeds is None else self.negative_embeds[index]
+        return Cond(self.prompt_embeds[index], neg)
+
+
+class FamilyError(ValueError):
+    """A folder, expert layout or file a family cannot serve (raised before any weights load)."""
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as err:
+        raise FamilyError(f"{str(path)!r} is not valid JSON ({err})") from None
+
+
+def pipeline_class(folder: Path) -> str | None:
+    """The `_class_name` of a diffusers pipeline folder's model_index.json (None without one)."""
+    index = Path(folder) / "model_index.json"
+    return read_json(index).get("_class_name") if index.is_file() else None
+
+
+def dit_folder(path: str | Path) -> Path | None:
+    """The DiT's folder inside a pipeline folder (`transformer/`), or `path` itself when it is a transformer
+    folder; None when it is neither (no config.json there)."""
+    path = Path(path)
+    for candidate in (path / "transformer", path):
+        if (candidate / "config.json").is_file():
+            return candidate
+    return None
+
+
+# --- a loaded teacher ------------------------------------------------------------------------------------------------
+class Teacher(Protocol):
+    """A loaded checkpoint, as the engine, eval and commands use it. `model` arguments are `dit` or any network of
+    its shape (a student, its EMA, a DeepSpeed engine around one); t is the noise level in [0, 1] ([B], float64)."""
+
+    family: "Family"
+    folder: Path
+    device: torch.device
+    dtype: torch.dtype  # the DiT's compute dtype
+    max_sequence_length: int
+    dit: nn.Module | None  # the velocity network (the experts behind one router where there are experts)
+    guidance_2: float | None  # the low-noise expert's own guidance (None: the same as the high-noise one)
+
+    def encode(self, prompts: list[str], negative: str | list[str] | None = "") -> Cond: ...
+    def embed(self, texts: list[str]) -> torch.Tensor: ...
+    def forward(self, model, x: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor: ...
+    def forward_all(self, model, x: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor, **kwargs) -> tuple: ...
+    def guided(self, model, x, t, cond: Cond, guidance: float, guidance_2: float | None = None) -> torch.Tensor: ...
+    def velocity(self, x_t, t, cond: Cond, guidance: float = 1.0, guidance_2: float | None = None
+                 ) -> torch.Tensor: ...
+    def noise(self, n: int, frames: int, height: int, width: int, seed: int | list[int]) -> torch.Tensor: ...
+    def sample(self, prompts: list[str], steps: int = 50, guidance: float = 5.0, shift: float = 3.0,
+               seed: int | list[int] = 0, sampler: str = "unipc", negative: str = "", frames: int = 81,
+               height: int = 480, width: int = 832, progress: bool = False, cond: Cond | None = None,
+               guidance_2: float | None = None) -> torch.Tensor: ...
+    def decode(self, latents: torch.Tensor) -> torch.Tensor: ...  # -> uint8 [B, T, H, W, 3]
+    def encode_video(self, video: torch.Tensor, sample: bool = False, generator=None) -> torch.Tensor: ...
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, ...]: ...
+    def check_video_size(self, frames: int, height: int, width: int) -> None: ...
+    def shard_sequence(self, group) -> "Teacher": ...
+    def unshard_sequence(self) -> "Teacher": ...
+    def drop_text_encoder(self) -> None: ...  # every prompt is embedded: free the encoder
+    def drop_dit(self) -> None: ...  # a recipe that never runs the teacher's DiT: free it (the VAE stays)
+
+
+# --- the family ---------------------------------------------------------------------------------------------------
+class Family(ABC):
+    """A model family as a plug-in. Subclasses set the class attributes and implement the abstract methods; the
+    others have defaults that fit a diffusers pipeline with one `transformer/`."""
+
+    name: ClassVar[str]  # what a teacher config's `family:` says
+    description: ClassVar[str] = ""
+    pipeline_classes: ClassVar[tuple[str, ...]]  # model_index.json `_class_name`s it serves
+    components: ClassVar[tuple[str, ...]] = ("transformer", "vae", "scheduler")  # folders a checkpoint must have
+    dit_classes: ClassVar[tuple[str, ...]]  # class names of its DiTs (and of its expert router)
+    shape_keys: ClassVar[tuple[str, ...]] = ()  # DiT config keys a student init must share with the teacher
+    lora_targets: ClassVar[tuple[str, ...]]  # LoRA's default target modules on its DiT
+    native_lora_file: ClassVar[str | None] = None  # the adapter in the family's native key names, when it has one
+
+    # --- a folder's configs, no weights ---------------------------------------------------------------------------
+    def check_folder(self, folder: Path, name: str) -> None:
+        """Refuse a folder this family cannot load (FamilyError naming the file or component)."""
+        cls = pipeline_class(folder)
+        if cls not in self.pipeline_classes:
+            raise FamilyError(f"teacher {name!r}: {folder / 'model_index.json'} names pipeline class {cls!r}; "
+                              f"family {self.name!r} serves {list(self.pipeline_classes)}")
+        missing = [c for c in (*self.components, *self.experts(folder)) if not (folder / c).is_dir()]
+        if missing:
+            raise FamilyError(f"teacher {name!r}: {str(folder)!r} lacks the component folders {missing}")
+
+    def experts(self, folder: Path) -> tuple[str, ...]:
+        """The DiT components, highest noise first: ("transformer",), or two for a two-expert checkpoint."""
+        return ("transformer",)
+
+    def boundary(self, folder: Path) -> float | None:
+        """Where a two-expert checkpoint switches from its first expert to its second, as a fraction of the
+        training timesteps (t ≥ boundary: the first); None with one expert."""
+        return None
+
+    def dit_config(self, folder: Path) -> dict:
+        return read_json(Path(folder) / self.experts(folder)[0] / "config.json")
+
+    @abstractmethod
+    def video_factors(self, folder: Path) -> VideoFactors: ...
+
+    @abstractmethod
+    def check_video_size(self, frames: int, height: int, width: int, factors: VideoFactors) -> None:
+        """Refuse (ValueError naming the value and what would be accepted) a clip size the family cannot take."""
+
+    def attention_heads(self, dit_config: dict) -> int:
+        return int(dit_config["num_attention_heads"])
+
+    def width(self, dit_config: dict) -> int:
+        """The DiT's token width."""
+        return self.attention_heads(dit_config) * int(dit_config["attention_head_dim"])
+
+    def depth(self, dit_config: dict) -> int:
+        return int(dit_config.get("num_layers", 1))
+
+    def latent_channels(self, dit_config: dict) -> int:
+        return int(dit_config["in_channels"])
+
+    def patch(self, dit_config: dict) -> tuple[int, int, int]:
+        """The DiT's (t, h, w) patch over the latent grid."""
+        return tuple(dit_config.get("patch_size", (1, 1, 1)))
+
+    def check_init(self, init: str, folder: Path, key: str, teacher: str) -> None:
+        """Refuse a student (or other network) init folder that cannot be trained against this teacher: not a
+        folder of this family's DiT(s), another expert layout, or another shape (FamilyError naming `key`)."""
+        path = Path(init)
+        if not path.exists():
+            raise FamilyError(f"{key}: {init!r} does not exist (give 'teacher', a diffusers transformer folder or a "
+                              f"pipeline folder such as a `distill export`)")
+        dit = dit_folder(path)
+        if dit is None:
+            raise FamilyError(f"{key}: {init!r} is neither a diffusers transformer folder nor a pipeline folder "
+                              f"(no config.json or transformer/config.json)")
+        ours, theirs = self.dit_config(folder), read_json(dit / "config.json")
+        diff = {k: (theirs.get(k), ours.get(k)) for k in self.shape_keys if theirs.get(k) != ours.get(k)}
+        if diff:
+            raise FamilyError(f"{key}: {init!r} cannot be trained against teacher {teacher!r}: "
+                              + ", ".join(f"{k} is {a!r}, the teacher's is {b!r}" for k, (a, b) in diff.items()))
+
+    def check_sequence_split(self, folder: Path, frames: int, height: int, width: int, n: int,
+                             where: str = "", inits: list[tuple[str, str]] = ()) -> None:
+        """Refuse (ValueError) a sequence-parallel degree the DiT's heads (and those of the student inits) or this
+        clip's tokens do not divide."""
+        from distill.teachers.parallel import check_sequence_split
+
+        tokens = self.video_factors(folder).tokens(frames, height, width)
+        dits = {"teacher": self.dit_config(folder)}
+        for key, init in inits:
+            if init != "teacher":
+                dits[f"{key} {init!r}"] = read_json(dit_folder(init) / "config.json")
+        for name, config in dits.items():
+            check_sequence_split(self.attention_heads(config), tokens, n, f"{where} ({name})" if where else name)
+
+    # --- loading ------------------------------------------------------------------------------------------------
+    @abstractmethod
+    def load(self, folder: Path, dtype: torch.dtype, device: torch.device, max_sequence_length: int,
+             guidance_2: float | None = None) -> Teacher: ...
+
+    # --- networks -----------------------------------------------------------------------------------------------
+    @abstractmethod
+    def dit_from_pretrained(self, folder: Path) -> nn.Module:
+        """The family's velocity network from a folder (a pipeline folder or a transformer folder), in fp32:
+        one DiT, or the experts behind their router."""
+
+    def student_dit(self, teacher: Teacher, init: str) -> nn.Module:
+        """A copy of the teacher's velocity network (init "teacher"), or the network of another folder."""
+        return copy.deepcopy(teacher.dit) if init == "teacher" else self.dit_from_pretrained(Path(init))
+
+    @abstractmethod
+    def meta_dit(self, config: dict, layers: int | None = None, dtype: torch.dtype = torch.float32) -> nn.Module:
+        """One expert's DiT on the meta device (no memory), `layers` blocks deep if given: the planner counts it."""
+
+    @abstractmethod
+    def dit_inputs(self, dit_config: dict, x: torch.Tensor, text_tokens: int) -> dict[str, torch.Tensor]:
+        """The keyword inputs of one DiT forward on latents `x` [B, C, F, H, W] with `text_tokens` of text, on
+        x's device and dtype (the planner traces a meta-device forward with them)."""
+
+    @abstractmethod
+    def dit_blocks(self, dit: nn.Module) -> nn.ModuleList:
+        """The transformer blocks of one DiT (features at named blocks, discriminator heads)."""
+
+    @abstractmethod
+    def dit_output(self, dit: nn.Module) -> list[nn.Module | nn.Parameter]:
+        """What of a DiT only its velocity output reads (final norm and projection, modulation table): frozen and
+        unused in a network that keeps only its features."""
+
+    def experts_of(self, dit: nn.Module) -> list[tuple[str, nn.Module]]:
+        """(component, DiT) of a velocity network: [("transformer", dit)], or one per expert."""
+        return [("transformer", dit)]
+
+    def add_lora(self, dit: nn.Module, config) -> None:
+        """Add a peft LoRA adapter (a `peft.LoraConfig`) to every DiT of a velocity network."""
+        for _, expert in self.experts_of(dit):
+            expert.add_adapter(config)
+
+    def enable_gradient_checkpointing(self, dit: nn.Module) -> None:
+        for _, expert in self.experts_of(dit):
+            expert.enable_gradient_checkpointing()
+
+    def split_experts(self, state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+        """A velocity network's state dict, per component ({"transformer": state} with one expert)."""
+        return {"transformer": state}
+
+    def join_experts(self, parts: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """The inverse of `split_experts`."""
+        return parts["transformer"]
+
+    def read_dit_state(self, folder: Path) -> dict[str, torch.Tensor]:
+        """Weights written by `save_dit`, as the velocity network's state dict."""
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        name = "diffusion_pytorch_model.safetensors"
+        subs = sorted(p.parent.name for p in folder.glob(f"*/{name}"))
+        parts = {c: load_file(folder / c / name) for c in subs} if subs else {"transformer": load_file(folder / name)}
+        return self.join_experts(parts)
+
+    def save_dit(self, dit: nn.Module, state: dict[str, torch.Tensor], folder: Path) -> None:
+        """Write whole weights (`state`, gathered from a possibly partitioned `dit`) as diffusers folder(s): one
+        DiT's config.json and safetensors in `folder`, or one subfolder per expert component."""
+        from safetensors.torch import save_file
+
+        experts = dict(self.experts_of(dit))
+        parts = self.split_experts(state)
+        for component, weights in parts.items():
+            sub = folder if len(parts) == 1 else folder / component
+            sub.mkdir(parents=True, exist_ok=True)
+            experts[component].save_config(sub)
+            save_file(weights, sub / "diffusion_pytorch_model.safetensors")
+
+    # --- LoRA files ---------------------------------------------------------------------------------------------
+    @abstractmethod
+    def save_lora(self, folder: Path, weights: dict[str, torch.Tensor], lora: dict) -> list[Path]:
+        """Adapter weights (peft names on the velocity network) as the family pipeline's LoRA file(s), one per
+        expert; `lora`: rank, alpha, dropout, target_modules. Returns the files written."""
+
+    @abstractmethod
+    def fuse_lora(self, base: Path, lora_file: Path, dest: Path, component: str = "transformer") -> int:
+        """Save the DiT of `base` with the adapter `lora_file` fused in to `dest`, checked numerically; returns
+        the number of fused layers."""
+
+    def write_native_lora(self, lora_file: Path, dest: Path) -> int:
+        """The adapter in the family's native key names (ComfyUI and the family's own code); layers written."""
+        raise NotImplementedError(f"family {self.name!r} has no native LoRA format")
+
+    def lora_files(self, folder: Path, experts: tuple[str, ...]) -> dict[str, Path]:
+        """Where `save_lora` wrote each expert's adapter inside `folder`."""
+        return {c: folder / ("" if i == 0 else c) / "pytorch_lora_weights.safetensors" for i, c in enumerate(experts)}
+
+    # --- export -------------------------------------------------------------------------------------------------
+    def few_step_scheduler(self, shift: float, teacher_folder: Path, steps: int | None = None):
+        """The diffusers scheduler with which the family's stock pipeline samples a `steps`-step student exactly as
+        the project's consistency sampler does: per step, jump to the clean estimate and re-noise to the next level
+        (a family whose pipeline hands the scheduler step-dependent sigmas needs `steps`)."""
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        return FlowMatchEulerDiscreteScheduler(shift=shift, stochastic_sampling=True)
+
+    def pipeline_config(self, teacher_folder: Path) -> dict[str, Any]:
+        """model_index.json entries beside the components that an export keeps (a boundary, ...)."""
+        return {}
+
+    def readme(self, out_name: str, sampler: dict, video, max_sequence_length: int, lora: bool,
+               experts: tuple[str, ...]) -> str:
+        """The family's part of an export's README.md: how to sample it with the stock pipeline (and, for a LoRA
+        student, how to load the adapter files on the teacher)."""
+        return ""
