@@ -134,6 +134,31 @@ def _student_layout(folder: Path, lora: bool, family, experts: tuple[str, ...]) 
     return found
 
 
+def _check_out(out: Path, checkpoint: Path, overwrite: bool) -> None:
+    """An export never replaces a run, a checkpoint, or a folder holding one, and `--overwrite` replaces only an
+    earlier export (it has distill_export.json): nothing else is ever deleted."""
+    from distill.checkpoint import RUN_MARKERS
+
+    source = checkpoint.resolve()
+    if out.exists() and (out.resolve() == source or out.resolve() in source.parents):
+        raise ConfigError(f"export: --out {str(out)!r} holds the checkpoint being exported ({str(source)!r}); "
+                          f"choose a folder outside the run, such as {str(source.parent.parent / 'export')!r}")
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not out.is_dir():
+        raise ConfigError(f"export: --out {str(out)!r} is a file; choose a folder")
+    runs = [m for m in RUN_MARKERS if (out / m).exists()] + (["meta.json"] if (out / "meta.json").exists() else [])
+    if runs:
+        raise ConfigError(f"export: --out {str(out)!r} is a training run or checkpoint (it has {runs}); an export "
+                          f"never replaces one, with or without --overwrite")
+    if not overwrite:
+        raise ConfigError(f"export: {str(out)!r} already exists and is not empty; choose another --out or pass "
+                          f"--overwrite")
+    if not (out / "distill_export.json").is_file():
+        raise ConfigError(f"export: --overwrite replaces an earlier export only, and {str(out)!r} is not one (no "
+                          f"distill_export.json); choose another --out or empty it yourself")
+
+
 def export(run: str | Path, out: Path, checkpoint: str = "latest", steps: int | None = None,
            overwrite: bool = False) -> Path:
     """Write the student of a run (its latest checkpoint, or `checkpoint`) as a diffusers folder at `out` that the
@@ -162,9 +187,7 @@ def export(run: str | Path, out: Path, checkpoint: str = "latest", steps: int | 
     weights = _student_layout(folder, lora, family, experts)
 
     out = Path(out).expanduser().absolute()
-    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"export: {str(out)!r} already exists and is not empty; choose another --out or pass "
-                          f"--overwrite")
+    _check_out(out, folder, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""The README's memory table: `distill plan` for Wan 2.1 1.3B and 14B and Wan 2.2 A14B (two 14B experts, 720p),
+"""The README's memory table: `distill plan` for Wan 2.1 1.3B and 14B, Wan 2.2 A14B (two 14B experts, 720p) and
+LTX-Video 2B (161 x 480 x 704),
 consistency, APT and DMD2, full and LoRA (rank 64), on --gpus x --gpu-memory GiB, each at its recipe config's
 settings, with what the planner says would make it fit (a recipe that refuses the teacher says why).
 
@@ -25,7 +26,9 @@ ROWS = [("Wan 2.1 1.3B", "consistency", "configs/recipes/consistency-wan2.1-1.3b
         ("Wan 2.2 A14B", "consistency", "configs/recipes/consistency-wan2.2-a14b.yaml"),
         ("Wan 2.2 A14B", "APT", "configs/recipes/consistency-wan2.2-a14b.yaml", ["recipe={name: apt}",
                                                                                   "data.latents=real"]),
-        ("Wan 2.2 A14B", "DMD2", "configs/recipes/dmd2-wan2.2-a14b.yaml")]
+        ("Wan 2.2 A14B", "DMD2", "configs/recipes/dmd2-wan2.2-a14b.yaml"),
+        ("LTX-Video 2B", "consistency", "configs/recipes/consistency-ltx-video.yaml"),
+        ("LTX-Video 2B", "DMD2", "configs/recipes/dmd2-ltx-video.yaml")]
 
 
 def main() -> None:

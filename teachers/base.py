@@ -123,7 +123,8 @@ class Teacher(Protocol):
     guidance_2: float | None  # the low-noise expert's own guidance (None: the same as the high-noise one)
 
     def encode(self, prompts: list[str], negative: str | list[str] | None = "") -> Cond: ...
-    def embed(self, texts: list[str]) -> torch.Tensor: ...
+    def embed(self, texts: list[str]) -> torch.Tensor: ...  # [B, L, D]; padding rows exactly zero (a
+    # cache trims and re-pads them; a family whose DiT takes a text mask rebuilds it from them)
     def forward(self, model, x: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor: ...
     def forward_all(self, model, x: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor, **kwargs) -> tuple: ...
     def guided(self, model, x, t, cond: Cond, guidance: float, guidance_2: float | None = None) -> torch.Tensor: ...
@@ -234,7 +235,8 @@ class Family(ABC):
             if init != "teacher":
                 dits[f"{key} {init!r}"] = read_json(dit_folder(init) / "config.json")
         for name, config in dits.items():
-            check_sequence_split(self.attention_heads(config), tokens, n, f"{where} ({name})" if where else name)
+            check_sequence_split(self.attention_heads(config), tokens, n,
+                                 f"{name}, {where}" if inits and where else where or name)
 
     # --- loading ------------------------------------------------------------------------------------------------
     @abstractmethod

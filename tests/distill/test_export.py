@@ -242,6 +242,30 @@ def test_incomplete_checkpoints_and_existing_out_are_refused(runs, full_export, 
         export(runs[0], full_export)
 
 
+def test_overwrite_never_deletes_a_run_or_a_folder_that_is_not_an_export(runs, full_export, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(runs[0], run, ignore=shutil.ignore_patterns("deepspeed", "cache"))
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    for out in (run, run / "checkpoints", run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()):
+        with pytest.raises(ConfigError, match="holds the checkpoint being exported"):
+            export(run, out, overwrite=True)
+    other = tmp_path / "other-run"
+    shutil.copytree(run, other)
+    with pytest.raises(ConfigError, match="is a training run or checkpoint .*never replaces one"):
+        export(run, other, overwrite=True)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="replaces an earlier export only"):
+        export(run, mine, overwrite=True)
+    assert (mine / "notes.txt").read_text() == "keep me"
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before  # nothing of the run was touched
+    again = tmp_path / "again"
+    shutil.copytree(full_export, again)
+    (again / "stale.txt").write_text("from an earlier export")
+    assert export(run, again, overwrite=True) == again.absolute() and not (again / "stale.txt").exists()
+
+
 def test_export_help():
     out = subprocess.run([sys.executable, "-m", "distill.cli", "export", "--help"], check=False,
                          capture_output=True, text=True, cwd=REPO_ROOT)

@@ -6,9 +6,8 @@ import json
 import pytest
 import torch
 from diffusers import UniPCMultistepScheduler, WanPipeline
-
 from distill.teachers import registry
-from distill.teachers.base import Cond, FamilyError
+from distill.teachers.base import FamilyError
 from distill.teachers.resolve import TeacherNotFound, open_teacher
 from distill.teachers.wan import WanExperts, WanTeacher
 
