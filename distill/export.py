@@ -122,8 +122,7 @@ def _student_layout(folder: Path, lora: bool, family, experts: tuple[str, ...]) 
     if lora:
         found = family.lora_files(folder / "lora", experts)
     else:
-        found = {experts[0]: folder / "student"} if len(experts) == 1 else \
-            {e: folder / "student" / e for e in experts}
+        found = family.dit_folders(folder / "student", experts)
     want = [(e, path / "config.json" if not lora else path) for e, path in found.items()]
     missing = [str(path) for _, path in want if not path.is_file()]
     if missing:

@@ -288,6 +288,11 @@ class Family(ABC):
         """A velocity network's state dict, per component ({"transformer": state} with one expert)."""
         return {"transformer": state}
 
+    def dit_folders(self, folder: Path, experts: tuple[str, ...]) -> dict[str, Path]:
+        """Where `save_dit` writes each expert's DiT under `folder`: `folder` itself for one, a subfolder each for
+        several."""
+        return {experts[0]: Path(folder)} if len(experts) == 1 else {e: Path(folder) / e for e in experts}
+
     def join_experts(self, parts: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """The inverse of `split_experts`."""
         return parts["transformer"]
@@ -309,8 +314,9 @@ class Family(ABC):
 
         experts = dict(self.experts_of(dit))
         parts = self.split_experts(state)
+        where = self.dit_folders(folder, tuple(parts))
         for component, weights in parts.items():
-            sub = folder if len(parts) == 1 else folder / component
+            sub = where[component]
             sub.mkdir(parents=True, exist_ok=True)
             experts[component].save_config(sub)
             save_file(weights, sub / "diffusion_pytorch_model.safetensors")

@@ -33,6 +33,8 @@ def add_parser(sub) -> None:
     p.add_argument("--negative-prompt", help="negative prompt for CFG (default: the teacher's)")
     p.add_argument("--steps", type=int, help="denoising steps (default: the teacher's, 50)")
     p.add_argument("--guidance", type=float, help="CFG scale; <= 1 turns CFG off")
+    p.add_argument("--guidance-2", type=float, help="a two-expert teacher's low-noise CFG scale (the stock pipeline's "
+                                                  "guidance_scale_2; default: the teacher's, else --guidance)")
     p.add_argument("--shift", type=float, help="timestep shift of the flow-matching schedule")
     p.add_argument("--sampler", choices=["euler", "unipc", "consistency"])
     p.add_argument("--seed", type=int, default=0, help="seed of the first clip; clip i uses seed + i")
@@ -84,7 +86,8 @@ def run(args) -> int:
     from distill.teachers.config import load_teacher, load_teacher_config, open_config
 
     overrides = [f"{k}={v}" for k, v in (
-        ("sampler.steps", args.steps), ("sampler.guidance", args.guidance), ("sampler.shift", args.shift),
+        ("sampler.steps", args.steps), ("sampler.guidance", args.guidance), ("sampler.guidance_2", args.guidance_2),
+        ("sampler.shift", args.shift),
         ("sampler.name", args.sampler), ("video.frames", args.frames), ("video.height", args.height),
         ("video.width", args.width), ("video.fps", args.fps), ("dtype", args.dtype), ("device", args.device),
     ) if v is not None]
@@ -93,6 +96,8 @@ def run(args) -> int:
         cfg = cfg.model_copy(update={"negative_prompt": args.negative_prompt})
     v, s = cfg.video, cfg.sampler
     family, folder = open_config(cfg)
+    if args.guidance_2 is not None and len(family.experts(folder)) < 2:
+        raise ConfigError(f"--guidance-2 is the low-noise expert's CFG scale, and teacher {cfg.source!r} has one DiT")
     family.check_video_size(v.frames, v.height, v.width, family.video_factors(folder))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:  # before any weights load: the split must be possible

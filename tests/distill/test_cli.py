@@ -69,6 +69,7 @@ def test_several_prompts_give_numbered_clips(untrained_wan, tmp_path):
     (["--height", "40"], "height=40 is not divisible by 16"),
     (["--prompt", " "], "positions [1] are empty"),
     (["--out", "x.avi"], "'.avi'"),
+    (["--guidance-2", "3"], "--guidance-2 is the low-noise expert's CFG scale, and teacher"),
 ])
 def test_bad_input_is_refused_with_exit_2(untrained_wan, tmp_path, capsys, extra, message):
     args = ["sample", "--teacher", str(untrained_wan), "--prompt", "a red circle", "--out", str(tmp_path / "c.mp4")]

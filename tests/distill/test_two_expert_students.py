@@ -34,11 +34,13 @@ def teacher_yaml(folder, path):
     return path
 
 
-def run_yaml(root, teacher, name, **extra):
-    extra.setdefault("recipe", "{name: consistency, skip: 5, sampler: {steps: 4}}")
-    lines = [f"teacher: {teacher}", "data: {size: 4, batch_size: 2}", "deepspeed: zero2",
-             "train: {steps: 1, log_every: 1, checkpoint_every: 1, validation_prompts: [a red circle]}",
-             "wandb: {mode: disabled}", f"out: {root / name}", *(f"{k}: {v}" for k, v in extra.items())]
+def run_yaml(root, teacher, name, **sections):
+    """A run config of the two-expert teacher; `sections` replace the defaults (YAML flow text)."""
+    cfg = {"teacher": teacher, "recipe": "{name: consistency, skip: 5, sampler: {steps: 4}}",
+           "data": "{size: 4, batch_size: 2}", "deepspeed": "zero2",
+           "train": "{steps: 1, log_every: 1, checkpoint_every: 1, validation_prompts: [a red circle]}",
+           "wandb": "{mode: disabled}", "out": root / name, **sections}
+    lines = [f"{k}: {v}" for k, v in cfg.items()]
     path = root / f"{name}.yaml"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -144,3 +146,62 @@ def test_apt_and_a_one_expert_student_init_are_refused_before_any_weights_load(r
                                      data="{size: 4, batch_size: 2, latents: real}"))
     with pytest.raises(ConfigError, match="GAN heads read one DiT's blocks"):
         preflight(gan)
+
+
+@pytest.mark.slow  # ~2 min: three 2-rank runs
+def test_two_ranks_under_zero3_train_both_experts_and_a_killed_run_resumes_exactly(untrained_wan_a14b, tmp_path):
+    """Under ZeRO-3 every rank runs both experts in every forward (a one-sample slice times zero where none of its
+    samples falls on an expert's side), so the partitioned weights are gathered in the same order everywhere."""
+    import signal
+    import time
+
+    from tests.distill.test_train import BIN, REPO, env, losses, torchrun, train_cmd
+
+    teacher = teacher_yaml(untrained_wan_a14b, tmp_path / "teacher.yaml")
+    train = "{steps: 6, log_every: 1, checkpoint_every: 3, validation_prompts: [a red circle], collective_timeout_s: 60}"
+    sections = dict(deepspeed="zero3", data="{size: 8, batch_size: 2}", train=train)
+    whole = run_yaml(tmp_path, teacher, "whole", **sections)
+    proc = torchrun(*train_cmd(whole))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reference = losses(tmp_path / "whole")
+    student = _latest(tmp_path / "whole") / "student"
+    for expert in ("transformer", "transformer_2"):  # each expert of the student moved off its teacher expert
+        ours = load_file(student / expert / "diffusion_pytorch_model.safetensors")
+        theirs = load_file(untrained_wan_a14b / expert / "diffusion_pytorch_model.safetensors")
+        assert any(not torch.equal(ours[k], theirs[k]) for k in ours), expert
+
+    broken = run_yaml(tmp_path, teacher, "broken", **sections)
+    cmd = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--standalone", *train_cmd(broken)]
+    job = subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    metrics = tmp_path / "broken" / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and job.poll() is None:
+        if metrics.is_file() and any(json.loads(line)["step"] >= 4 for line in metrics.read_text().splitlines()):
+            os.killpg(job.pid, signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    job.wait(30)
+    assert job.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    proc = torchrun(*train_cmd(broken, "--resume", "latest"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resumed = losses(tmp_path / "broken")
+    for step in range(4, 7):
+        assert resumed[step] == pytest.approx(reference[step], rel=1e-6, abs=1e-9), step
+
+
+@pytest.mark.slow  # ~30 s
+def test_one_run_per_expert_trains_only_the_expert_named(untrained_wan_a14b, tmp_path):
+    teacher = teacher_yaml(untrained_wan_a14b, tmp_path / "teacher.yaml")
+    config = run_yaml(tmp_path, teacher, "low", student="{experts: [transformer_2], ema_decay: null, export: online}",
+                      recipe="{name: consistency, skip: 5, target: online, sampler: {steps: 4}}",
+                      train="{steps: 2, log_every: 1, checkpoint_every: 2, validation_prompts: [a red circle]}")
+    code = f"from distill.cli import main; import sys; sys.exit(main(['train', {str(config)!r}, '--no-progress']))"
+    done = subprocess.run([sys.executable, "-c", code], check=False, cwd=REPO_ROOT, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    student = _latest(tmp_path / "low") / "student"
+    for expert, moved in (("transformer", False), ("transformer_2", True)):
+        ours = load_file(student / expert / "diffusion_pytorch_model.safetensors")
+        theirs = load_file(untrained_wan_a14b / expert / "diffusion_pytorch_model.safetensors")
+        assert any(not torch.equal(ours[k], theirs[k]) for k in ours) == moved, expert

@@ -52,6 +52,8 @@ def assert_same_numbers(one, two):
     assert len(list((two / "cache").glob("*.npy"))) == len(list((one / "cache").glob("*.npy")))
 
 
+@pytest.mark.slow  # ~2.5 min with its one-process reference: make test's budget (tests/teachers/test_parallel.py
+# and the sequence tests here keep the distributed sampling in make test)
 def test_two_ranks_equal_one_process(tmp_path, one_process):
     # a clip's noise depends only on its seed; batches differ between the runs, so equal up to float rounding
     two = two_ranks(tmp_path / "two", port=29531)
