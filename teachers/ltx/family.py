@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -124,38 +123,11 @@ class LTXFamily(Family):
     def fuse_lora(self, base: Path, lora_file: Path, dest: Path, component: str = "transformer") -> int:
         from diffusers import LTXPipeline, LTXVideoTransformer3DModel
 
+        from distill.teachers.lora import fuse_checked
+
         if component != "transformer":
             raise FamilyError(f"an LTX-Video checkpoint has one DiT, 'transformer'; got component {component!r}")
-        lora_file = Path(lora_file)
-        state, metadata = LTXPipeline.lora_state_dict(str(lora_file.parent), weight_name=lora_file.name,
-                                                      return_lora_metadata=True)
-        bad = [k for k in state if not k.startswith("transformer.") or ".lora_" not in k]
-        if bad:
-            raise FamilyError(f"{str(lora_file)!r} holds weights that are not transformer LoRA layers: {bad[:3]}")
-        transformer = LTXVideoTransformer3DModel.from_pretrained(base, torch_dtype=torch.float32)
-        transformer.load_lora_adapter(state, prefix="transformer", adapter_name="student", metadata=metadata)
-        transformer.fuse_lora(lora_scale=1.0)
-        transformer.unload_lora()
-        fused = transformer.state_dict()
-        meta = metadata or {}
-        rank, alpha = meta.get("transformer.r"), meta.get("transformer.lora_alpha")
-        scale = (alpha / rank) if rank and alpha else 1.0
-        read = _tensor_reader(Path(base))
-        layers = sorted({k.removeprefix("transformer.").rsplit(".lora_", 1)[0] for k in state})
-        for layer in layers:  # diffusers fuses silently; check W + scale·B·A ourselves before writing anything
-            a = state[f"transformer.{layer}.lora_A.weight"].to(torch.float32)
-            b = state[f"transformer.{layer}.lora_B.weight"].to(torch.float32)
-            expected = read(f"{layer}.weight").to(torch.float32) + scale * (b @ a)
-            got = fused[f"{layer}.weight"]
-            tol = 1e-5 * max(1.0, float(expected.abs().max()))
-            if got.shape != expected.shape or float((got - expected).abs().max()) > tol:
-                raise RuntimeError(f"fusing {str(lora_file)!r} into {layer} did not give W + {scale}·B·A; refusing "
-                                   f"to write a transformer that differs from the adapter")
-        leftover = [k for k in fused if "lora_" in k or "base_layer" in k]
-        if leftover:
-            raise RuntimeError(f"LoRA layers left in the fused transformer: {leftover[:3]}")
-        transformer.save_pretrained(dest, safe_serialization=True)
-        return len(layers)
+        return fuse_checked(LTXPipeline, LTXVideoTransformer3DModel, base, lora_file, dest)
 
     # --- export -------------------------------------------------------------------------------------------------
     def few_step_scheduler(self, shift: float, teacher_folder: Path, steps: int | None = None):
@@ -235,20 +207,3 @@ pipe.load_lora_weights("{out_name}/lora")
 pipe.scheduler = type(pipe.scheduler).from_pretrained("{out_name}/scheduler")
 ```
 """
-
-def _tensor_reader(folder: Path):
-    """name -> tensor, read lazily from a (possibly sharded) diffusers safetensors folder."""
-    from safetensors import safe_open
-
-    index = folder / "diffusion_pytorch_model.safetensors.index.json"
-    if index.is_file():
-        where = {k: folder / f for k, f in json.loads(index.read_text())["weight_map"].items()}
-    else:
-        single = folder / "diffusion_pytorch_model.safetensors"
-        with safe_open(single, "pt") as f:
-            where = dict.fromkeys(f.keys(), single)
-
-    def read(name: str):
-        with safe_open(where[name], "pt") as f:
-            return f.get_tensor(name)
-    return read

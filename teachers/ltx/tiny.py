@@ -19,10 +19,10 @@ from diffusers import (
     FlowMatchEulerDiscreteScheduler,
     LTXVideoTransformer3DModel,
 )
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
+from transformers import T5Config, T5EncoderModel
 
-SPECIAL = ["<pad>", "</s>", "<unk>"]  # T5's ids: pad 0, eos 1, unk 2
+from distill.teachers.words import build_tokenizer
+
 
 # LTX-Video's scheduler_config.json (Lightricks/LTX-Video, 0.9.x): resolution-dependent ("dynamic") exponential
 # shift between base_shift at 1024 tokens and max_shift at 4096, the grid stretched to end at 0.1.
@@ -57,22 +57,10 @@ class TinyLTXSpec:
         return asdict(self)
 
 
-def build_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
-    vocab = {tok: i for i, tok in enumerate(dict.fromkeys([*SPECIAL, *words]))}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.normalizer = normalizers.Sequence([normalizers.Lowercase(), normalizers.Replace(",", " "),
-                                           normalizers.Replace(".", " ")])
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    # T5 ends every text with </s>: the empty negative prompt is then one real token, never an all-masked row.
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", vocab["</s>"])])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
-                                   model_max_length=128, padding_side="right")
-
-
 def build_components(spec: TinyLTXSpec, words: list[str], seed: int = 0) -> dict:
     """Fresh random components of a tiny LTXPipeline over the vocabulary `words`, seeded."""
     torch.manual_seed(seed)
-    tokenizer = build_tokenizer(list(words) + list(spec.extra_words))
+    tokenizer = build_tokenizer(list(words) + list(spec.extra_words), model_max_length=128)
     text_encoder = T5EncoderModel(T5Config(
         vocab_size=len(tokenizer), d_model=spec.text_dim, d_kv=spec.text_dim // spec.text_heads,
         d_ff=spec.text_dim * 2, num_layers=spec.text_layers, num_heads=spec.text_heads,

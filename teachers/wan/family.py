@@ -4,7 +4,6 @@ low-noise ones, switching at `boundary_ratio`)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -187,36 +186,10 @@ class WanFamily(Family):
     def fuse_lora(self, base: Path, lora_file: Path, dest: Path, component: str = "transformer") -> int:
         from diffusers import WanPipeline, WanTransformer3DModel
 
+        from distill.teachers.lora import fuse_checked
+
         self.check_lora_expert(lora_file, component)
-        state, metadata = WanPipeline.lora_state_dict(str(lora_file.parent), weight_name=lora_file.name,
-                                                      return_lora_metadata=True)
-        bad = [k for k in state if not k.startswith("transformer.") or ".lora_" not in k]
-        if bad:
-            raise FamilyError(f"{str(lora_file)!r} holds weights that are not transformer LoRA layers: {bad[:3]}")
-        transformer = WanTransformer3DModel.from_pretrained(base, torch_dtype=torch.float32)
-        transformer.load_lora_adapter(state, prefix="transformer", adapter_name="student", metadata=metadata)
-        transformer.fuse_lora(lora_scale=1.0)
-        transformer.unload_lora()
-        fused = transformer.state_dict()
-        meta = metadata or {}
-        rank, alpha = meta.get("transformer.r"), meta.get("transformer.lora_alpha")
-        read = _tensor_reader(Path(base))
-        layers = sorted({k.removeprefix("transformer.").rsplit(".lora_", 1)[0] for k in state})
-        for layer in layers:
-            a = state[f"transformer.{layer}.lora_A.weight"].to(torch.float32)
-            b = state[f"transformer.{layer}.lora_B.weight"].to(torch.float32)
-            scale = (alpha / rank) if rank and alpha else 1.0
-            expected = read(f"{layer}.weight").to(torch.float32) + scale * (b @ a)
-            got = fused[f"{layer}.weight"]
-            tol = 1e-5 * max(1.0, float(expected.abs().max()))
-            if got.shape != expected.shape or float((got - expected).abs().max()) > tol:
-                raise RuntimeError(f"fusing the LoRA into {layer} did not give W + {scale}·B·A; refusing to "
-                                   f"write a transformer that differs from the adapter")
-        leftover = [k for k in fused if "lora_" in k or "base_layer" in k]
-        if leftover:
-            raise RuntimeError(f"LoRA layers left in the fused transformer: {leftover[:3]}")
-        transformer.save_pretrained(dest, safe_serialization=True)
-        return len(layers)
+        return fuse_checked(WanPipeline, WanTransformer3DModel, base, lora_file, dest)
 
     def write_native_lora(self, lora_file: Path, dest: Path) -> int:
         return lora_format.write_wan_lora(lora_file, dest)
@@ -277,21 +250,3 @@ pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift={shift}, stochastic_sampl
             if len(native) > 1 else ""}), for ComfyUI, DiffSynth-Studio and LightX2V; diffusers loads them too, with
 `weight_name=`.
 """
-
-
-def _tensor_reader(folder: Path):
-    """name -> tensor, read lazily from a (possibly sharded) diffusers safetensors folder."""
-    from safetensors import safe_open
-
-    index = folder / "diffusion_pytorch_model.safetensors.index.json"
-    if index.is_file():
-        where = {k: folder / f for k, f in json.loads(index.read_text())["weight_map"].items()}
-    else:
-        single = folder / "diffusion_pytorch_model.safetensors"
-        with safe_open(single, "pt") as f:
-            where = dict.fromkeys(f.keys(), single)
-
-    def read(name: str):
-        with safe_open(where[name], "pt") as f:
-            return f.get_tensor(name)
-    return read

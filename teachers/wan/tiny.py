@@ -13,10 +13,10 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+from transformers import UMT5Config, UMT5EncoderModel
 
-SPECIAL = ["<pad>", "</s>", "<unk>"]
+from distill.teachers.words import build_tokenizer
+
 
 
 @dataclass
@@ -43,17 +43,6 @@ class TinyWanSpec:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def build_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
-    vocab = {tok: i for i, tok in enumerate([*SPECIAL, *words])}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.normalizer = normalizers.Sequence([normalizers.Lowercase(), normalizers.Replace(",", " "),
-                                           normalizers.Replace(".", " ")])
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", vocab["</s>"])])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
-                                   model_max_length=512, padding_side="right")
 
 
 def build_components(spec: TinyWanSpec, words: list[str], seed: int = 0) -> dict:
