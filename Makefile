@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow teacher venv clean
+.PHONY: demo test test-slow teacher teacher-a14b venv clean
 
 venv: $(STAMP)
 
@@ -29,6 +29,11 @@ demo: $(STAMP)
 # Re-make the shipped built-in teacher (teachers/builtin/tiny-wan) from scratch; see docs/tiny-teacher.md.
 teacher: $(STAMP)
 	$(BIN)/python scripts/train_tiny_teacher.py --out teachers/builtin/tiny-wan
+
+# Re-make the built-in two-expert teacher (teachers/builtin/tiny-wan-a14b) from tiny-wan: each expert fine-tuned on
+# its noise range (about 10 minutes on two CPU cores); see docs/teachers.md.
+teacher-a14b: $(STAMP)
+	$(BIN)/python scripts/make_two_expert_teacher.py --out teachers/builtin/tiny-wan-a14b
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
