@@ -99,6 +99,17 @@ def pipeline_class(folder: Path) -> str | None:
     return read_json(index).get("_class_name") if index.is_file() else None
 
 
+def meta_from_config(dit_cls, config: dict, layers: int | None = None, dtype: torch.dtype = torch.float32):
+    """A diffusers DiT class built from a config.json on the meta device (no memory), `layers` deep if given."""
+    from distill.core.logs import quiet_diffusers
+
+    keys = {k: v for k, v in config.items() if not k.startswith("_")}
+    if layers is not None:
+        keys["num_layers"] = layers
+    with torch.device("meta"), quiet_diffusers():
+        return dit_cls.from_config(keys).to(dtype)
+
+
 def dit_folder(path: str | Path) -> Path | None:
     """The DiT's folder inside a pipeline folder (`transformer/`), or `path` itself when it is a transformer
     folder; None when it is neither (no config.json there)."""

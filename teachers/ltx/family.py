@@ -20,12 +20,6 @@ from torch import nn
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
 
-def _quiet():
-    from distill.core.logs import quiet_diffusers
-
-    return quiet_diffusers()
-
-
 @register
 class LTXFamily(Family):
     name = "ltx"
@@ -84,11 +78,9 @@ class LTXFamily(Family):
     def meta_dit(self, config: dict, layers: int | None = None, dtype: torch.dtype = torch.float32) -> nn.Module:
         from diffusers import LTXVideoTransformer3DModel
 
-        keys = {k: v for k, v in config.items() if not k.startswith("_")}
-        if layers is not None:
-            keys["num_layers"] = layers
-        with torch.device("meta"), _quiet():
-            return LTXVideoTransformer3DModel.from_config(keys).to(dtype)
+        from distill.teachers.base import meta_from_config
+
+        return meta_from_config(LTXVideoTransformer3DModel, config, layers, dtype)
 
     def dit_inputs(self, dit_config: dict, x: torch.Tensor, text_tokens: int) -> dict[str, torch.Tensor]:
         """As `LTXTeacher.forward_all` feeds the DiT: x [B, C, F, H, W] packed to tokens [B, F·H·W, C], T5 text

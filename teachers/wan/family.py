@@ -19,12 +19,6 @@ EXPERT_LABELS = {"transformer": "high_noise", "transformer_2": "low_noise"}  # L
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
 
-def _quiet():
-    from distill.core.logs import quiet_diffusers
-
-    return quiet_diffusers()
-
-
 @register
 class WanFamily(Family):
     name = "wan"
@@ -114,11 +108,9 @@ class WanFamily(Family):
     def meta_dit(self, config: dict, layers: int | None = None, dtype: torch.dtype = torch.float32) -> nn.Module:
         from diffusers import WanTransformer3DModel
 
-        keys = {k: v for k, v in config.items() if not k.startswith("_")}
-        if layers is not None:
-            keys["num_layers"] = layers
-        with torch.device("meta"), _quiet():
-            return WanTransformer3DModel.from_config(keys).to(dtype)
+        from distill.teachers.base import meta_from_config
+
+        return meta_from_config(WanTransformer3DModel, config, layers, dtype)
 
     def dit_inputs(self, dit_config: dict, x: torch.Tensor, text_tokens: int) -> dict[str, torch.Tensor]:
         text = torch.empty(x.shape[0], text_tokens, dit_config.get("text_dim", 4096), device=x.device, dtype=x.dtype)
