@@ -72,7 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.debug:
         _one_line_warnings(args.command)
     try:
-        return args.func(args)
+        code = args.func(args)
+        from distill.core.dist import leave
+
+        leave()  # a finished job's ranks leave together (only after success: a failed peer would never arrive)
+        return code
     except KeyboardInterrupt:
         if args.debug:
             raise

@@ -28,3 +28,12 @@ def gather_dict(local: dict) -> dict:
 def barrier() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
+
+
+def leave() -> None:
+    """Leave the process group once every rank is done: all ranks meet, then the group is destroyed. Without it the
+    interpreter's exit may tear down the backend's threads while a peer still talks to them, and a finished job ends
+    in SIGABRT ("terminate called without an active exception")."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()

@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 from deepspeed.runtime.zero.partition_parameters import GatheredParameters
 
+from distill.core.dist import leave
 from distill.train import Run
 from distill.train_config import load_train_config
 
@@ -45,6 +46,7 @@ def main() -> None:
         json.dump({"ranks": ranks, "changed": changed, "trainable": sorted(run.trainable_names),
                    "all_weights": sorted(after),
                    "engine_steps": {name: e.global_steps for name, e in run.engines.items()}}, open(report, "w"))
+    leave()
 
 
 if __name__ == "__main__":
