@@ -45,9 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _cause(err: BaseException) -> str:
     """The error as a user reads it: our own errors say it all; others get their type, which is often the clue."""
     from distill.core.config import ConfigError
+    from distill.core.disk import DiskFull
 
     text = str(err).strip() or type(err).__name__
-    if isinstance(err, (ConfigError, ValueError)):
+    if isinstance(err, (ConfigError, ValueError, DiskFull)):
         return text
     if isinstance(err, OSError) and err.filename is not None:
         return f"{err.filename}: {err.strerror or text}"
