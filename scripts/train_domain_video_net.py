@@ -10,6 +10,7 @@ on renders of the training combinations; it reports its accuracy on held-out com
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
@@ -24,24 +25,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from distill import toyworld  # noqa: E402
 from distill.eval.domain_video_net import DomainVideoNet  # noqa: E402
 
-FIELDS = {"shape": toyworld.SHAPES, "colour": list(toyworld.COLOURS), "background": list(toyworld.BACKGROUNDS),
-          "direction": list(toyworld.DIRECTIONS), "speed": list(toyworld.SPEEDS)}
+
+
+def fields() -> dict[str, list[str]]:
+    """Every value of each attribute, in the order of the net's heads."""
+    return getattr(toyworld, "VALUES", None) or {
+        "shape": list(toyworld.SHAPES), "colour": list(toyworld.COLOURS), "background": list(toyworld.BACKGROUNDS),
+        "direction": list(toyworld.DIRECTIONS), "speed": list(toyworld.SPEEDS)}
 
 
 def labels(captions: list[str]) -> dict[str, torch.Tensor]:
     attrs = [toyworld.parse_caption(c) for c in captions]
-    return {f: torch.tensor([list(v).index(getattr(a, f)) for a in attrs]) for f, v in FIELDS.items()}
+    return {f: torch.tensor([list(v).index(getattr(a, f)) for a in attrs]) for f, v in fields().items()}
 
 
 @torch.no_grad()
 def accuracy(net, clips: np.ndarray, captions: list[str]) -> dict[str, float]:
     y = labels(captions)
-    hits = {f: 0 for f in FIELDS}
+    hits = {f: 0 for f in fields()}
     for i in range(0, len(clips), 32):
         _, logits = net(torch.from_numpy(clips[i:i + 32]))
-        for f in FIELDS:
+        for f in fields():
             hits[f] += int((logits[f].argmax(-1) == y[f][i:i + 32]).sum())
-    return {f: hits[f] / len(clips) for f in FIELDS}
+    return {f: hits[f] / len(clips) for f in fields()}
 
 
 def main() -> None:
@@ -52,12 +58,16 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seeds-per-combo", type=int, default=6)
+    p.add_argument("--world", default="domain", choices=["domain", "v2"],
+                   help="the toy world to train on (distill.toyworld.<world>; v2: docs/toy-world-v2.md)")
     args = p.parse_args()
+    global toyworld
+    toyworld = importlib.import_module(f"distill.toyworld.{args.world}")
     torch.manual_seed(args.seed)
     started = time.time()
     clips, captions = toyworld.render_pool("train", args.seeds_per_combo, args.seed)
     y = labels(captions)
-    net = DomainVideoNet({f: len(v) for f, v in FIELDS.items()})
+    net = DomainVideoNet({f: len(v) for f, v in fields().items()})
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=0.01)
     gen = torch.Generator().manual_seed(args.seed)
     for step in range(1, args.steps + 1):
@@ -65,7 +75,7 @@ def main() -> None:
             g["lr"] = args.lr * 0.5 * (1 + np.cos(np.pi * step / args.steps))
         idx = torch.randint(len(clips), (args.batch,), generator=gen)
         _, logits = net(torch.from_numpy(clips[idx.numpy()]))
-        loss = sum(F.cross_entropy(logits[f], y[f][idx]) for f in FIELDS)
+        loss = sum(F.cross_entropy(logits[f], y[f][idx]) for f in fields())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -78,7 +88,7 @@ def main() -> None:
               "minutes": (time.time() - started) / 60, "steps": args.steps, "seed": args.seed}
     args.out.mkdir(parents=True, exist_ok=True)
     save_file(net.state_dict(), args.out / "model.safetensors")
-    (args.out / "config.json").write_text(json.dumps({**net.config, "fields": FIELDS, "training": report}, indent=2))
+    (args.out / "config.json").write_text(json.dumps({**net.config, "fields": fields(), "training": report}, indent=2))
     print(json.dumps(report, indent=2))
 
 

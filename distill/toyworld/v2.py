@@ -41,6 +41,10 @@ SPEEDS = {"slowly": 1.0, "quickly": 2.0}  # pixels per frame at 64 px
 STILL = "still"  # the direction and the speed of a subject that stays where it is
 MOTIONS = (*((d, s) for s in SPEEDS for d in DIRECTIONS), (STILL, STILL))
 
+# every value an attribute takes (a still subject's direction and speed are both `still`)
+VALUES = {"shape": list(SHAPES), "colour": list(COLOURS), "background": list(BACKGROUNDS),
+          "direction": [*DIRECTIONS, STILL], "speed": [*SPEEDS, STILL]}
+
 FRAMES, HEIGHT, WIDTH = 17, 64, 64
 SUPERSAMPLE = 4
 # half-extents (x, y) in pixels at 64 px, before the ±10% size jitter
@@ -183,6 +187,39 @@ def sample_examples(split: str, n: int, seed: int) -> list[tuple[Attributes, int
     attrs = train_attributes() if split == "train" else held_out_attributes()
     rng = random.Random(seed)
     return [(rng.choice(attrs), rng.randrange(2**31)) for _ in range(n)]
+
+
+def render_pool(split: str, seeds_per_combo: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    """Every attribute combination of a split rendered `seeds_per_combo` times: uint8 [N, T, H, W, 3], captions."""
+    attrs = train_attributes() if split == "train" else held_out_attributes()
+    rng = random.Random(f"pool|{split}|{seed}")
+    clips, captions = [], []
+    for a in attrs:
+        for _ in range(seeds_per_combo):
+            clips.append(render(a, rng.randrange(2**31)))
+            captions.append(a.caption())
+    return np.stack(clips), captions
+
+
+def dataset(split: str, n: int, seed: int = 0, frames: int = FRAMES, height: int = HEIGHT, width: int = WIDTH):
+    """The toy world as a `datasets.Dataset`: caption, attribute columns, render seed, and the uint8 video."""
+    import datasets
+
+    fields = list(Attributes.__dataclass_fields__)
+    rows = {"caption": [], "seed": [], "video": [], **{k: [] for k in fields}}
+    for attrs, clip_seed in sample_examples(split, n, seed):
+        rows["caption"].append(attrs.caption())
+        rows["seed"].append(clip_seed)
+        rows["video"].append(render(attrs, clip_seed, frames, height, width))
+        for k in fields:
+            rows[k].append(getattr(attrs, k))
+    features = datasets.Features({
+        "caption": datasets.Value("string"),
+        "seed": datasets.Value("int64"),
+        "video": datasets.Array4D(shape=(frames, height, width, 3), dtype="uint8"),
+        **{k: datasets.Value("string") for k in fields},
+    })
+    return datasets.Dataset.from_dict(rows, features=features).with_format("numpy")
 
 
 # --- reading a clip back -----------------------------------------------------------------------------------------
