@@ -39,7 +39,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from distill.core.config import ConfigError
-from distill.core.disk import DiskFull, free_bytes, mount_of, remove, writing
+from distill.core.disk import DiskFull, free_bytes, is_disk_full, mount_of, remove, size_of
 from distill.core.dist import barrier, gather_dict, rank_world
 from distill.core.env import code_version, environment
 from distill.train_config import TrainConfig, fingerprint, fingerprint_hash
@@ -87,20 +87,10 @@ def save(root: Path, step: int, cfg: TrainConfig, engines: dict, generator: torc
     free = min(gather_dict({rank: free_bytes(ckpts)}).values())
     if needed and free < needed:
         raise DiskFull(tmp, mount_of(ckpts), free, needed, what)
-    if rank == 0:
+
+    def make_folder():
         remove(tmp)
         (tmp / "rng").mkdir(parents=True)
-    barrier()
-    try:
-        with writing(tmp, what, needed):
-            for name, engine in engines.items():
-                engine.save_checkpoint(str(tmp / "engines"), tag=name, save_latest=False)
-            write_weights(tmp)
-    except BaseException:
-        if rank == 0:
-            remove(tmp)
-        raise
-    _together(tmp, what, needed, lambda: save_file(rng_state(generator), tmp / "rng" / f"rank{rank}.safetensors"))
 
     def write_meta():
         (tmp / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
@@ -110,8 +100,24 @@ def save(root: Path, step: int, cfg: TrainConfig, engines: dict, generator: torc
                      "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **meta}
         (tmp / "meta.json").write_text(json.dumps(full_meta, indent=1))
 
-    _together(tmp, what, needed, write_meta if rank == 0 else lambda: None)
-    _together(tmp, what, needed, lambda: write_manifest(tmp))
+    try:
+        _together(tmp, what, needed, make_folder if rank == 0 else lambda: None)  # and every rank waits for it
+        try:
+            for name, engine in engines.items():
+                engine.save_checkpoint(str(tmp / "engines"), tag=name, save_latest=False)
+            write_weights(tmp)
+        except Exception as err:
+            if is_disk_full(err):
+                raise _full(tmp, what, needed) from err
+            raise
+        _together(tmp, what, needed, lambda: save_file(rng_state(generator), tmp / "rng" / f"rank{rank}.safetensors"))
+        _together(tmp, what, needed, write_meta if rank == 0 else lambda: None)
+        entries = hash_files(tmp)  # collective; it only reads
+        _together(tmp, what, needed, (lambda: write_manifest(tmp, entries)) if rank == 0 else lambda: None)
+    except BaseException:  # a full disk, an error, Ctrl-C: the partial folder goes, the last checkpoint stays
+        if rank == 0:
+            remove(tmp)
+        raise
     if rank == 0:
         _publish(tmp, final)
         _retire(ckpts, final, keep)
@@ -120,31 +126,34 @@ def save(root: Path, step: int, cfg: TrainConfig, engines: dict, generator: torc
 
 
 def _together(tmp: Path, what: str, needed: int | None, write) -> None:
-    """Run this rank's part of a write, then learn every rank's outcome: if any failed, all raise (the failing
-    rank its own error, the others one that names it) and the partial folder is gone."""
+    """Run this rank's part of a write, then learn every rank's outcome: if any failed, all raise and rank 0
+    removes the partial folder (only then: a rank that removed it alone would break its peers' writes). A full
+    disk anywhere is the cause every rank reports (the others' errors follow from it)."""
     rank, world = rank_world()
     error = None
     try:
-        with writing(tmp, what, needed):
-            write()
+        write()
     except Exception as err:  # noqa: BLE001 (re-raised below, once every rank knows)
         error = err
-    if world == 1:
-        if error is not None:
-            raise error
-        return
-    outcome = None if error is None else (str(error), isinstance(error, DiskFull))
+    outcome = None if error is None else (str(error), is_disk_full(error), size_of(tmp))
     failed = {r: e for r, e in gather_dict({rank: outcome}).items() if e}
     if not failed:
         return
+    full = [e for e in failed.values() if e[1]]
+    if full:
+        written = max(e[2] for e in full)
     if rank == 0:
         remove(tmp)
+    if full:
+        raise _full(tmp, what, needed or written or None) from error
     if error is not None:
         raise error
     first = min(failed)
-    if failed[first][1]:  # the same disk (every rank writes into one folder): say it the same way
-        raise DiskFull(tmp, mount_of(tmp), free_bytes(tmp), needed, what)
     raise RuntimeError(f"{what} not written: rank {first} failed: {failed[first][0]}")
+
+
+def _full(tmp: Path, what: str, needed: int | None) -> DiskFull:
+    return DiskFull(tmp, mount_of(tmp), free_bytes(tmp), needed or size_of(tmp) or None, what)
 
 
 def _sha256(path: Path) -> str:
@@ -159,16 +168,18 @@ def _files(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
 
 
-def write_manifest(folder: Path) -> None:
-    """Every file's size and sha256 into folder/manifest.json (collective: each rank hashes a share)."""
+def hash_files(folder: Path) -> dict[str, dict]:
+    """Every file's size and sha256, on every rank (collective: each rank hashes a share)."""
     rank, world = rank_world()
     files = _files(folder)
     mine = {f: {"size": (folder / f).stat().st_size, "sha256": _sha256(folder / f)} for f in files[rank::world]}
-    entries = gather_dict(mine)
-    if rank == 0:
-        part = folder / f".{MANIFEST}.tmp"
-        part.write_text(json.dumps({"files": {f: entries[f] for f in files}}, indent=1))
-        os.replace(part, folder / MANIFEST)
+    return gather_dict(mine)
+
+
+def write_manifest(folder: Path, entries: dict[str, dict]) -> None:
+    part = folder / f".{MANIFEST}.tmp"
+    part.write_text(json.dumps({"files": {f: entries[f] for f in sorted(entries)}}, indent=1))
+    os.replace(part, folder / MANIFEST)
 
 
 def verify(folder: Path, hashes: bool = True) -> list[str] | None:
@@ -380,7 +391,7 @@ class RunLock:
             holder = f.read()
             f.close()
             raise ConfigError(f"out: {str(self.path.parent)!r} is in use by another training job "
-                              f"({_holder(holder, alive=True)}, lock {str(self.path)!r}); wait for it to end or "
+                              f"({_holder(holder, stale=False)}, lock {str(self.path)!r}); wait for it to end or "
                               f"choose another out=") from None
         f.seek(0)
         previous = f.read().strip()
@@ -392,7 +403,7 @@ class RunLock:
         self.file = f
         if previous:
             return (f"out: took over the stale lock {str(self.path)!r} of a job that ended without releasing it "
-                    f"({_holder(previous, alive=False)})")
+                    f"({_holder(previous, stale=True)})")
         return None
 
     def release(self) -> None:
@@ -403,13 +414,13 @@ class RunLock:
             self.file = None
 
 
-def _holder(text: str, alive: bool) -> str:
+def _holder(text: str, stale: bool) -> str:
     try:
         who = json.loads(text)
         where = f"pid {who['pid']} on {who['host']}, started {who['started']}"
     except (ValueError, KeyError, TypeError):
         return f"holder unknown: {text.strip()[:80]!r}" if text.strip() else "holder not yet written"
-    if not alive and who["host"] == socket.gethostname():
+    if stale and who["host"] == socket.gethostname():
         try:
             os.kill(int(who["pid"]), 0)
         except ProcessLookupError:

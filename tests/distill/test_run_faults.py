@@ -376,3 +376,110 @@ def test_a_signal_ends_a_command_with_one_line_and_its_code(monkeypatch, capsys,
     monkeypatch.setenv("RANK", "1")  # the other ranks of a job stay silent: rank 0 speaks for it
     assert cli.main(["plan", "x.yaml", "--gpus", "1", "--gpu-memory", "80"]) == code
     assert capsys.readouterr().err.strip() == ""
+
+
+# --- real trainings (slow) ------------------------------------------------------------------------------------------
+def run_config(tmp: Path, out: Path, **train) -> Path:
+    cfg = {"teacher": "tiny-wan", "recipe": {"name": "consistency", "skip": 5, "sampler": {"steps": 2}},
+           "data": {"size": 8, "batch_size": 2, "cache_dir": str(tmp / "cache")}, "deepspeed": "zero2",
+           "train": {"steps": 6, "log_every": 1, "checkpoint_every": 3, "validation_prompts": ["a red circle"],
+                     "collective_timeout_s": 60, **train},
+           "wandb": {"mode": "disabled"}, "out": str(out)}
+    path = tmp / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
+def errors(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("distill train: error:")]
+
+
+def stop_after(cmd: list[str], metrics: Path, step: int, sig: int) -> subprocess.CompletedProcess:
+    """Run `cmd` in its own session and send `sig` to all of it (as a terminal's Ctrl-C does) once `metrics`
+    logs `step`."""
+    job = subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)
+    deadline = time.time() + 400
+    while time.time() < deadline and job.poll() is None:
+        if metrics.is_file() and any(json.loads(line)["step"] >= step for line in metrics.read_text().splitlines()
+                                     if line.endswith("}")):
+            os.killpg(job.pid, sig)
+            break
+        time.sleep(0.05)
+    out, err = job.communicate(timeout=120)
+    return subprocess.CompletedProcess(cmd, job.returncode, out, err)
+
+
+@pytest.mark.slow  # ~1.5 min: a single-process run, stopped, then resumed for one step
+def test_sigterm_ends_a_run_with_143_one_line_and_its_last_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    config = run_config(tmp_path, out, steps=40)
+    cmd = [sys.executable, "-m", "distill.cli", "train", str(config), "--no-progress"]
+    proc = stop_after(cmd, out / "metrics.jsonl", 4, signal.SIGTERM)
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    lines = errors(proc.stderr)
+    assert len(lines) == 1 and lines[0].startswith("distill train: error: terminated (SIGTERM); last checkpoint: step-"), \
+        proc.stderr[-3000:]
+    ckpts = out / "checkpoints"
+    kept = (ckpts / "latest").read_text().strip()
+    assert kept in lines[0] and checkpoint.verify(ckpts / kept) == [] and not list(ckpts.glob(".tmp-*"))
+    assert (out / ".lock").read_text() == ""  # released on the way out
+    step = int(kept.split("-")[1])
+    resumed = subprocess.run([*cmd, "--resume", "latest", f"train.steps={step + 1}"], cwd=REPO, env=env(),
+                             capture_output=True, text=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    logged = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert logged == list(range(1, step + 2))
+
+
+@pytest.mark.slow  # ~2 min: a two-rank run under torchrun, interrupted
+def test_ctrl_c_under_torchrun_ends_every_rank_with_one_line_and_keeps_the_last_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    config = run_config(tmp_path, out, steps=40)
+    cmd = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--standalone", "-m", "distill.cli", "train", str(config),
+           "--no-progress"]
+    proc = stop_after(cmd, out / "metrics.jsonl", 4, signal.SIGINT)
+    lines = errors(proc.stderr)
+    assert len(lines) == 1 and lines[0].startswith("distill train: error: interrupted; last checkpoint: step-"), \
+        proc.stderr[-3000:]
+    # torchrun's own exit code for a job it stopped on a signal is 1 (its SignalException); the ranks end with 130
+    assert proc.returncode in (1, 130), proc.returncode
+    ckpts = out / "checkpoints"
+    kept = (ckpts / "latest").read_text().strip()
+    assert kept in lines[0] and checkpoint.verify(ckpts / kept) == [] and not list(ckpts.glob(".tmp-*"))
+    checkpoint.RunLock(out).acquire()  # free again
+
+
+@pytest.mark.slow  # ~2 min: a run whose second checkpoint does not fit its disk, resumed once the disk grows
+def test_a_run_on_a_full_disk_stops_in_one_line_and_resumes_once_space_is_freed(tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=30m", "tmpfs", str(disk)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip() or mounted.returncode}")
+    try:
+        out = disk / "run"
+        config = run_config(tmp_path, out, keep_checkpoints=1)  # one checkpoint is ~19 MB
+        cmd = [sys.executable, "-m", "distill.cli", "train", str(config), "--no-progress"]
+        proc = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=400)
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        lines = errors(proc.stderr)
+        assert len(lines) == 1 and "disk full writing checkpoint step-000006" in lines[0], proc.stderr[-3000:]
+        assert f"free on {disk}; it needs about" in lines[0]
+        ckpts = out / "checkpoints"
+        assert sorted(p.name for p in ckpts.iterdir()) == ["latest", "step-000003"]
+        assert checkpoint.verify(ckpts / "step-000003") == []
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+        resumed = subprocess.run([*cmd, "--resume", "latest"], cwd=REPO, env=env(), capture_output=True, text=True,
+                                 timeout=400)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert (ckpts / "latest").read_text().strip() == "step-000006"
+        assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == \
+            list(range(1, 7))
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
