@@ -108,7 +108,10 @@ def save(root: Path, step: int, cfg: TrainConfig, engines: dict, generator: torc
             write_weights(tmp)
         except Exception as err:
             if is_disk_full(err):
-                raise _full(tmp, what, needed) from err
+                written = size_of(tmp)
+                if rank == 0:
+                    remove(tmp)  # first, so that the line says what is free once it is gone
+                raise _full(tmp, what, needed or written) from err
             raise
         _together(tmp, what, needed, lambda: save_file(rng_state(generator), tmp / "rng" / f"rank{rank}.safetensors"))
         _together(tmp, what, needed, write_meta if rank == 0 else lambda: None)
