@@ -124,17 +124,15 @@ class Run:
         """Rank 0 takes the run's lock before anything is written; then the checkpoint to resume from is found and
         verified (every rank shares the hashing), and `latest` repaired if it had to fall back. Every rank learns
         the outcome, so a refusal ends them all with the same line."""
-        notes = []
+        notes, refused = [], None
         if self.rank == 0:
             try:
                 notes.append(self.lock.acquire())
+                if not resume:  # again, under the lock: a job that held it may have written one since
+                    refuse_restart(self.out)
                 checkpoint.clean_partial(self.out / "checkpoints")
             except ConfigError as err:
                 refused = str(err)
-            else:
-                refused = None
-        else:
-            refused = None
         if self.world > 1:
             shared = [refused]
             dist.broadcast_object_list(shared, src=0)
@@ -153,8 +151,7 @@ class Run:
             return
         ckpts = self.out / "checkpoints"
         latest = ckpts / "latest"
-        if self.resume_from is not None and self.resume_from.parent.resolve() == ckpts.resolve() and (
-                not latest.is_file() or latest.read_text().strip() != self.resume_from.name) and resume == "latest":
+        if resume == "latest" and (not latest.is_file() or latest.read_text().strip() != self.resume_from.name):
             checkpoint.write_latest(ckpts, self.resume_from.name)
             notes.append(f"{str(latest)!r} repaired: it now names {self.resume_from.name}")
         for note in filter(None, notes):
