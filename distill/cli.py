@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
 import warnings
 
 COMMANDS = ("sample", "train", "export", "eval", "gate", "demo", "compare", "plan")
 
-OK, REGRESSION, FAILED, ABORTED, INTERRUPTED = 0, 1, 2, 3, 130
+OK, REGRESSION, FAILED, ABORTED, INTERRUPTED, TERMINATED = 0, 1, 2, 3, 130, 143
 EXIT_CODES = f"""exit codes:
   {OK}    done
   {REGRESSION}    `distill gate` found a regression (only gate uses it)
   {FAILED}    the command could not do its job: bad arguments or config, a missing, incomplete or corrupt file,
        an output path that cannot be written, or any unexpected error
   {ABORTED}    `distill train` was stopped by its loss guard (the last good checkpoint is kept)
-  {INTERRUPTED}  interrupted (Ctrl-C)
+  {INTERRUPTED}  interrupted (Ctrl-C); a training run keeps its last checkpoint
+  {TERMINATED}  terminated (SIGTERM, as a scheduler ends a job); a training run keeps its last checkpoint
 
 Errors are one line on stderr: `distill COMMAND: error: CAUSE`. Add --debug (before or after COMMAND) for the
 traceback."""
@@ -62,7 +65,35 @@ def _one_line_warnings(command: str) -> None:
     warnings.showwarning = show
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that the same cleanup runs (partial checkpoint removed, lock released)."""
+
+
+def _stop(signum, frame) -> None:
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def _on_stop_signals(handler) -> dict:
+    """Set SIGINT and SIGTERM to `handler` (main thread only; a signal the caller ignores, as `nohup` and
+    background jobs do, stays ignored); returns the previous handlers."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)
+            if signal.getsignal(sig) is not signal.SIG_IGN}
+
+
 def main(argv: list[str] | None = None) -> int:
+    previous = _on_stop_signals(_stop)
+    try:
+        return _main(argv)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # `distill train CONFIG --resume latest key=value`: overrides may follow options too.
@@ -78,11 +109,16 @@ def main(argv: list[str] | None = None) -> int:
 
         leave()  # a finished job's ranks leave together (only after success: a failed peer would never arrive)
         return code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         if args.debug:
             raise
-        print(f"\ndistill {args.command}: error: interrupted", file=sys.stderr)
-        return INTERRUPTED
+        _on_stop_signals(signal.SIG_IGN)  # under torchrun the launcher passes the signal on again: one line only
+        terminated = isinstance(err, Terminated)
+        if int(os.environ.get("RANK", "0")) == 0:  # every rank got the signal; rank 0 speaks for the job
+            what = "terminated (SIGTERM)" if terminated else "interrupted"
+            echo = "" if terminated else "\n"  # after the terminal's ^C
+            print(f"{echo}distill {args.command}: error: {what}" + (f"; {err}" if str(err) else ""), file=sys.stderr)
+        return TERMINATED if terminated else INTERRUPTED
     except Exception as err:
         if args.debug:
             raise

@@ -271,9 +271,9 @@ def plan(config: str | Path, overrides: list[str] = (), out: Path | None = None,
 # --- training: reuse, resume or start each run, timing every training process ---------------------------------
 def _final_meta(run: Path) -> tuple[Path, dict] | None:
     """The run's latest checkpoint folder and its meta.json, or None before its first checkpoint."""
-    from distill.checkpoint import find
+    from distill.checkpoint import complete, find
 
-    if not (run / "checkpoints" / "latest").is_file():
+    if not complete(run / "checkpoints"):  # a lost `latest` is found again (find falls back to the newest intact)
         return None
     folder = find(run)
     return folder, json.loads((folder / "meta.json").read_text())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -38,6 +39,26 @@ class LossGuard:
         return {"mean": self.mean, "count": self.count}
 
 
+def set_aside(metrics: Path, start_step: int) -> None:
+    """A resumed run continues metrics.jsonl from its checkpoint's step: what the interrupted run logged after it
+    (or, starting at step 0, everything) moves to metrics.superseded.jsonl, never deleted; the rewrite is atomic."""
+    lines = metrics.read_text().splitlines()
+
+    def step(line: str) -> int:
+        try:
+            return int(json.loads(line)["step"])
+        except (ValueError, KeyError, TypeError):  # a line cut by a kill mid-write
+            return start_step + 1
+    later = [line for line in lines if step(line) > start_step]
+    if not later:
+        return
+    with (metrics.parent / "metrics.superseded.jsonl").open("a") as f:
+        f.write("".join(line + "\n" for line in later))
+    part = metrics.parent / ".metrics.jsonl.tmp"
+    part.write_text("".join(line + "\n" for line in lines if step(line) <= start_step))
+    os.replace(part, metrics)
+
+
 class Monitor:
     def __init__(self, cfg: TrainConfig, out: Path, start_step: int, rank: int, samples_per_step: int,
                  progress: bool = True):
@@ -49,9 +70,8 @@ class Monitor:
         if rank != 0:
             return
         metrics = out / "metrics.jsonl"
-        if metrics.is_file():  # a resumed run drops what the interrupted run logged after its checkpoint
-            kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= start_step]
-            metrics.write_text("".join(line + "\n" for line in kept))
+        if metrics.is_file():
+            set_aside(metrics, start_step)
         self.metrics = metrics.open("a")
         self.bar = tqdm(total=cfg.train.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
                         disable=not progress)

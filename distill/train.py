@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import warnings
 from datetime import timedelta
 from pathlib import Path
 
@@ -73,22 +74,19 @@ class Run:
         self.out = Path(cfg.out)
         self.teacher_hash = checkpoint_hash(checked.folder)
         self.resume_from, self.meta = None, {}
-        if resume:
-            try:
-                self.resume_from = checkpoint.find(self.out if resume == "latest" else resume)
-            except ConfigError as err:
-                raise ConfigError(f"--resume {resume}: {err}") from None
-            self.meta = checkpoint.check_compatible(self.resume_from, cfg, int(os.environ.get("WORLD_SIZE", "1")),
-                                                    self.teacher_hash)
-        elif (self.out / "checkpoints" / "latest").is_file():
-            raise ConfigError(f"out: {str(self.out)!r} already holds a run; pass --resume latest to continue it, "
-                              f"or choose another out=")
+        if not resume:
+            refuse_restart(self.out)
         self.rank, self.world, self.device = setup_distributed(cfg.train.collective_timeout_s)
-        if self.rank == 0:
-            self.out.mkdir(parents=True, exist_ok=True)
-            # marks the folder as a run from its first second (checkpoint.check_out_folder), and says what it runs
-            (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        self.lock = checkpoint.RunLock(self.out)
+        try:
+            self._claim(resume)
+            self._build()
+        except BaseException:
+            self.close()  # a run that failed to start leaves the folder free
+            raise
 
+    def _build(self) -> None:
+        cfg = self.cfg
         # The ranks of a sequence-parallel group compute one replica: the same batches, the same noise.
         self.layout = make_layout(cfg.parallel.sequence)
         replica = self.layout.data_rank
@@ -101,7 +99,8 @@ class Run:
         if cfg.data.latents == "teacher":  # the teacher's x0 samples: one clip per group, spread over its ranks
             self.teacher.shard_sequence(self.layout.group)
             shard = (self.layout.data_rank, self.layout.data_world)
-        self.data = TrainData(cfg.data, self.teacher, t, self.teacher_hash, cache, progress, shard=shard)
+        self.data = TrainData(cfg.data, self.teacher, t, self.teacher_hash, cache, self.progress,
+                               shard=shard)
         self.validation_prompts = cfg.train.validation_prompts or sorted(set(self.data.prompts))[:4]
         if cfg.data.cache_text:
             self.data.cache_text(self.validation_prompts)
@@ -120,6 +119,49 @@ class Run:
             rank=self.rank, out=self.out, prompts=[self.data.prompts[i] for i in range(min(4, len(self.data)))],
             real_x0=self.data.x0[:4], decode=self.teacher.decode, student_latents=self.student_latents,
             state=self.meta.get("monitors") or {}))
+
+    def _claim(self, resume: str | None) -> None:
+        """Rank 0 takes the run's lock before anything is written; then the checkpoint to resume from is found and
+        verified (every rank shares the hashing), and `latest` repaired if it had to fall back. Every rank learns
+        the outcome, so a refusal ends them all with the same line."""
+        notes, refused = [], None
+        if self.rank == 0:
+            try:
+                notes.append(self.lock.acquire())
+                if not resume:  # again, under the lock: a job that held it may have written one since
+                    refuse_restart(self.out)
+                checkpoint.clean_partial(self.out / "checkpoints")
+            except ConfigError as err:
+                refused = str(err)
+        if self.world > 1:
+            shared = [refused]
+            dist.broadcast_object_list(shared, src=0)
+            refused = shared[0]
+        if refused:
+            raise ConfigError(refused)
+        if resume:
+            try:
+                folder, found_notes = checkpoint.resolve(self.out if resume == "latest" else resume, hashes=True)
+            except ConfigError as err:
+                raise ConfigError(f"--resume {resume}: {err}") from None
+            notes += found_notes
+            self.meta = checkpoint.check_compatible(folder, self.cfg, self.world, self.teacher_hash)
+            self.resume_from = folder
+        if self.rank != 0:
+            return
+        ckpts = self.out / "checkpoints"
+        latest = ckpts / "latest"
+        if resume == "latest" and (not latest.is_file() or latest.read_text().strip() != self.resume_from.name):
+            checkpoint.write_latest(ckpts, self.resume_from.name)
+            notes.append(f"{str(latest)!r} repaired: it now names {self.resume_from.name}")
+        for note in filter(None, notes):
+            warnings.warn(note, stacklevel=3)
+        # marks the folder as a run from its first second (checkpoint.check_out_folder), and says what it runs
+        (self.out / "config.yaml").write_text(yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False))
+
+    def close(self) -> None:
+        """Release the run's lock (the process's end releases it too, however it ends)."""
+        self.lock.release()
 
     # what scripts read -----------------------------------------------------------------------------------------
     @property
@@ -203,15 +245,19 @@ class Run:
                 if (every and (step + 1) % every == 0) or step + 1 == cfg.train.steps:
                     self.validate(step + 1, monitor)
         except TrainingAborted as err:
-            latest = self.out / "checkpoints" / "latest"
-            kept = latest.read_text().strip() if latest.is_file() else "none yet"
-            raise TrainingAborted(f"{err}; stopped. Last good checkpoint: {kept} (resume with --resume latest after "
-                                  f"lowering optim.lr or fixing the data)") from None
+            raise TrainingAborted(f"{err}; stopped. Last good checkpoint: {self.kept()} (resume with --resume latest "
+                                  f"after lowering optim.lr or fixing the data)") from None
+        except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM as the CLI raises it: say what is kept
+            raise type(err)(f"last checkpoint: {self.kept()} (continue with --resume latest)") from None
         finally:
             monitor.close()
         return last
 
     # checkpoints ----------------------------------------------------------------------------------------------------
+    def kept(self) -> str:
+        latest = self.out / "checkpoints" / "latest"
+        return latest.read_text().strip() if latest.is_file() else "none yet"
+
     def save(self, step: int) -> None:
         replicas = self.layout.data_world
         meta = {"data_position": (step * self.cfg.train.grad_accum) * replicas * self.cfg.data.batch_size,
@@ -258,6 +304,19 @@ class Run:
         monitor.videos(step, paths, prompts, v.fps)
 
 
+def refuse_restart(out: Path) -> None:
+    """A folder that holds checkpoints is a run: starting over in it would mix two runs' metrics and let retention
+    delete the old checkpoints. Continuing it takes --resume."""
+    ckpts = out / "checkpoints"
+    held = sorted(p.name for p in ckpts.glob("step-*")) if ckpts.is_dir() else []
+    if held or (ckpts / "latest").is_file():
+        raise ConfigError(f"out: {str(out)!r} already holds a run (checkpoints {', '.join(held) or 'latest'}); "
+                          f"pass --resume latest to continue it, or choose another out=")
+
+
 def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) -> dict:
     run = Run(cfg, resume, progress)
-    return run.loop()
+    try:
+        return run.loop()
+    finally:
+        run.close()
