@@ -1,4 +1,4 @@
-"""Run in each of two processes that `torch.multiprocessing.spawn` starts (tests/distill/test_ranks.py): join a gloo
+"""Run in each of two processes that `torch.multiprocessing` forks (tests/distill/test_ranks.py): join a gloo
 group and write what this rank decided and holds to rank<R>.json. Kept apart from the test module, so that the
 children import only what they check."""
 
@@ -35,6 +35,7 @@ def alarm_decisions(rank: int, out: Path, low: float) -> dict:
 def in_group(rank: int, tmp: str) -> None:
     from distill.core.dist import any_rank, broadcast_from_first, first_reason, leave, mean_over_ranks
 
+    torch.set_num_threads(1)  # a forked child must not enter the parent's OpenMP pool
     dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=2)
     out = Path(tmp)
     result = {

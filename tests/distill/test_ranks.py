@@ -1,6 +1,6 @@
 """Every rank takes the same decisions and holds the same networks.
 
-Unit checks run in two processes of a gloo group made by `torch.multiprocessing.spawn` (a few seconds): figures
+Unit checks run in two processes of a gloo group forked by `torch.multiprocessing` (a few seconds): figures
 and votes reduced over ranks, APT's alarms given a rank-local anomaly, the EMA's broadcast from rank 0. The runs
 under torchrun (tests/distill/ranks_worker.py) check that the built and trained networks agree on every rank:
 one build in `make test`, the matrix of ZeRO stages x LoRA/full x recipes slow-only."""
@@ -17,11 +17,17 @@ from tests.distill.test_train import torchrun, write_config
 WORKER = Path(__file__).with_name("ranks_worker.py")
 
 
-# --- two spawned processes ---------------------------------------------------------------------------------------
+# --- two forked processes ----------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict]:
+    """Forked, not spawned: the children start with the parent's imports (torch, diffusers under APT) instead of
+    paying for them twice again (tens of seconds on two shared cores). Spawned where an earlier test left this
+    process in a process group, which a forked child would inherit."""
+    import distill.students.apt  # noqa: F401  imported once, here, for both children
+
     tmp = tmp_path_factory.mktemp("group")
-    torch.multiprocessing.spawn(in_group, args=(str(tmp),), nprocs=2)
+    method = "spawn" if torch.distributed.is_initialized() else "fork"
+    torch.multiprocessing.start_processes(in_group, args=(str(tmp),), nprocs=2, start_method=method)
     return [json.loads((tmp / f"rank{r}.json").read_text()) for r in range(2)]
 
 
