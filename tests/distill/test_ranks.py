@@ -71,6 +71,8 @@ def assert_ranks_agree(case: str, ranks: list[dict], networks: set[str]) -> None
         assert set(held[0]) == networks | {"student", "ema"}, (case, when, sorted(held[0]))
         for name in held[0]:
             assert len({h[name] for h in held}) == 1, f"{case}: the ranks' {name} differ {when}"
+    built = ranks[0]["built"]
+    assert built["ema"] == built["student"], f"{case}: the EMA does not start as the student"
 
 
 def test_two_ranks_build_the_same_lora_student_ema_and_discriminator(tmp_path):
