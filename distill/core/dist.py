@@ -59,7 +59,7 @@ def first_reason(reason: str | None) -> str | None:
     """The reason of the lowest rank that has one, on every rank (naming that rank where the ranks did not all give
     this reason); None where no rank has one. A collective: one all-reduce, and a gather only when some rank has a
     reason."""
-    rank, world = rank_world()
+    _, world = rank_world()
     if world == 1:
         return reason
     (some,) = any_rank(reason is not None)

@@ -14,6 +14,7 @@ rank alone at that step; the report then says where each rank stopped and which 
 import gc
 import json
 import sys
+from pathlib import Path
 
 import torch.distributed as dist
 
@@ -61,7 +62,7 @@ def inject(run: Run, case: dict) -> None:
 
 def main() -> None:
     cases_path, report = sys.argv[1:]
-    cases = json.load(open(cases_path))
+    cases = json.loads(Path(cases_path).read_text())
     results = {}
     for case in cases:
         run = Run(load_train_config(case["config"], case.get("overrides", [])), progress=False)
@@ -81,7 +82,7 @@ def main() -> None:
         del run
         gc.collect()
     if dist.get_rank() == 0:
-        json.dump(results, open(report, "w"))
+        Path(report).write_text(json.dumps(results))
     leave()
 
 
