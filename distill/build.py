@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from distill.core.config import ConfigError
+from distill.core.dist import broadcast_from_first
 from distill.networks import (EMA, build_backbone, build_student, full_state_dict, load_full_state_dict,
                               lora_settings, partition_frozen, place_partitioned, trainable, zero_stage)
 from distill.students.base import NetworkSpec
@@ -177,6 +178,7 @@ class RunNetworks:
             if spec.trains:
                 self.engines[name], self.schedulers[name] = self._engine(net.train(), spec.optim, spec.lr_scales)
             else:
+                broadcast_from_first(net)  # no engine broadcasts it (its partitioned weights were, when placed)
                 self.frozen[name] = partition_frozen(net, self.ds) if spec.partitioned else net
         if "teacher" in self.recipe.reads:
             if host:
@@ -192,6 +194,8 @@ class RunNetworks:
             self.ema_module = partition_frozen(ema_module, self.ds)
             self.ema = EMA(self.engine.module, getattr(self.ema_module, "module", self.ema_module),
                            cfg.student.ema_decay)
+            # every rank's EMA starts from the student the engines start from, rank 0's (ZeRO-3: placed so already)
+            broadcast_from_first(self.ema_module, set(self.ema.names))
         self.trainable_names = {n for n, _ in trainable(self.engine.module)}
 
     def _build_students(self, host: bool):

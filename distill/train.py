@@ -31,6 +31,7 @@ import yaml
 from distill import checkpoint
 from distill.build import RunNetworks, only_training
 from distill.core.config import ConfigError
+from distill.core.dist import any_rank, first_reason
 from distill.core.hashing import checkpoint_hash
 from distill.core.media import write_mp4
 from distill.data import TrainData
@@ -107,8 +108,14 @@ class Run:
             self.teacher.drop_text_encoder()  # no longer needed: every prompt is embedded
         negative = self.data.embed([t.negative_prompt]).to(self.device)
 
-        self.networks = RunNetworks(cfg, self.recipe, self.teacher, self.ds, self.layout, self.device, negative,
-                                    t.sampler.guidance)
+        # Every rank builds the same networks: one seed for the build on every rank (a LoRA adapter's and a head's
+        # random init), the replica's own stream untouched around it. Seeded per replica, each rank's EMA would
+        # start from its own adapter (DeepSpeed broadcasts rank 0's weights into the engines, never into the EMA).
+        cuda = [self.device.index if self.device.index is not None else 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(cfg.train.seed * 1000)
+            self.networks = RunNetworks(cfg, self.recipe, self.teacher, self.ds, self.layout, self.device, negative,
+                                        t.sampler.guidance)
         self.start = 0
         if self.resume_from is not None:
             self.networks.load(self.resume_from)
@@ -231,15 +238,17 @@ class Run:
         try:
             for step in range(self.start, cfg.train.steps):
                 last = self.train_step(step)
-                for key, value in last.items():
-                    if key != "loss" and not math.isfinite(value):
-                        raise TrainingAborted(f"step {step + 1}: {key} is {value}")
-                self.guard.check(step + 1, last["loss"])
+                # A stop and a checkpoint are taken by every rank or by none (a checkpoint is a collective, and a rank
+                # that stops alone leaves the others waiting in the next step): any rank's decision is every rank's.
+                stop = first_reason(self.stop_reason(step + 1, last))
+                if stop is not None:
+                    raise TrainingAborted(stop)
                 monitor.advance()
                 if (step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.steps:
                     monitor.log(step + 1, last)
-                fired = [m.check(step + 1, last) for m in self.monitors]  # every monitor runs, every rank alike
-                if (step + 1) % cfg.train.checkpoint_every == 0 or step + 1 == cfg.train.steps or any(fired):
+                fired = [m.check(step + 1, last) for m in self.monitors]  # every monitor runs, on every rank
+                (fired,) = any_rank(any(fired))
+                if (step + 1) % cfg.train.checkpoint_every == 0 or step + 1 == cfg.train.steps or fired:
                     self.save(step + 1)  # a monitor that fires keeps the state it went off in
                 every = cfg.train.validate_every
                 if (every and (step + 1) % every == 0) or step + 1 == cfg.train.steps:
@@ -252,6 +261,17 @@ class Run:
         finally:
             monitor.close()
         return last
+
+    def stop_reason(self, step: int, last: dict[str, float]) -> str | None:
+        """Why this rank would stop after `step` (a figure that is not finite, the loss guard), or None."""
+        try:
+            for key, value in last.items():
+                if key != "loss" and not math.isfinite(value):
+                    raise TrainingAborted(f"step {step}: {key} is {value}")
+            self.guard.check(step, last["loss"])
+        except TrainingAborted as err:
+            return str(err)
+        return None
 
     # checkpoints ----------------------------------------------------------------------------------------------------
     def kept(self) -> str:

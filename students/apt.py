@@ -29,6 +29,7 @@ import torch
 from pydantic import Field, field_validator
 
 from distill.core.config import Strict
+from distill.core.dist import mean_over_ranks
 from distill.core.types import VelocityFn
 from distill.students.base import (Context, DitShape, MonitorContext, Nets, NetworkSpec, PlannedNetwork,
                                    PlannedPass, RecipeBase, RecipeConfig, RecipePlan, StudentSampler)
@@ -170,8 +171,10 @@ def spatial_stats(videos: torch.Tensor, cutoff: float = 0.5) -> dict[str, float]
 
 class Alarms:
     """Each alarm warns, is logged to `alarms.jsonl`, and makes the run keep a checkpoint of the state it went off
-    in. Every rank computes the same figures (the same clips, the all-reduced losses), so every rank takes the same
-    decision without talking to the others.
+    in. Keeping a checkpoint is a collective, so every rank must take the same decision: the alarms read the
+    engine's all-reduced losses and the sample figures averaged over the ranks (`mean_over_ranks`), never a
+    rank's own, so a rank whose clips went bad alone (a different sampling network, a rank-local fault) cannot
+    take the checkpoint's path by itself.
 
     - discriminator collapse: D's GAN loss stays below `d_collapse` for `patience` consecutive checks (D has won;
       G's gradients vanish);
@@ -187,7 +190,7 @@ class Alarms:
         self.low_d_checks = state.get("low_d_checks", 0)
         n = min(4, len(ctx.prompts))
         self.prompts = ctx.prompts[:n]
-        self.reference = spatial_stats(ctx.decode(ctx.real_x0[:n]))
+        self.reference = mean_over_ranks(spatial_stats(ctx.decode(ctx.real_x0[:n])))
 
     def state(self) -> dict:
         return {"low_d_checks": self.low_d_checks, "reference": self.reference}
@@ -210,7 +213,7 @@ class Alarms:
             self._raise(step, "discriminator_collapse", f"D's GAN loss {d_gan:.4g} < {self.cfg.d_collapse} for "
                                                         f"{self.cfg.patience} checks")
             fired = True
-        stats = spatial_stats(self.ctx.decode(self.ctx.student_latents(self.prompts, step)))
+        stats = mean_over_ranks(spatial_stats(self.ctx.decode(self.ctx.student_latents(self.prompts, step))))
         for key, value in stats.items():
             ratio = value / max(self.reference[key], 1e-12)
             if not self.cfg.low <= ratio <= self.cfg.high:

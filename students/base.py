@@ -113,8 +113,11 @@ Nets = dict[str, Handle]
 
 
 class Monitor(Protocol):
-    """A recipe's check on the run, called after every step; True asks the engine to keep a checkpoint now.
-    `state()` is saved in every checkpoint under `name` and handed back on resume (MonitorContext.state)."""
+    """A recipe's check on the run, called after every step on every rank; True asks the engine to keep a checkpoint
+    now (the engine keeps one when any rank's monitor asks). `state()` is saved in every checkpoint under `name`
+    and handed back on resume (MonitorContext.state). A monitor decides on figures that are the same on every
+    rank (the engine's all-reduced losses; its own figures through distill.core.dist.mean_over_ranks), so that its
+    state stays the same on every rank too."""
 
     name: str
 
