@@ -75,6 +75,7 @@ def assert_ranks_agree(case: str, ranks: list[dict], networks: set[str]) -> None
     assert built["ema"] == built["student"], f"{case}: the EMA does not start as the student"
 
 
+@pytest.mark.slow  # ~50-80 s: make test's budget; the unit checks above and the kill-and-resume runs stay in it
 def test_two_ranks_build_the_same_lora_student_ema_and_discriminator(tmp_path):
     """ZeRO-2, a LoRA student with its EMA, APT's discriminator (random heads): the build only (~30 s). Before
     the build was seeded alike, each rank's EMA kept its own random adapter."""
