@@ -152,19 +152,21 @@ def test_heads_on_one_block_name_the_key():
         recipe(gan_weight=0.1, gan_head_fractions=(0.1, 0.2))  # both on block 1 of CTX's 2
 
 
-def test_backward_simulation_feeds_the_generator_its_own_sampler_levels():
-    levels = consistency_timesteps(4, CTX.teacher_shift)
+@pytest.mark.parametrize("grid, expected", [("shifted-uniform", [1.0, 0.9, 0.75, 0.5]),  # shift 3 on [1, .75, .5, .25]
+                                             ("euler", None), ((1.0, 0.7, 0.4, 0.2), [1.0, 0.7, 0.4, 0.2])])
+def test_backward_simulation_feeds_the_generator_its_own_sampler_levels(grid, expected):
+    levels = consistency_timesteps(4, CTX.teacher_shift) if expected is None else torch.tensor(expected, dtype=torch.float64)
     student = Generator(torch.randn(8, 3, 1, 2, 2))
     with torch.no_grad():
-        _, k = recipe(sampler={"steps": 4}).sample(student, torch.zeros(8, 3, 1, 2, 2), torch.Generator().manual_seed(0),
-                                                   grad=False)
+        _, k = recipe(sampler={"steps": 4, "grid": grid}).sample(student, torch.zeros(8, 3, 1, 2, 2),
+                                                                 torch.Generator().manual_seed(0), grad=False)
     # The sampler runs through its first 3 levels on the whole batch (the same count on every rank), then each
     # sample takes one step from the input the sampler reached at its own level k.
     assert len(student.calls) == 4
     for i, (_, t) in enumerate(student.calls[:3]):
-        assert torch.equal(t, levels[i].expand(8))
+        torch.testing.assert_close(t, levels[i].expand(8), rtol=0, atol=1e-12)
     x, t = student.calls[3]
-    assert torch.equal(t, levels[k])
+    torch.testing.assert_close(t, levels[k], rtol=0, atol=1e-12)
     assert len(set(k.tolist())) > 1  # levels are drawn per sample
     for i in range(8):
         assert torch.equal(x[i], student.calls[k[i]][0][i])
