@@ -177,7 +177,10 @@ def _old_checkpoint(runs, tmp_path):
     return old
 
 
-@pytest.mark.parametrize("grid", ["euler", "uniform", (1.0, 0.8, 0.3)])
+# make test: the old checkpoint's legacy grid (the default grid is the four-step tests' above); the other rules are
+# covered without a pipeline by tests/students/test_consistency.py, and here when slow tests run (~30 s each)
+@pytest.mark.parametrize("grid", ["euler", pytest.param("uniform", marks=pytest.mark.slow),
+                                  pytest.param((1.0, 0.8, 0.3), marks=pytest.mark.slow)])
 def test_stock_pipeline_samples_each_grid_as_the_consistency_sampler(runs, tmp_path, grid):
     """Old checkpoints (no "grid" in their meta) export on the legacy grid and sample as before; a checkpoint on
     another rule, or on explicit levels the scheduler can reach, exports a scheduler that lands on them."""
