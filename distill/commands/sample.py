@@ -91,7 +91,8 @@ def run(args) -> int:
     overrides = [f"{k}={v}" for k, v in (
         ("sampler.steps", args.steps), ("sampler.guidance", args.guidance), ("sampler.guidance_2", args.guidance_2),
         ("sampler.shift", args.shift),
-        ("sampler.name", args.sampler), ("sampler.grid", args.grid), ("video.frames", args.frames), ("video.height", args.height),
+        ("sampler.name", args.sampler), ("sampler.grid", args.grid),
+        ("video.frames", args.frames), ("video.height", args.height),
         ("video.width", args.width), ("video.fps", args.fps), ("dtype", args.dtype), ("device", args.device),
     ) if v is not None]
     cfg = load_teacher_config(args.teacher, overrides)

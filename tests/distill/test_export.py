@@ -50,7 +50,8 @@ def runs(tmp_path_factory):
     lora = ["student.lora={rank: 4}", "optim.lr=0.01", "student.ema_decay=null", "student.export=online",
             "recipe.target=online", f"out={root / 'lora'}"]
     for extra in ([], lora):  # a process each: a command ends by destroying the process group it made
-        code = f"from distill.cli import main; import sys; sys.exit(main(['train', {str(config)!r}, *{extra!r}, '--no-progress']))"
+        code = (f"from distill.cli import main; import sys; "
+                f"sys.exit(main(['train', {str(config)!r}, *{extra!r}, '--no-progress']))")
         done = subprocess.run([sys.executable, "-c", code], check=False, cwd=REPO_ROOT, capture_output=True, text=True,
                               env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
         assert done.returncode == 0, done.stderr[-3000:]

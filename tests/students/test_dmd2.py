@@ -207,7 +207,8 @@ def test_heads_on_one_block_name_the_key():
 @pytest.mark.parametrize("grid, expected", [("shifted-uniform", [1.0, 0.9, 0.75, 0.5]),  # shift 3 on [1, .75, .5, .25]
                                              ("euler", None), ((1.0, 0.7, 0.4, 0.2), [1.0, 0.7, 0.4, 0.2])])
 def test_backward_simulation_feeds_the_generator_its_own_sampler_levels(grid, expected):
-    levels = consistency_timesteps(4, CTX.teacher_shift) if expected is None else torch.tensor(expected, dtype=torch.float64)
+    levels = consistency_timesteps(4, CTX.teacher_shift) if expected is None else \
+        torch.tensor(expected, dtype=torch.float64)
     student = Generator(torch.randn(8, 3, 1, 2, 2))
     with torch.no_grad():
         _, k = recipe(sampler={"steps": 4, "grid": grid}).sample(student, torch.zeros(8, 3, 1, 2, 2),
