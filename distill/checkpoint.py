@@ -42,7 +42,7 @@ from distill.core.config import ConfigError
 from distill.core.disk import DiskFull, free_bytes, is_disk_full, mount_of, remove, size_of
 from distill.core.dist import barrier, gather_dict, rank_world
 from distill.core.env import code_version, environment
-from distill.train_config import TrainConfig, fingerprint, fingerprint_hash
+from distill.train_config import ADDED_SINCE_CHECKPOINTS, TrainConfig, fingerprint, fingerprint_hash, with_legacy_values
 
 
 def step_name(step: int) -> str:
@@ -439,8 +439,9 @@ def check_compatible(folder: Path, cfg: TrainConfig, world_size: int, teacher_ha
     meta = json.loads((folder / "meta.json").read_text())
     check_teacher(folder, meta, teacher_hash, "--resume")
     if meta["fingerprint"] != fingerprint_hash(cfg):
-        saved = TrainConfig.model_validate(yaml.safe_load((folder / "config.yaml").read_text()))
+        saved = TrainConfig.model_validate(with_legacy_values(yaml.safe_load((folder / "config.yaml").read_text())))
         a, b = fingerprint(saved), fingerprint(cfg)
+        a = {**{k: v for k, v in ADDED_SINCE_CHECKPOINTS.items() if k in b}, **a}  # a dropped key held its legacy value
         diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
         shown = ", ".join(f"{k}: {a.get(k)!r} there, {b.get(k)!r} here" for k in diff[:6])
         raise ConfigError(f"--resume: checkpoint {str(folder)!r} comes from another config ({shown}); "

@@ -5,9 +5,9 @@ in few steps.
         model_index.json          the teacher's (its pipeline class, and a two-expert boundary), naming the scheduler
         transformer/              the student: student/ of a full run, or the LoRA base with the adapter fused in
         transformer_2/            (two-expert teachers) the student's low-noise expert, likewise
-        scheduler/                the family's few-step scheduler (FlowMatchEulerDiscreteScheduler(shift,
-                                  stochastic_sampling=True) by default): per step it computes exactly the multistep
-                                  consistency sampler (teachers.samplers)
+        scheduler/                the family's few-step scheduler (FlowMatchEulerDiscreteScheduler(stochastic_sampling=
+                                  True) with the static shift and shift_terminal that land on the student's grid):
+                                  per step it computes exactly the multistep consistency sampler (teachers.samplers)
         text_encoder/ tokenizer/ vae/ ...   copied from the teacher
         lora/pytorch_lora_weights.safetensors   (LoRA runs) the adapter alone, for `pipe.load_lora_weights`; with
                                                 two experts the low-noise one's is lora/transformer_2/
@@ -32,6 +32,7 @@ import yaml
 from distill.core.config import ConfigError
 from distill.teachers.base import FamilyError, dit_folder
 from distill.teachers.config import load_teacher_config
+from distill.teachers.samplers import LEGACY_GRID
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
@@ -174,12 +175,17 @@ def export(run: str | Path, out: Path, checkpoint: str = "latest", steps: int | 
     if sampler.get("name") != "consistency":
         raise ConfigError(f"export: checkpoint {str(folder)!r} was trained for the {sampler.get('name')!r} sampler; "
                           f"export writes the consistency sampler only")
+    # a checkpoint written before the grid was a choice has no "grid": it was trained, and samples, on the legacy one
+    grid = sampler.get("grid", LEGACY_GRID)
     if steps is not None:
         if steps < 1:
             raise ConfigError(f"export: steps must be at least 1, got {steps}")
+        if not isinstance(grid, str) and len(grid) != steps:
+            raise ConfigError(f"export: checkpoint {str(folder)!r} was trained on the explicit {len(grid)}-level grid "
+                              f"{grid}; --steps {steps} has no levels (export it at {len(grid)} steps)")
         sampler["steps"] = steps
     sampler = {"name": "consistency", "steps": int(sampler["steps"]), "guidance": 1.0,
-               "shift": float(sampler["shift"])}
+               "shift": float(sampler["shift"]), "grid": grid}
     tcfg, family, teacher = _teacher(meta, config, folder)
     index = json.loads((teacher / "model_index.json").read_text())
     experts = family.experts(teacher)
@@ -212,7 +218,7 @@ def export(run: str | Path, out: Path, checkpoint: str = "latest", steps: int | 
             else:
                 _copy_tree(path, tmp / component)
         try:
-            scheduler = family.few_step_scheduler(sampler["shift"], teacher, sampler["steps"])
+            scheduler = family.few_step_scheduler(sampler["shift"], teacher, sampler["steps"], grid)
         except FamilyError as err:
             raise ConfigError(f"export: {err}") from None
         scheduler.save_pretrained(tmp / "scheduler")

@@ -202,14 +202,17 @@ class Run:
         engines = self.networks.engines
         self.networks.counter.passes = 0.0
         totals: dict[str, float] = {}
+        phases = self.recipe.phases(step)
+        per_step = self.batches_per_step(phases)
         for micro in range(cfg.train.grad_accum):
             replicas, replica = self.layout.data_world, self.layout.data_rank
-            position = ((step * cfg.train.grad_accum + micro) * replicas + replica) * bs
-            batch = self.data.batch(position, bs)
-            embeds = self.data.embed(batch.prompts).to(self.device)
-            x0 = batch.x0.to(self.device)
             seen: dict[str, list[float]] = {}
-            for name in self.recipe.phases(step):
+            for p, name in enumerate(phases):
+                if p == 0 or per_step > 1:  # a recipe with fresh batches gets the next batch in data order per phase
+                    index = (step * cfg.train.grad_accum + micro) * per_step + p
+                    batch = self.data.batch((index * replicas + replica) * bs, bs)
+                    embeds = self.data.embed(batch.prompts).to(self.device)
+                    x0 = batch.x0.to(self.device)
                 with only_training(engines, name):
                     losses = self.recipe.loss(name, self.handles(embeds, name), x0, self.generator)
                     engines[name].backward(losses[name])
@@ -273,6 +276,9 @@ class Run:
             return str(err)
         return None
 
+    def batches_per_step(self, phases: tuple[str, ...]) -> int:
+        return len(phases) if getattr(self.recipe, "fresh_batches", False) else 1
+
     # checkpoints ----------------------------------------------------------------------------------------------------
     def kept(self) -> str:
         latest = self.out / "checkpoints" / "latest"
@@ -280,7 +286,8 @@ class Run:
 
     def save(self, step: int) -> None:
         replicas = self.layout.data_world
-        meta = {"data_position": (step * self.cfg.train.grad_accum) * replicas * self.cfg.data.batch_size,
+        per_step = self.batches_per_step(self.recipe.phases(max(step - 1, 0)))
+        meta = {"data_position": (step * self.cfg.train.grad_accum * per_step) * replicas * self.cfg.data.batch_size,
                 "teacher": self.tcfg.source, "teacher_revision": self.tcfg.revision,
                 "teacher_hash": self.teacher_hash, "recipe": self.cfg.recipe.name, "guard": self.guard.state(),
                 "monitors": {m.name: m.state() for m in self.monitors},
@@ -303,7 +310,7 @@ class Run:
         noise = lambda like: torch.randn(like.shape, generator=g).to(like)  # noqa: E731
         s = self.recipe.sampler()
         latents = sample(s.name, lambda y, t: self.teacher.forward(model, y, t, embeds), x, s.steps, s.shift,
-                         noise=noise)
+                         noise=noise, grid=s.grid)
         engine.train()
         return latents
 

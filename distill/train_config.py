@@ -144,9 +144,32 @@ RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.checkpoint_every",
                      "train.validate_every", "train.collective_timeout_s", "wandb", "out")
 
 
-# Keys added after checkpoints were written, left out of the fingerprint at their default value so that those
-# checkpoints still resume.
-ADDED_SINCE_CHECKPOINTS = {"parallel.sequence": 1}
+# Keys added after checkpoints were written, with the value that reproduces what those checkpoints computed: left
+# out of the fingerprint at that value so that those checkpoints still resume (with it set, where a new run's
+# default differs), and read as that value from a saved config that lacks the key.
+ADDED_SINCE_CHECKPOINTS = {"parallel.sequence": 1, "recipe.sampler.grid": "euler",
+                           "recipe.t_sampling": "range-then-shift", "recipe.critic_full_range": False,
+                           "recipe.fresh_critic_batch": False}
+
+
+def with_legacy_values(raw: dict) -> dict:
+    """A saved config (as its YAML gives it) with each key added since it was written set to the value it was
+    trained with (ADDED_SINCE_CHECKPOINTS), where the section holding the key is there."""
+    raw = json.loads(json.dumps(raw))
+    for key, legacy in ADDED_SINCE_CHECKPOINTS.items():
+        *parents, leaf = key.split(".")
+        node, model = raw, TrainConfig
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+            if p == "recipe" and model is TrainConfig:  # a union of the recipes' configs: the one it names
+                name = node.get("name") if isinstance(node, dict) else None
+                model = recipe_registry.get(name).Config if name in recipe_registry.names() else None
+            else:
+                field = model.model_fields.get(p) if model is not None else None
+                model = field.annotation if field is not None and isinstance(field.annotation, type) else None
+        if isinstance(node, dict) and leaf not in node and model is not None and leaf in model.model_fields:
+            node[leaf] = legacy
+    return raw
 
 
 def fingerprint(cfg: TrainConfig) -> dict:

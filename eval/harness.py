@@ -32,6 +32,7 @@ from distill.eval.suite import ModelSpec, SuiteConfig
 from distill.teachers.parallel import Layout, make_layout
 from distill.teachers.base import DTYPES, Teacher, pick_device
 from distill.teachers.resolve import checkpoint_defaults, open_teacher
+from distill.teachers.samplers import LEGACY_GRID
 
 RealClips = Callable[[str, int], np.ndarray]  # (prompt, seed) -> uint8 [T, H, W, 3]
 
@@ -48,6 +49,7 @@ class Candidate:
     shift: float
     negative: str
     ckpt_hash: str
+    grid: object = None  # the consistency sampler's levels (a rule or explicit levels); None: the legacy grid
 
     @property
     def nfe(self) -> int:
@@ -58,6 +60,8 @@ class Candidate:
                self.teacher.max_sequence_length, str(self.teacher.dtype), prompt, seed, frames, height, width]
         if self.teacher.guidance_2 is not None:  # a two-expert teacher's own low-noise guidance
             key.append(self.teacher.guidance_2)
+        if self.grid not in (None, LEGACY_GRID):  # the legacy grid keeps the keys of clips cached before the choice
+            key.append(self.grid if isinstance(self.grid, str) else list(self.grid))
         text = json.dumps(key)
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
@@ -72,7 +76,8 @@ class Candidate:
         sync()
         t1 = time.perf_counter()
         latents = t.sample(prompts, steps=self.steps, guidance=self.guidance, shift=self.shift, seed=seeds,
-                           sampler=self.sampler, frames=frames, height=height, width=width, cond=cond)
+                           sampler=self.sampler, frames=frames, height=height, width=width, cond=cond,
+                           grid=self.grid)
         sync()
         t2 = time.perf_counter()
         if not decode:
@@ -173,9 +178,15 @@ class Harness:
         guidance = next(v for v in (spec.guidance, own.get("guidance"), fallback) if v is not None)
         shift = next(v for v in (spec.shift, own.get("shift"), c.sampler.shift) if v is not None)
         sampler = spec.sampler or own.get("name") or "euler"
+        # an export records its grid (absent: exported before the choice, the legacy grid); explicit levels hold
+        # for their own step count only
+        grid = c.sampler.grid if is_teacher else own.get("grid")
+        if sampler == "consistency" and grid is not None and not isinstance(grid, str) and len(grid) != spec.steps:
+            raise ConfigError(f"model {spec.name!r}: {source!r} samples on the explicit {len(grid)}-level grid "
+                              f"{list(grid)}; evaluate it @{len(grid)}, not @{spec.steps}")
         teacher = self._load(source)
         return Candidate(spec, teacher, spec.steps, sampler, guidance, shift, c.negative_prompt,
-                         self._hashes[source])
+                         self._hashes[source], grid)
 
     def reference(self) -> ModelSpec:
         s = self.teacher_cfg.sampler

@@ -10,6 +10,7 @@ engine (distill/) finds it by the config's `recipe.name` and never names it. The
     networks()  the networks it adds beside the student (`NetworkSpec`: how each is made, whether it trains, its
                 optimizer overrides, whether ZeRO-3 partitions it like the student)
     phases(s)   the networks updated at step s, in order (alternation, several critic updates per generator update)
+    fresh_batches  True: each phase of a step gets its own batch of the data (DMD2's critic updates); else one
     loss(...)   the losses of one phase, as its paper's algorithm box; the entry named after the phase is backpropagated
     sampler()   the few-step sampler its student is made for: used for validation clips, written by export, read by eval
     monitors()  checks on the run's state it wants every few steps (each may ask the engine to keep a checkpoint)
@@ -25,18 +26,28 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Protocol
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
 from distill.core.config import Strict
+from distill.teachers.samplers import DEFAULT_GRID, LEGACY_GRID, Grid, check_grid, student_levels
 
 
 # --- configs ------------------------------------------------------------------------------------------------------
 class StudentSampler(Strict):
-    """The few-step sampler the student is distilled for: used for validation clips and written by export."""
+    """The few-step sampler the student is distilled for: used in training (DMD2's levels), for validation clips, and
+    written by export. `grid` is its noise levels: a rule of teachers.samplers.GRIDS applied to (steps, shift), or
+    explicit levels (from 1.0 down, `steps` many); see docs/recipes/grids.md. The default makes every step a real
+    step; "euler" is the grid of checkpoints that predate the choice (its last level is near 0)."""
 
     steps: int = Field(4, ge=1, le=64)
     shift: float | None = Field(None, gt=0)  # None: the teacher's shift
+    grid: str | tuple[float, ...] = DEFAULT_GRID
+
+    @field_validator("grid")
+    @classmethod
+    def _grid(cls, v, info):
+        return check_grid(v, info.data.get("steps"))
 
 
 class RecipeConfig(Strict):
@@ -68,9 +79,15 @@ class SamplerSpec:
     steps: int
     shift: float
     guidance: float = 1.0
+    grid: Grid = LEGACY_GRID  # a rule name or explicit levels (teachers.samplers.student_levels)
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "steps": self.steps, "shift": self.shift, "guidance": self.guidance}
+        grid = self.grid if isinstance(self.grid, str) else list(self.grid)
+        return {"name": self.name, "steps": self.steps, "shift": self.shift, "guidance": self.guidance, "grid": grid}
+
+    def levels(self):
+        """The noise levels this sampler visits (float64, from 1 down)."""
+        return student_levels(self.steps, self.shift, self.grid)
 
 
 @dataclass(frozen=True)
@@ -209,6 +226,7 @@ class RecipeBase:
     """Defaults for the optional parts of the contract."""
 
     reads: tuple[str, ...] = ()
+    fresh_batches = False  # True: the engine hands each phase of a step its own batch (the next in data order)
     sampler_name = "consistency"  # multistep consistency sampling: predict x0, re-noise to the next level
 
     def __init__(self, cfg: RecipeConfig, ctx: Context):
@@ -226,7 +244,8 @@ class RecipeBase:
 
     def sampler(self) -> SamplerSpec:
         s = self.cfg.sampler
-        return SamplerSpec(self.sampler_name, s.steps, s.shift if s.shift is not None else self.ctx.teacher_shift)
+        return SamplerSpec(self.sampler_name, s.steps, s.shift if s.shift is not None else self.ctx.teacher_shift,
+                           grid=s.grid)
 
     def monitors(self, ctx: MonitorContext) -> list[Monitor]:
         return []

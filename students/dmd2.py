@@ -4,8 +4,8 @@ Yin et al. 2024, "Improved Distribution Matching Distillation for Fast Image Syn
 flow-matching parametrisation the teachers use (x_t = (1 − t)·x0 + t·ε, v = ε − x0, x0 = x_t − t·v):
 
     generator   G_θ(x, t_k) = x − t_k · v_θ(x, t_k, c)         one student step from level t_k (θ from the teacher)
-                t_0 = 1 > t_1 > … > t_{N−1}                     the levels of its N-step sampler (shifted Euler grid
-                                                                without 0), as at inference
+                t_0 = 1 > t_1 > … > t_{N−1}                     the levels of its N-step sampler (recipe.sampler.grid,
+                                                                docs/recipes/grids.md), as at inference
     real score  x0_real(x_t, t) = x_t − t · v_T(x_t, t, c; w)   the frozen teacher with CFG w
     fake score  x0_fake(x_t, t) = x_t − t · v_φ(x_t, t, c)      the critic φ, initialised from the teacher
     sample(x0)  k ~ U{0, …, N − 1} per sample
@@ -15,11 +15,11 @@ flow-matching parametrisation the teachers use (x_t = (1 − t)·x0 + t·ε, v =
 
     per step, with clean latents x0 and text c:
       critic phase, recipe.critic_steps times (the two time-scale rule):
-          x̂ = sg sample(x0);   t = shift(u, s), u ~ U(lo, hi);   x̂_t = (1 − t)·x̂ + t·ε
+          x̂ = sg sample(x0);   t = shift(u, s), u ~ U(0, 1);   x̂_t = (1 − t)·x̂ + t·ε      (full range)
           L_φ = ‖v_φ(x̂_t, t) − (ε − x̂)‖²                               the flow-matching loss on the student's samples
                 + λ_D · [softplus(−D_φ(x_t)) + softplus(D_φ(x̂_t))]      GAN term on real x0 re-noised to x_t (optional)
       generator phase:
-          x̂ = sample(x0);   t, ε as above;   x̂_t = (1 − t)·x̂ + t·ε
+          x̂ = sample(x0);   t = clamp(shift(u, s), lo, hi), u ~ U(0, 1);   x̂_t = (1 − t)·x̂ + t·ε
           g = (x0_fake(x̂_t) − x0_real(x̂_t)) / mean|x̂ − x0_real(x̂_t)|   per sample, no grad (the paper's normaliser)
           L_θ = ½‖x̂ − sg(x̂ − g)‖²  + λ_G · softplus(−D_φ(x̂_t))          ∇_x̂ L_θ ∝ g: x̂ moves from fake toward real
 
@@ -46,7 +46,6 @@ from distill.students.base import (Context, DitShape, Nets, NetworkSpec, Planned
 from distill.students.common import (HeadedDiT, d_loss, g_loss, head_blocks, per_sample, query_head_params,
                                      randn_like, renoise, shifted_levels, x0_from_velocity)
 from distill.students.registry import register
-from distill.teachers.samplers import consistency_timesteps
 
 
 class CriticLora(Strict):
@@ -65,9 +64,18 @@ class DMD2Config(RecipeConfig):
     critic_lr: float | None = Field(None, gt=0)  # None: the run's optim.lr
     critic_betas: tuple[float, float] | None = None  # None: the run's optim.betas
     critic_lora: CriticLora | None = None  # None: the critic trains in full
-    guidance: float | None = Field(None, ge=0)  # CFG of the real score (the teacher); None: the teacher's own
-    t_range: tuple[float, float] = (0.02, 0.98)  # u range of the levels t = shift(u, s) the scores are compared at
+    # CFG of the real score (the teacher), as uncond + w·(cond − uncond); None: the teacher's own. Self-Forcing's
+    # and CausVid's "guidance 3" is cond + 3·(cond − uncond): w = 4 here
+    guidance: float | None = Field(None, ge=0)
+    t_range: tuple[float, float] = (0.02, 0.98)  # [lo, hi] of the levels the scores are compared at (t_sampling)
+    # "shift-then-clamp": t = clamp(shift(u, s), lo, hi), u ~ U(0, 1), as DMD2 and Self-Forcing draw it;
+    # "range-then-shift": t = shift(u, s), u ~ U(lo, hi) (runs before this key: t ∈ [0.14, 0.997] at s = 8)
+    t_sampling: Literal["shift-then-clamp", "range-then-shift"] = "shift-then-clamp"
     t_shift: float | None = Field(None, gt=0)  # s; None: the teacher's shift
+    # the critic's flow-matching levels: t = shift(u, s), u ~ U(0, 1) (DMD2 trains its fake score on the full
+    # range); false: the generator's levels above (runs before this key)
+    critic_full_range: bool = True
+    fresh_critic_batch: bool = False  # each critic update on its own batch of the data (DMD2), not the step's one
     backward_simulation: bool = True  # the generator's inputs come from its own sampler (else: re-noised data)
     gan_weight: float = Field(0.0, ge=0)  # λ_G, the generator's GAN term; 0: no GAN term, no heads
     critic_gan_weight: float = Field(1e-2, ge=0)  # λ_D, the critic's GAN term (read only when gan_weight > 0)
@@ -105,8 +113,7 @@ class DMD2(RecipeBase):
 
     def __init__(self, cfg: DMD2Config, ctx: Context):
         super().__init__(cfg, ctx)
-        s = cfg.sampler
-        self.levels = consistency_timesteps(s.steps, s.shift if s.shift is not None else ctx.teacher_shift)
+        self.levels = self.sampler().levels()  # the grid it samples on at inference (recipe.sampler.grid)
         self.t_shift = cfg.t_shift if cfg.t_shift is not None else ctx.teacher_shift
         self.gan = cfg.gan_weight > 0
         if self.gan and ctx.experts > 1:
@@ -140,6 +147,11 @@ class DMD2(RecipeBase):
     def phases(self, step: int) -> tuple[str, ...]:
         return ("critic",) * self.cfg.critic_steps + ("student",)
 
+    @property
+    def fresh_batches(self) -> bool:
+        """Each phase on its own batch (the engine draws the next one), as DMD2's critic updates are."""
+        return self.cfg.fresh_critic_batch
+
     # --- the generator's samples ------------------------------------------------------------------------------------
     def sample(self, student, x0: torch.Tensor, generator: torch.Generator | None, grad: bool
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,14 +183,23 @@ class DMD2(RecipeBase):
         raise ValueError(f"DMD2 trains 'critic' and 'student', not {phase!r}")
 
     def levels_t(self, b: int, generator, device) -> torch.Tensor:
+        """The levels the real and fake scores are compared at."""
         lo, hi = self.cfg.t_range
-        return shifted_levels(b, self.t_shift, generator, lo, hi).to(device)
+        if self.cfg.t_sampling == "range-then-shift":
+            return shifted_levels(b, self.t_shift, generator, lo, hi).to(device)
+        return shifted_levels(b, self.t_shift, generator).clamp(lo, hi).to(device)
+
+    def critic_levels(self, b: int, generator, device) -> torch.Tensor:
+        """The levels the critic's flow-matching loss is taken at."""
+        if self.cfg.critic_full_range:
+            return shifted_levels(b, self.t_shift, generator).to(device)
+        return self.levels_t(b, generator, device)
 
     def critic_loss(self, nets: Nets, x0: torch.Tensor, generator) -> dict[str, torch.Tensor]:
         critic = nets["critic"]
         fake, _ = self.sample(nets["student"], x0, generator, grad=False)
         b = x0.shape[0]
-        t = self.levels_t(b, generator, x0.device)
+        t = self.critic_levels(b, generator, x0.device)
         eps = randn_like(fake, generator)
         fake_t = renoise(fake, t, eps)
         if not self.gan:

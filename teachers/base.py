@@ -145,7 +145,7 @@ class Teacher(Protocol):
     def sample(self, prompts: list[str], steps: int = 50, guidance: float = 5.0, shift: float = 3.0,
                seed: int | list[int] = 0, sampler: str = "unipc", negative: str = "", frames: int = 81,
                height: int = 480, width: int = 832, progress: bool = False, cond: Cond | None = None,
-               guidance_2: float | None = None) -> torch.Tensor: ...
+               guidance_2: float | None = None, grid=None) -> torch.Tensor: ...
     def decode(self, latents: torch.Tensor) -> torch.Tensor: ...  # -> uint8 [B, T, H, W, 3]
     def encode_video(self, video: torch.Tensor, sample: bool = False, generator=None) -> torch.Tensor: ...
     def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, ...]: ...
@@ -352,13 +352,26 @@ class Family(ABC):
         return {c: folder / ("" if i == 0 else c) / "pytorch_lora_weights.safetensors" for i, c in enumerate(experts)}
 
     # --- export -------------------------------------------------------------------------------------------------
-    def few_step_scheduler(self, shift: float, teacher_folder: Path, steps: int | None = None):
+    def few_step_scheduler(self, shift: float, teacher_folder: Path, steps: int | None = None, grid=None):
         """The diffusers scheduler with which the family's stock pipeline samples a `steps`-step student exactly as
-        the project's consistency sampler does: per step, jump to the clean estimate and re-noise to the next level
-        (a family whose pipeline hands the scheduler step-dependent sigmas needs `steps`)."""
+        the project's consistency sampler does on its grid (samplers.student_levels): per step, jump to the clean
+        estimate and re-noise to the next level. The legacy "euler" grid (`grid` None) is the plain shifted
+        scheduler, right for any step count; any other grid is a static shift and `shift_terminal` found for
+        `steps` steps (schedule.few_step_scheduler), exact for that count only."""
         from diffusers import FlowMatchEulerDiscreteScheduler
 
-        return FlowMatchEulerDiscreteScheduler(shift=shift, stochastic_sampling=True)
+        from distill.teachers.samplers import LEGACY_GRID, student_levels
+        from distill.teachers.schedule import few_step_scheduler
+
+        if grid is None or grid == LEGACY_GRID:
+            return FlowMatchEulerDiscreteScheduler(shift=shift, stochastic_sampling=True)
+        if steps is None:
+            raise FamilyError(f"family {self.name!r}: the scheduler of grid {grid!r} depends on the step count; "
+                              f"pass steps")
+        try:
+            return few_step_scheduler(student_levels(steps, shift, grid))
+        except ValueError as err:
+            raise FamilyError(f"family {self.name!r}: {err}") from None
 
     def pipeline_config(self, teacher_folder: Path) -> dict[str, Any]:
         """model_index.json entries beside the components that an export keeps (a boundary, ...)."""

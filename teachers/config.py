@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from distill.core.config import CONFIG_DIR, Strict, load, validate
+from distill.teachers.samplers import check_grid
 
 
 class SamplerConfig(Strict):
@@ -17,6 +18,13 @@ class SamplerConfig(Strict):
     # the low-noise expert's guidance in a two-expert family (the stock pipelines' guidance_scale_2); None: `guidance`
     guidance_2: float | None = Field(None, ge=0.0)
     shift: float = Field(3.0, gt=0.0)
+    # the consistency sampler's noise levels (a student export records its own); None: the legacy "euler" grid
+    grid: str | tuple[float, ...] | None = None
+
+    @field_validator("grid")
+    @classmethod
+    def _grid(cls, v, info):
+        return None if v is None else check_grid(v, info.data.get("steps"))
 
 
 class VideoConfig(Strict):

@@ -5,13 +5,13 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Union
 
 import torch
 from tqdm.auto import tqdm
 
 from distill.core.types import VelocityFn
-from distill.teachers.schedule import NUM_TRAIN_TIMESTEPS, flow_sigmas, unipc_scheduler
+from distill.teachers.schedule import NUM_TRAIN_TIMESTEPS, flow_sigmas, shift_sigmas, unipc_scheduler
 
 
 
@@ -48,12 +48,60 @@ NoiseFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 def consistency_timesteps(steps: int, shift: float = 1.0) -> torch.Tensor:
-    """The `steps` noise levels a multistep consistency sampler visits: the shifted Euler grid without its final 0,
-    which is exactly what diffusers' `FlowMatchEulerDiscreteScheduler(shift=shift)` sets for `steps` steps, so an
-    exported student samples the same way in a stock `WanPipeline`."""
+    """The `steps` noise levels of the "euler" grid: the shifted Euler grid without its final 0, which is exactly
+    what diffusers' `FlowMatchEulerDiscreteScheduler(shift=shift)` sets for `steps` steps. Its last level is not a
+    real noise level (0.0089 at shift 3 for 4 steps: a near no-op step); students trained before the grid became a
+    choice (`grid` absent from their meta) sample on it, and new ones choose another (`student_levels`)."""
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     return flow_sigmas(steps, shift)[:-1].to(torch.float64)
+
+
+# A student's grid: a named rule or explicit levels. Checkpoints and exports without one sample on LEGACY_GRID.
+LEGACY_GRID = "euler"
+DEFAULT_GRID = "shifted-uniform"
+GRIDS = {
+    "euler": "diffusers' shifted Euler grid without its final 0 (the last level is near 0: a wasted step)",
+    "shifted-uniform": "the shift applied to [1, 1 - 1/n, ..., 1/n] (DMD2's and Self-Forcing's warped grid)",
+    "uniform": "[1, 1 - 1/n, ..., 1/n] unshifted (DMD2's [999, 749, 499, 249]/1000 on the flow-matching path)",
+}
+Grid = Union[str, tuple[float, ...]]
+
+
+def check_grid(grid, steps: int | None = None) -> Grid:
+    """A grid as a config gives it (a rule name, or explicit levels) checked and normalised; ValueError naming what
+    is wrong. Explicit levels start at 1 (sampling starts from pure noise), decrease strictly, stay above 0, and
+    are `steps` many when `steps` is given."""
+    if isinstance(grid, str):
+        if grid not in GRIDS:
+            raise ValueError(f"unknown grid {grid!r}; a rule ({', '.join(GRIDS)}) or a list of levels")
+        return grid
+    levels = tuple(float(v) for v in grid)
+    if not levels:
+        raise ValueError("an explicit grid needs at least one level")
+    if levels[0] != 1.0:
+        raise ValueError(f"an explicit grid starts at 1.0 (sampling starts from pure noise), got {list(levels)}")
+    if any(b >= a for a, b in zip(levels, levels[1:])) or levels[-1] <= 0:
+        raise ValueError(f"an explicit grid's levels decrease strictly and stay above 0, got {list(levels)}")
+    if steps is not None and len(levels) != steps:
+        raise ValueError(f"the explicit grid {list(levels)} has {len(levels)} levels for {steps} steps")
+    return levels
+
+
+def student_levels(steps: int, shift: float, grid: Grid | list | None = None) -> torch.Tensor:
+    """The `steps` noise levels (float64, decreasing from 1) a few-step student visits on `grid`; None is the
+    legacy rule of checkpoints that predate the choice."""
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    grid = check_grid(LEGACY_GRID if grid is None else grid, None)
+    if isinstance(grid, tuple):
+        if len(grid) != steps:
+            raise ValueError(f"the explicit grid {list(grid)} has {len(grid)} levels, not {steps}")
+        return torch.tensor(grid, dtype=torch.float64)
+    if grid == "euler":
+        return consistency_timesteps(steps, shift)
+    uniform = 1.0 - torch.arange(steps, dtype=torch.float64) / steps
+    return uniform if grid == "uniform" else shift_sigmas(uniform, shift)
 
 
 @torch.no_grad()
@@ -77,12 +125,14 @@ SAMPLERS = ("euler", "unipc", "consistency")
 
 
 def sample(name: str, model: VelocityFn, x: torch.Tensor, steps: int, shift: float,
-           scheduler_config: dict | None = None, progress: bool = False, noise: NoiseFn | None = None) -> torch.Tensor:
-    """`noise` draws the fresh noise of stochastic samplers (per-clip generators keep clips reproducible alone)."""
+           scheduler_config: dict | None = None, progress: bool = False, noise: NoiseFn | None = None,
+           grid: Grid | list | None = None) -> torch.Tensor:
+    """`noise` draws the fresh noise of stochastic samplers (per-clip generators keep clips reproducible alone);
+    `grid` is the consistency sampler's (`student_levels`; None: the legacy "euler" grid)."""
     if name == "euler":
         return sample_euler(model, x, flow_sigmas(steps, shift), progress)
     if name == "unipc":
         return sample_unipc(model, x, steps, shift, scheduler_config, progress)
     if name == "consistency":
-        return sample_consistency(model, x, consistency_timesteps(steps, shift), noise, progress)
+        return sample_consistency(model, x, student_levels(steps, shift, grid), noise, progress)
     raise ValueError(f"unknown sampler {name!r}; one of {list(SAMPLERS)}")

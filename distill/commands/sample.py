@@ -12,6 +12,7 @@ from distill.core.paths import check_output_file
 from distill.core.config import ConfigError
 
 from distill.teachers.resolve import DEFAULT_BUILTIN as DEFAULT_TEACHER
+from distill.teachers.samplers import GRIDS
 
 
 def add_parser(sub) -> None:
@@ -37,6 +38,8 @@ def add_parser(sub) -> None:
                                                   "guidance_scale_2; default: the teacher's, else --guidance)")
     p.add_argument("--shift", type=float, help="timestep shift of the flow-matching schedule")
     p.add_argument("--sampler", choices=["euler", "unipc", "consistency"])
+    p.add_argument("--grid", choices=list(GRIDS),
+                   help="the consistency sampler's noise levels (default: a student export's own grid, else 'euler')")
     p.add_argument("--seed", type=int, default=0, help="seed of the first clip; clip i uses seed + i")
     p.add_argument("--frames", type=int, help="number of frames, 4k+1")
     p.add_argument("--height", type=int)
@@ -88,7 +91,8 @@ def run(args) -> int:
     overrides = [f"{k}={v}" for k, v in (
         ("sampler.steps", args.steps), ("sampler.guidance", args.guidance), ("sampler.guidance_2", args.guidance_2),
         ("sampler.shift", args.shift),
-        ("sampler.name", args.sampler), ("video.frames", args.frames), ("video.height", args.height),
+        ("sampler.name", args.sampler), ("sampler.grid", args.grid),
+        ("video.frames", args.frames), ("video.height", args.height),
         ("video.width", args.width), ("video.fps", args.fps), ("dtype", args.dtype), ("device", args.device),
     ) if v is not None]
     cfg = load_teacher_config(args.teacher, overrides)
@@ -117,6 +121,7 @@ def run(args) -> int:
     if rank == 0:
         print(f"teacher {cfg.source} on {teacher.device}: {len(prompts)} clip(s), {v.frames}x{v.height}x{v.width}, "
               f"{s.name} {s.steps} steps, guidance {s.guidance}, shift {s.shift}"
+              + (f", grid {s.grid}" if s.name == "consistency" and s.grid is not None else "")
               + (f", each clip split over {world} ranks" if world > 1 else ""), file=sys.stderr)
     seeds = [args.seed + i for i in range(len(prompts))]
     written = []
@@ -126,7 +131,7 @@ def run(args) -> int:
         latents = teacher.sample(chunk, steps=s.steps, guidance=s.guidance, shift=s.shift,
                                  seed=seeds[i:i + args.batch_size], sampler=s.name, negative=cfg.negative_prompt,
                                  frames=v.frames, height=v.height, width=v.width, guidance_2=s.guidance_2,
-                                 progress=not args.no_progress and rank == 0)
+                                 progress=not args.no_progress and rank == 0, grid=s.grid)
         if rank != 0:  # every rank computed the same clips; one writes them
             continue
         for j, video in enumerate(teacher.decode(latents).numpy()):

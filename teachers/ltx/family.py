@@ -122,9 +122,11 @@ class LTXFamily(Family):
         return fuse_checked(LTXPipeline, LTXVideoTransformer3DModel, base, lora_file, dest)
 
     # --- export -------------------------------------------------------------------------------------------------
-    def few_step_scheduler(self, shift: float, teacher_folder: Path, steps: int | None = None):
+    def few_step_scheduler(self, shift: float, teacher_folder: Path, steps: int | None = None, grid=None):
         """The scheduler with which stock LTXPipeline samples a `steps`-step consistency student exactly as
-        `samplers.sample_consistency` on `consistency_timesteps(steps, shift)`.
+        `samplers.sample_consistency` on `student_levels(steps, shift, grid)`. Any grid but the legacy "euler" one
+        is fitted by schedule.few_step_scheduler (the same algebra as below, for any rule); the legacy one keeps
+        the closed form below.
 
         LTXPipeline always hands its scheduler sigmas = linspace(1, 1/N, N) (and a `mu`, which a scheduler
         without dynamic shifting ignores); the project's grid is M_s(linspace(1, a, N)), M_s(σ) = sσ/(1 + (s-1)σ)
@@ -143,6 +145,14 @@ class LTXFamily(Family):
                               "the consistency grid depends on N")
         if steps < 1:
             raise FamilyError(f"family 'ltx': steps must be at least 1, got {steps}")
+        from distill.teachers.samplers import LEGACY_GRID, student_levels
+        from distill.teachers.schedule import few_step_scheduler
+
+        if grid is not None and grid != LEGACY_GRID:
+            try:
+                return few_step_scheduler(student_levels(steps, shift, grid), sigmas_given=True)
+            except ValueError as err:
+                raise FamilyError(f"family 'ltx': {err}") from None
         base = {"num_train_timesteps": 1000, "use_dynamic_shifting": False, "stochastic_sampling": True,
                 "invert_sigmas": False, "use_karras_sigmas": False, "use_exponential_sigmas": False,
                 "use_beta_sigmas": False}
@@ -169,7 +179,7 @@ class LTXFamily(Family):
         steps, shift = sampler["steps"], sampler["shift"]
         text = f"""Its scheduler is a `FlowMatchEulerDiscreteScheduler` with `stochastic_sampling=True` whose static
 shift and `shift_terminal` turn the linspace(1, 1/{steps}, {steps}) sigmas that LTXPipeline hands it into the
-consistency grid of shift {shift}: it is exact for {steps} steps only.
+student's {sampler.get("grid", "euler")!r} grid of shift {shift}: it is exact for {steps} steps only.
 
 ```python
 import torch

@@ -294,10 +294,10 @@ class LTXTeacher:
     def sample(self, prompts: list[str], steps: int = 50, guidance: float = 3.0, shift: float | None = None,
                seed: int | list[int] = 0, sampler: str = "euler", negative: str = "", frames: int = 161,
                height: int = 512, width: int = 704, progress: bool = False, cond: Cond | None = None,
-               guidance_2: float | None = None) -> torch.Tensor:
+               guidance_2: float | None = None, grid=None) -> torch.Tensor:
         """Normalised latents [B, C, F, H, W] of the prompts. "euler" is stock LTXPipeline's sampler: its grid for
         this clip size (`schedule`; `shift` None keeps the folder's resolution-dependent shift). "consistency" is
-        the project's few-step sampler on `consistency_timesteps(steps, shift)`, re-noising from the per-clip
+        the project's few-step sampler on `student_levels(steps, shift, grid)`, re-noising from the per-clip
         generators after the initial noise, in the packed token layout the stock scheduler draws it in."""
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler {sampler!r} is not available for LTX-Video teachers; one of {list(SAMPLERS)} "
@@ -312,16 +312,16 @@ class LTXTeacher:
             return samplers.sample_euler(model, x, self.schedule(steps, frames, height, width, shift), progress)
         if shift is None:
             raise ValueError("the consistency sampler needs a timestep shift (sampler.shift); got None")
-        grid = tuple(x.shape[2:])
+        size = tuple(x.shape[2:])
 
         def noise(like: torch.Tensor) -> torch.Tensor:
             # Drawn in LTX's packed token layout [B, F·H·W, C], as the stock scheduler draws its re-noising noise,
             # and unpacked: a clip's generator state put into the global RNG before stock LTXPipeline then gives the
             # same noise there (an unpacked draw would give the same numbers in another order).
             tokens = self.pack(torch.empty(like.shape, device="meta")).shape
-            return self.unpack(randn_tensor(tokens, generator=gens, device=self.device, dtype=like.dtype), grid)
+            return self.unpack(randn_tensor(tokens, generator=gens, device=self.device, dtype=like.dtype), size)
 
-        return samplers.sample("consistency", model, x, steps, shift, None, progress, noise)
+        return samplers.sample("consistency", model, x, steps, shift, None, progress, noise, grid)
 
     # --- pixels -------------------------------------------------------------------------------------------------
     def denormalize(self, latents: torch.Tensor) -> torch.Tensor:

@@ -200,8 +200,16 @@ class WanFamily(Family):
 
     def readme(self, out_name: str, sampler: dict, video, max_sequence_length: int, lora: bool,
                experts: tuple[str, ...]) -> str:
-        steps, shift = sampler["steps"], sampler["shift"]
-        text = f"""Its scheduler is `FlowMatchEulerDiscreteScheduler(shift={shift}, stochastic_sampling=True)`.{
+        from distill.teachers.samplers import LEGACY_GRID, student_levels
+
+        steps, shift, grid = sampler["steps"], sampler["shift"], sampler.get("grid", LEGACY_GRID)
+        scheduler = f"`FlowMatchEulerDiscreteScheduler(shift={shift}, stochastic_sampling=True)`" \
+            if grid == LEGACY_GRID else (
+                f"a `FlowMatchEulerDiscreteScheduler` with `stochastic_sampling=True` whose static shift and "
+                f"`shift_terminal` land on the student's {grid!r} grid "
+                f"{[round(float(v), 4) for v in student_levels(steps, shift, grid)]}: it is exact for "
+                f"num_inference_steps={steps} only")
+        text = f"""Its scheduler is {scheduler}.{
             " Its two experts switch at the teacher's `boundary_ratio`, as the teacher's do." if len(experts) == 2 else ""}
 
 ```python

@@ -274,7 +274,8 @@ class WanTeacher:
     def sample(self, prompts: list[str], steps: int = 50, guidance: float = 5.0, shift: float = 3.0,
                seed: int | list[int] = 0, sampler: str = "unipc", negative: str = "", frames: int = 81,
                height: int = 480, width: int = 832, progress: bool = False, cond: Cond | None = None,
-               guidance_2: float | None = None) -> torch.Tensor:
+               guidance_2: float | None = None, grid=None) -> torch.Tensor:
+        """`grid`: the consistency sampler's levels (samplers.student_levels; None: the legacy "euler" grid)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         cond = cond if cond is not None else self.encode(prompts, negative if guidance > 1.0 else None)
         gens = [torch.Generator(self.device).manual_seed(s) for s in seed_list(seed, len(prompts))]
@@ -283,7 +284,7 @@ class WanTeacher:
         # Stochastic samplers draw their fresh noise from the same per-clip generators, after the initial noise.
         noise = lambda like: randn_tensor(like.shape, generator=gens, device=self.device, dtype=like.dtype)  # noqa
         model = lambda x_t, t: self.velocity(x_t, t, cond, guidance, guidance_2)  # noqa: E731
-        return samplers.sample(sampler, model, x, steps, shift, self.scheduler_config, progress, noise)
+        return samplers.sample(sampler, model, x, steps, shift, self.scheduler_config, progress, noise, grid)
 
     # --- pixels -------------------------------------------------------------------------------------------------
     @torch.no_grad()

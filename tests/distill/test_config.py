@@ -3,6 +3,7 @@ import pytest
 from distill.core.config import CONFIG_DIR, ConfigError, load
 
 from distill.teachers.config import TeacherConfig, load_teacher_config
+from distill.train_config import load_train_config
 
 
 def test_shipped_teacher_configs_load():
@@ -51,3 +52,22 @@ def test_missing_file_and_bad_yaml(tmp_path):
     listy.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="mapping"):
         load(TeacherConfig, listy)
+
+
+def test_checkpoints_from_before_the_grid_resume_on_the_legacy_grid_only():
+    """A checkpoint's config.yaml written before `recipe.sampler.grid` (and DMD2's level keys) existed lacks them:
+    it was trained on the legacy values, so it resumes with them set and is refused with the new defaults."""
+    from distill.train_config import fingerprint, with_legacy_values
+
+    for name, legacy in (("consistency-tiny", ["recipe.sampler.grid=euler"]),
+                         ("dmd2-tiny", ["recipe.sampler.grid=euler", "recipe.t_sampling=range-then-shift",
+                                        "recipe.critic_full_range=false"])):
+        new = load_train_config(f"configs/recipes/{name}.yaml")
+        saved = new.model_dump(mode="json")
+        del saved["recipe"]["sampler"]["grid"]
+        for key in ("t_sampling", "critic_full_range", "fresh_critic_batch"):
+            saved["recipe"].pop(key, None)
+        old = type(new).model_validate(with_legacy_values(saved))
+        assert old.recipe.sampler.grid == "euler"
+        assert fingerprint(old) == fingerprint(load_train_config(f"configs/recipes/{name}.yaml", legacy))
+        assert fingerprint(old) != fingerprint(new)

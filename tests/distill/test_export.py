@@ -22,7 +22,7 @@ from distill.cli import main
 from distill.core.config import REPO_ROOT, ConfigError
 from distill.teachers.config import load_teacher_config
 from distill.export import export
-from distill.teachers.samplers import consistency_timesteps, sample_consistency
+from distill.teachers.samplers import consistency_timesteps, sample_consistency, student_levels
 from distill.teachers.resolve import checkpoint_defaults, resolve
 from distill.teachers.wan import WanTeacher
 
@@ -34,7 +34,7 @@ TOL = 1e-4
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """A full and a LoRA `distill train` run of one step each (one subprocess: the engine sets process-wide state).
+    """A full and a LoRA `distill train` run of one step each (subprocesses: the engine sets process-wide state).
     The LoRA run learns fast and without EMA, so that its adapter moves the weights visibly."""
     root = tmp_path_factory.mktemp("export-runs")
     config = root / "run.yaml"
@@ -49,12 +49,12 @@ def runs(tmp_path_factory):
         """))
     lora = ["student.lora={rank: 4}", "optim.lr=0.01", "student.ema_decay=null", "student.export=online",
             "recipe.target=online", f"out={root / 'lora'}"]
-    code = (f"from distill.cli import main; import sys; "
-            f"sys.exit(main(['train', {str(config)!r}, '--no-progress']) or "
-            f"main(['train', {str(config)!r}, *{lora!r}, '--no-progress']))")
-    done = subprocess.run([sys.executable, "-c", code], check=False, cwd=REPO_ROOT, capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
+    for extra in ([], lora):  # a process each: a command ends by destroying the process group it made
+        code = (f"from distill.cli import main; import sys; "
+                f"sys.exit(main(['train', {str(config)!r}, *{extra!r}, '--no-progress']))")
+        done = subprocess.run([sys.executable, "-c", code], check=False, cwd=REPO_ROOT, capture_output=True, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+        assert done.returncode == 0, done.stderr[-3000:]
     return root / "full", root / "lora"
 
 
@@ -63,6 +63,12 @@ def full_export(runs, tmp_path_factory):
     out = tmp_path_factory.mktemp("exports") / "full"
     assert main(["export", str(runs[0]), "--out", str(out)]) == 0
     return out
+
+
+@pytest.fixture(scope="module")
+def one_step_export(runs, tmp_path_factory):
+    """The same student exported for one step: a scheduler off the legacy grid is exact for its step count only."""
+    return export(runs[0], tmp_path_factory.mktemp("exports") / "one-step", steps=1)
 
 
 @pytest.fixture(scope="module")
@@ -85,12 +91,17 @@ def _stock(pipe, prompts, seeds, steps):
 # --- 1. a full run: stock WanPipeline samples as the project's consistency sampler ------------------------------
 def test_full_export_is_a_few_step_wan_folder(full_export):
     pipe = _pipe(full_export)
-    assert isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler)
-    assert pipe.scheduler.config.shift == 3.0 and pipe.scheduler.config.stochastic_sampling
+    assert isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler) and pipe.scheduler.config.stochastic_sampling
+    # the run's default grid, every step a real one: the stock scheduler lands on it for the student's 4 steps
+    levels = student_levels(4, 3.0, "shifted-uniform")
+    assert levels.tolist() == [1.0, 0.9, 0.75, 0.5]
+    pipe.scheduler.set_timesteps(4)
+    assert (pipe.scheduler.sigmas[:-1].double() - levels).abs().max() < 1e-6 and pipe.scheduler.sigmas[-1] == 0
     assert json.loads((full_export / "model_index.json").read_text())["scheduler"][1] == "FlowMatchEulerDiscreteScheduler"
     # `distill sample --teacher OUT` and `distill eval --model NAME=OUT@4` pick the consistency sampler.
     cfg = load_teacher_config(str(full_export))
     assert (cfg.sampler.name, cfg.sampler.steps, cfg.sampler.guidance, cfg.sampler.shift) == ("consistency", 4, 1.0, 3.0)
+    assert cfg.sampler.grid == "shifted-uniform"
     assert (cfg.video.frames, cfg.video.height, cfg.max_sequence_length) == (FRAMES, SIZE, MAX_LEN)
     assert checkpoint_defaults(str(full_export)) == json.loads((full_export / "distill_teacher.json").read_text())
     readme = (full_export / "README.md").read_text()
@@ -98,9 +109,9 @@ def test_full_export_is_a_few_step_wan_folder(full_export):
     assert not list(full_export.parent.glob(".tmp-*"))
 
 
-def test_one_step_stock_pipeline_equals_wan_teacher_sample(full_export):
-    pipe = _pipe(full_export)
-    teacher = WanTeacher.from_pretrained(str(full_export), device="cpu", max_sequence_length=MAX_LEN)
+def test_one_step_stock_pipeline_equals_wan_teacher_sample(one_step_export):
+    pipe = _pipe(one_step_export)
+    teacher = WanTeacher.from_pretrained(str(one_step_export), device="cpu", max_sequence_length=MAX_LEN)
     seeds = [3, 4]
     # the pipeline's initial latents are WanTeacher's initial noise for the same seeds
     initial = pipe.prepare_latents(2, pipe.transformer.config.in_channels, SIZE, SIZE, FRAMES, torch.float32,
@@ -115,7 +126,7 @@ def test_one_step_stock_pipeline_equals_wan_teacher_sample(full_export):
     assert expected.abs().max() > 0.1 and (expected - initial).abs().max() > 0.1
 
 
-def test_four_step_stock_pipeline_equals_wan_teacher_sample(full_export):
+def test_four_step_stock_pipeline_equals_wan_teacher_sample(full_export, one_step_export):
     """WanTeacher.sample draws the re-noising noise from the clip's generator after its initial noise; the stock
     scheduler draws it from the global RNG. Put the global RNG where the clip's generator is after the initial
     noise, and the two samplers see the same noise."""
@@ -123,14 +134,14 @@ def test_four_step_stock_pipeline_equals_wan_teacher_sample(full_export):
     teacher = WanTeacher.from_pretrained(str(full_export), device="cpu", max_sequence_length=MAX_LEN)
     seed = 7
     ours = teacher.sample(PROMPTS[:1], steps=4, guidance=1.0, shift=3.0, sampler="consistency", seed=seed,
-                          frames=FRAMES, height=SIZE, width=SIZE)
+                          frames=FRAMES, height=SIZE, width=SIZE, grid="shifted-uniform")
     g = torch.Generator().manual_seed(seed)
     torch.randn(teacher.latent_shape(FRAMES, SIZE, SIZE), generator=g)  # the initial noise
     with torch.random.fork_rng(devices=[]):
         torch.set_rng_state(g.get_state())
         expected = _stock(pipe, PROMPTS[:1], [seed], steps=4)
     assert (ours - expected).abs().max().item() <= TOL
-    one_step = _stock(pipe, PROMPTS[:1], [seed], steps=1)
+    one_step = _stock(_pipe(one_step_export), PROMPTS[:1], [seed], steps=1)
     assert (expected - one_step).abs().max() > 1e-2  # four steps really are four steps
 
 
@@ -147,13 +158,82 @@ def test_four_step_stock_pipeline_equals_sample_consistency_with_global_noise(fu
     for k in (0, 1):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(k)
-            ours = sample_consistency(model, x, consistency_timesteps(4, 3.0),
+            ours = sample_consistency(model, x, student_levels(4, 3.0, "shifted-uniform"),
                                       noise=lambda like: torch.randn(like.shape))
             torch.manual_seed(k)
             expected = _stock(pipe, PROMPTS, seeds, steps=4)
         assert (ours - expected).abs().max().item() <= TOL
         results.append(expected)
     assert (results[0] - results[1]).abs().max() > 1e-2  # the re-noising noise matters: the comparison is not vacuous
+
+
+def _old_checkpoint(runs, tmp_path):
+    """The full run as a version before the grid was a choice wrote it: no "grid" in its meta or config."""
+    old = tmp_path / "old-run"
+    shutil.copytree(runs[0], old)
+    folder = old / "checkpoints" / (old / "checkpoints" / "latest").read_text().strip()
+    meta = json.loads((folder / "meta.json").read_text())
+    del meta["sampler"]["grid"]
+    (folder / "meta.json").write_text(json.dumps(meta))
+    return old
+
+
+# make test: the old checkpoint's legacy grid (the default grid is the four-step tests' above); the other rules are
+# covered without a pipeline by tests/students/test_consistency.py, and here when slow tests run (~30 s each)
+@pytest.mark.parametrize("grid", ["euler", pytest.param("uniform", marks=pytest.mark.slow),
+                                  pytest.param((1.0, 0.8, 0.3), marks=pytest.mark.slow)])
+def test_stock_pipeline_samples_each_grid_as_the_consistency_sampler(runs, tmp_path, grid):
+    """Old checkpoints (no "grid" in their meta) export on the legacy grid and sample as before; a checkpoint on
+    another rule, or on explicit levels the scheduler can reach, exports a scheduler that lands on them."""
+    if grid == "euler":
+        run, steps, levels = _old_checkpoint(runs, tmp_path), 4, consistency_timesteps(4, 3.0)
+    else:
+        run = tmp_path / "run"
+        shutil.copytree(runs[0], run)
+        folder = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
+        meta = json.loads((folder / "meta.json").read_text())
+        steps = 4 if isinstance(grid, str) else len(grid)
+        meta["sampler"].update(grid=grid if isinstance(grid, str) else list(grid), steps=steps)
+        (folder / "meta.json").write_text(json.dumps(meta))
+        levels = student_levels(steps, 3.0, grid)
+    out = export(run, tmp_path / "export")
+    written = json.loads((out / "distill_teacher.json").read_text())["sampler"]["grid"]
+    assert written == (grid if isinstance(grid, str) else list(grid))
+    pipe = _pipe(out)
+    if grid == "euler":  # byte for byte the scheduler exports wrote before
+        assert pipe.scheduler.config.shift == 3.0 and pipe.scheduler.config.shift_terminal is None
+    teacher = WanTeacher.from_pretrained(str(out), device="cpu", max_sequence_length=MAX_LEN)
+    cond = teacher.encode(PROMPTS[:1], negative=None)
+    x = teacher.noise(1, FRAMES, SIZE, SIZE, [5])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        ours = sample_consistency(lambda y, t: teacher.velocity(y, t, cond, guidance=1.0), x, levels,
+                                  noise=lambda like: torch.randn(like.shape))
+        torch.manual_seed(0)
+        expected = _stock(pipe, PROMPTS[:1], [5], steps=steps)
+    assert (ours - expected).abs().max().item() <= TOL
+    # the same export through the project's own tools (distill sample / eval read distill_teacher.json)
+    mine = teacher.sample(PROMPTS[:1], steps=steps, guidance=1.0, shift=3.0, sampler="consistency", seed=5,
+                          frames=FRAMES, height=SIZE, width=SIZE, grid=load_teacher_config(str(out)).sampler.grid)
+    g = torch.Generator().manual_seed(5)
+    torch.randn(teacher.latent_shape(FRAMES, SIZE, SIZE), generator=g)
+    with torch.random.fork_rng(devices=[]):
+        torch.set_rng_state(g.get_state())
+        assert (mine - _stock(pipe, PROMPTS[:1], [5], steps=steps)).abs().max().item() <= TOL
+
+
+def test_explicit_levels_the_stock_scheduler_cannot_reach_are_refused(runs, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(runs[0], run)
+    folder = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
+    meta = json.loads((folder / "meta.json").read_text())
+    meta["sampler"]["grid"] = [1.0, 0.9, 0.5, 0.4]
+    (folder / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match=r"no FlowMatchEulerDiscreteScheduler config reproduces the grid"):
+        export(run, tmp_path / "export")
+    with pytest.raises(ConfigError, match="--steps 2"):
+        export(run, tmp_path / "export", steps=2)
+    assert not (tmp_path / "export").exists()
 
 
 # --- 2. the exported transformer is the checkpoint's student ---------------------------------------------------------

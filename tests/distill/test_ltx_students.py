@@ -181,7 +181,7 @@ def test_export_is_a_stock_ltx_pipeline_that_samples_as_the_project(consistency_
                                                                             "FlowMatchEulerDiscreteScheduler"]
     assert json.loads((out / "distill_export.json").read_text())["family"] == "ltx"
     assert json.loads((out / "distill_teacher.json").read_text())["sampler"] == \
-        {"name": "consistency", "steps": 4, "guidance": 1.0, "shift": 3.0}
+        {"name": "consistency", "steps": 4, "guidance": 1.0, "shift": 3.0, "grid": "shifted-uniform"}
     ours_dit = load_file(out / "transformer" / "diffusion_pytorch_model.safetensors")
     teacher_dit = load_file(tiny_ltx / "transformer" / "diffusion_pytorch_model.safetensors")
     assert any(not torch.equal(ours_dit[k], teacher_dit[k]) for k in ours_dit)  # the student, not the teacher
@@ -191,7 +191,7 @@ def test_export_is_a_stock_ltx_pipeline_that_samples_as_the_project(consistency_
     teacher = LTXTeacher.from_pretrained(str(out), device="cpu", max_sequence_length=MAX_LEN)
     seed = 7
     ours = teacher.sample([PROMPT], steps=4, guidance=1.0, shift=3.0, sampler="consistency", seed=seed,
-                          frames=FRAMES, height=SIZE, width=SIZE)
+                          frames=FRAMES, height=SIZE, width=SIZE, grid="shifted-uniform")
     assert ours.shape == (1, *LATENT)
 
     def stock(rng: torch.Tensor) -> torch.Tensor:

@@ -106,7 +106,9 @@ APT = {"recipe": {"name": "apt", "sampler": {"steps": 1}, "alarms": {"every": 2}
 
 
 # DMD2 with two critic updates per generator update and a 2-step student (backward simulation through its sampler)
-DMD2 = {"recipe": {"name": "dmd2", "critic_steps": 2, "critic_lr": 1e-4, "sampler": {"steps": 2}}}
+# and a fresh batch per phase (the data positions a resumed run must continue from)
+DMD2 = {"recipe": {"name": "dmd2", "critic_steps": 2, "critic_lr": 1e-4, "sampler": {"steps": 2},
+                   "fresh_critic_batch": True}}
 
 
 # make test: consistency under ZeRO-3 and APT under ZeRO-2 cover both stages and both recipe shapes; the rest is slow

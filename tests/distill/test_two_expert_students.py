@@ -18,6 +18,7 @@ from distill.core.config import REPO_ROOT, ConfigError
 from distill.export import export
 from distill.teachers.wan import WanTeacher
 from distill.train_config import load_train_config
+from distill.teachers.samplers import student_levels
 
 PROMPTS = ["a red circle moving left slowly on a black background",
            "a yellow triangle moving up quickly on a gray background"]
@@ -48,18 +49,17 @@ def run_yaml(root, teacher, name, **sections):
 
 @pytest.fixture(scope="module")
 def runs(untrained_wan_a14b, tmp_path_factory):
-    """A full and a LoRA consistency run of one step on the two-expert teacher (one subprocess)."""
+    """A full and a LoRA consistency run of one step on the two-expert teacher (a subprocess each)."""
     root = tmp_path_factory.mktemp("a14b-runs")
     teacher = teacher_yaml(untrained_wan_a14b, root / "teacher.yaml")
     full = run_yaml(root, teacher, "full")
     lora = run_yaml(root, teacher, "lora", student="{lora: {rank: 4}, ema_decay: null, export: online}",
                     optim="{lr: 0.01}", recipe="{name: consistency, skip: 5, target: online, sampler: {steps: 4}}")
-    code = (f"from distill.cli import main; import sys; "
-            f"sys.exit(main(['train', {str(full)!r}, '--no-progress']) or main(['train', {str(lora)!r}, "
-            f"'--no-progress']))")
-    done = subprocess.run([sys.executable, "-c", code], check=False, cwd=REPO_ROOT, capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
+    for config in (full, lora):  # a process each: a command ends by destroying the process group it made
+        code = f"from distill.cli import main; import sys; sys.exit(main(['train', {str(config)!r}, '--no-progress']))"
+        done = subprocess.run([sys.executable, "-c", code], check=False, cwd=REPO_ROOT, capture_output=True, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+        assert done.returncode == 0, done.stderr[-3000:]
     return root, root / "full", root / "lora"
 
 
@@ -92,8 +92,13 @@ def test_export_is_a_stock_two_expert_pipeline_that_samples_as_the_project(runs,
     assert pipe.transformer_2 is not None
     teacher = WanTeacher.from_pretrained(str(out), device="cpu", max_sequence_length=16)
     seed = 7
+    # the run's grid, [1, 0.9, 0.75, 0.5] at shift 3: two steps on each side of the boundary 0.875
+    grid = json.loads((out / "distill_teacher.json").read_text())["sampler"]["grid"]
+    assert grid == "shifted-uniform"
+    levels = student_levels(4, 3.0, grid)
+    assert (levels >= 0.875).tolist() == [True, True, False, False] and (levels - 0.875).abs().min() > 1e-3
     ours = teacher.sample(PROMPTS[:1], steps=4, guidance=1.0, shift=3.0, sampler="consistency", seed=seed,
-                          frames=17, height=64, width=64)
+                          frames=17, height=64, width=64, grid=grid)
     g = torch.Generator().manual_seed(seed)
     torch.randn(teacher.latent_shape(17, 64, 64), generator=g)  # the initial noise: the scheduler's follows it
     with torch.random.fork_rng(devices=[]):
@@ -106,7 +111,7 @@ def test_export_is_a_stock_two_expert_pipeline_that_samples_as_the_project(runs,
     single = WanTeacher.from_pretrained(str(out), device="cpu", max_sequence_length=16)
     single.dit = single.transformer
     alone = single.sample(PROMPTS[:1], steps=4, guidance=1.0, shift=3.0, sampler="consistency", seed=seed,
-                          frames=17, height=64, width=64)
+                          frames=17, height=64, width=64, grid=grid)
     assert (alone - ours).abs().max() > 1e-3
 
 

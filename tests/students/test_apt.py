@@ -62,14 +62,65 @@ def test_approximated_r1_is_nonzero_and_its_gradient_reaches_only_the_discrimina
     assert student_w.grad is None  # the generator's sample is detached in D's phase
 
 
-def test_generator_loss_reaches_the_generator():
-    disc = Discriminator(tiny_dit(3), (0.5, 1.0))
-    student_w = torch.nn.Parameter(torch.tensor(0.3))
-    recipe = AdversarialPostTraining()
-    out = recipe.loss("student", nets_for(student_w, disc), torch.randn(2, 4, 2, 8, 8),
+class LinearD:
+    """D(x_t, t) = a·mean(x_t) + b: a discriminator whose GAN losses have closed-form gradients (calls recorded)."""
+
+    def __init__(self, a: float, b: float = 0.0):
+        self.a = torch.nn.Parameter(torch.tensor(a, dtype=torch.float64))
+        self.b = torch.nn.Parameter(torch.tensor(b, dtype=torch.float64))
+        self.calls = []
+
+    def __call__(self, x, t, guidance=None):
+        self.calls.append((x.detach().clone(), t.clone()))
+        return self.a * x.flatten(1).mean(1) + self.b
+
+
+def constant_generator(c: torch.Tensor):
+    """A one-step student whose sample is the trainable constant c: x̂ = z − v(z, 1) = c."""
+    return lambda z, t: z - c
+
+
+def test_discriminator_gan_loss_has_the_non_saturating_closed_form_gradient():
+    """L_D = softplus(−D(x_t)) + softplus(D(x̂_t)) (means over the batch) with D = a·m + b, m the mean of the input:
+    ∂L_D/∂a = mean(−m_real·σ(−D_real)) + mean(m_fake·σ(D_fake)), ∂L_D/∂b = mean(−σ(−D_real)) + mean(σ(D_fake)).
+    Real clips sit at +1 and the generator's samples at −1, so descending L_D raises D on real clips and lowers it
+    on fakes; swapped signs (or swapped real and fake halves) reverse both."""
+    d = LinearD(0.8, 0.1)
+    c = torch.nn.Parameter(torch.full((1, 4, 2, 8, 8), -1.0, dtype=torch.float64))
+    recipe = AdversarialPostTraining(shift=1.0, r1_weight=0.0)
+    x = torch.ones(8, 4, 2, 8, 8, dtype=torch.float64)
+    out = recipe.loss("discriminator", {"student": constant_generator(c), "discriminator": d}, x,
                       torch.Generator().manual_seed(0))
+    out["discriminator"].backward()
+    (inputs, t), = d.calls
+    real_t, fake_t, _ = inputs.chunk(3)
+    m_real, m_fake = real_t.flatten(1).mean(1), fake_t.flatten(1).mean(1)
+    tt = t[:8]
+    clear = tt < 0.8  # where the data still shows through the noise: real first, then fake
+    assert clear.sum() >= 3 and torch.all(m_real[clear] > 0) and torch.all(m_fake[clear] < 0)
+    a, b = d.a.detach(), d.b.detach()
+    s_real, s_fake = torch.sigmoid(-(a * m_real + b)), torch.sigmoid(a * m_fake + b)
+    torch.testing.assert_close(d.a.grad, (-m_real * s_real).mean() + (m_fake * s_fake).mean())
+    torch.testing.assert_close(d.b.grad, (-s_real).mean() + s_fake.mean())
+    assert d.a.grad < 0  # descent raises D(real) − D(fake)
+    assert c.grad is None  # the generator's samples are detached in D's phase
+
+
+def test_generator_gan_loss_has_the_non_saturating_closed_form_gradient():
+    """L_G = softplus(−D(x̂_t)), x̂_t = (1 − t)·c + t·ε: ∂L_G/∂c = −σ(−D(x̂_t))·a·(1 − t)/numel per element, summed
+    over the batch and averaged: descending it moves the samples to where D says "real" (a > 0: up)."""
+    d = LinearD(0.8, 0.1)
+    c = torch.nn.Parameter(torch.full((1, 4, 2, 8, 8), -1.0, dtype=torch.float64))
+    recipe = AdversarialPostTraining(shift=1.0)
+    out = recipe.loss("student", {"student": constant_generator(c), "discriminator": d},
+                      torch.ones(8, 4, 2, 8, 8, dtype=torch.float64), torch.Generator().manual_seed(0))
     out["student"].backward()
-    assert student_w.grad is not None and student_w.grad != 0
+    (fake_t, t), = d.calls
+    logits = d.a.detach() * fake_t.flatten(1).mean(1) + d.b.detach()
+    per_element = (-torch.sigmoid(-logits) * d.a.detach() * (1 - t)).mean() / c[0].numel()
+    torch.testing.assert_close(c.grad, torch.full_like(c, per_element.item()))
+    assert per_element < 0  # descent raises c, toward D's "real"
+    assert d.a.grad is not None  # (the engine freezes D in this phase; the loss itself reaches both)
 
 
 def test_phases_alternate_discriminator_then_generator():
