@@ -90,15 +90,15 @@ def test_tangent_vanishes_at_the_closed_form_consistency_function(sigma_data):
 def test_student_converges_to_the_closed_form_consistency_function(sigma_data):
     r = recipe(sigma_data=sigma_data, dmd={"weight": 0})
     student = Student()
-    opt = torch.optim.Adam(student.parameters(), lr=0.03)
+    opt = torch.optim.Adam(student.parameters(), lr=0.08)
     gen = torch.Generator().manual_seed(0)
-    for _ in range(300):
-        x0 = MU + SIG * torch.randn(128, 3, 1, 1, 1, dtype=torch.float64, generator=gen)
+    for _ in range(100):  # 0.5 % off after 100 steps, 3e-7 after 300
+        x0 = MU + SIG * torch.randn(64, 3, 1, 1, 1, dtype=torch.float64, generator=gen)
         opt.zero_grad()
         r.scm_loss(student, exact_velocity, x0, gen)["scm"].backward()
         opt.step()
-    torch.testing.assert_close(student.mu.detach(), MU, atol=0.03, rtol=0)
-    torch.testing.assert_close(student.log_sig.detach().exp(), SIG, atol=0, rtol=0.03)
+    torch.testing.assert_close(student.mu.detach(), MU, atol=0.02, rtol=0)
+    torch.testing.assert_close(student.log_sig.detach().exp(), SIG, atol=0, rtol=0.02)
     x = torch.randn(64, 3, 1, 1, 1, dtype=torch.float64, generator=gen)
     t = torch.full((64,), 0.9, dtype=torch.float64)
     one_step = x - per_sample(t, x) * student(x, t).detach()  # the 1-step sampler's x0 from t = 0.9
@@ -161,6 +161,7 @@ def test_jvp_through_the_wan_dit_matches_finite_differences(wan):
     h = 3e-4
     fd = (4 * central(h / 2) - central(h)) / 3
     error = ((tangent - fd).norm() / fd.norm()).item()
+    print(f"JVP vs finite differences (float64): relative error {error:.2e}")
     assert error < 2e-3, error
     with torch.no_grad():
         torch.testing.assert_close(primal, F(x, s))
@@ -170,6 +171,7 @@ def test_jvp_through_the_wan_dit_matches_finite_differences(wan):
 
     _, tangent32 = jvp(F32, (x.float(), s), (tx.float(), ts))
     error32 = ((tangent32.double() - tangent).norm() / tangent.norm()).item()
+    print(f"fp32 JVP through Teacher.forward vs float64: relative error {error32:.2e}")
     assert error32 < 1e-4, error32
 
 
