@@ -127,7 +127,7 @@ class DistributionMatching(Strict):
     critic_betas: tuple[float, float] | None = None
     critic_lora: CriticLora | None = None
     t_range: tuple[float, float] = (0.0, 1.0)  # u range of the critic's levels t = shift(u, s) (rCM: the full range)
-    t_shift: float | None = Field(None, gt=0)  # s; None: the teacher's shift (rCM's Wan configs: 5)
+    t_shift: float | None = Field(None, gt=0)  # s; None: the teacher's shift (rCM's video configs: 5)
     backward_simulation: bool = True
 
 
@@ -135,8 +135,8 @@ class RCMConfig(RecipeConfig):
     """rCM: sCM + DMD; see docs/recipes/rcm.md."""
 
     name: Literal["rcm"]
-    sigma_data: float = Field(1.0, gt=0)  # σ_d: the data's standard deviation in TrigFlow (rCM: 1 on Wan latents)
-    p_mean: float = 0.7  # the sCM levels: log σ ~ N(p_mean, p_std²), s = atan(σ/σ_d) (rCM Wan 1.3B: 0.7, 1.6)
+    sigma_data: float = Field(1.0, gt=0)  # σ_d: the data's standard deviation in TrigFlow (rCM: 1 on its normalised latents)
+    p_mean: float = 0.7  # the sCM levels: log σ ~ N(p_mean, p_std²), s = atan(σ/σ_d) (rCM at 1.3B: 0.7, 1.6)
     p_std: float = Field(1.6, gt=0)
     guidance: float | None = Field(None, ge=0)  # the teacher's CFG in the ODE and the real score; None: its own
     tangent_warmup: int = Field(0, ge=0)  # steps over which r rises 0 → 1 (and before which DMD is off); 0: r = 1
