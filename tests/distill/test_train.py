@@ -109,14 +109,19 @@ APT = {"recipe": {"name": "apt", "sampler": {"steps": 1}, "alarms": {"every": 2}
 # and a fresh batch per phase (the data positions a resumed run must continue from)
 DMD2 = {"recipe": {"name": "dmd2", "critic_steps": 2, "critic_lr": 1e-4, "sampler": {"steps": 2},
                    "fresh_critic_batch": True}}
+# rCM: two sCM-only warm-up steps, then one critic update per student update (sCM + DMD), so the resume at step 3
+# crosses into the critic's phases; its JVP runs under both ranks' ZeRO-2 engine
+RCM = {"recipe": {"name": "rcm", "tangent_warmup": 2, "dmd": {"critic_steps": 1, "critic_lr": 1e-4},
+                  "sampler": {"steps": 2}}}
 
 
 # make test: consistency under ZeRO-3 and APT under ZeRO-2 cover both stages and both recipe shapes; the rest is slow
 @pytest.mark.parametrize("stage,recipe", [pytest.param("zero2", "consistency", marks=pytest.mark.slow),
                                           ("zero3", "consistency"), ("zero2", "apt"),
-                                          pytest.param("zero2", "dmd2", marks=pytest.mark.slow)])  # ~2-4 min
+                                          pytest.param("zero2", "dmd2", marks=pytest.mark.slow),  # ~2-4 min
+                                          pytest.param("zero2", "rcm", marks=pytest.mark.slow)])
 def test_killed_run_resumes_with_the_same_losses(tmp_path, stage, recipe):
-    sections = {"apt": APT, "dmd2": DMD2}.get(recipe, {})
+    sections = {"apt": APT, "dmd2": DMD2, "rcm": RCM}.get(recipe, {})
     whole = write_config(tmp_path, "whole", deepspeed=stage, **sections)
     proc = torchrun(*train_cmd(whole))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -146,10 +151,11 @@ def test_killed_run_resumes_with_the_same_losses(tmp_path, stage, recipe):
     assert sorted(resumed) == list(range(1, 7))
     for step in range(4, 7):
         assert resumed[step] == pytest.approx(reference[step], rel=1e-6, abs=1e-9), step
-    if recipe in ("apt", "dmd2"):  # every logged figure, the second network's included, continues exactly
+    if recipe in ("apt", "dmd2", "rcm"):  # every logged figure, the second network's included, continues exactly
         rows = {r["step"]: r for r in map(json.loads, (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines())}
         again = {r["step"]: r for r in map(json.loads, (tmp_path / "broken" / "metrics.jsonl").read_text().splitlines())}
-        keys = ("discriminator", "d_real", "d_fake", "r1") if recipe == "apt" else ("critic", "dmd_grad_rms")
+        keys = {"apt": ("discriminator", "d_real", "d_fake", "r1"), "dmd2": ("critic", "dmd_grad_rms"),
+                "rcm": ("critic", "dmd_grad_rms", "scm", "scm_g_norm", "dmd")}[recipe]
         for key in keys:
             assert again[6][key] == pytest.approx(rows[6][key], rel=1e-6, abs=1e-9), key
 
