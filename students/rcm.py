@@ -20,15 +20,15 @@ coordinates (docs/recipes/rcm.md derives every line below):
           g = −cos² s·(σ_d·F⁻ − dx/ds) − r·cos s sin s·(x_s + σ_d·dF⁻/ds)             = cos s·d f⁻/ds at r = 1
           g ← g / (‖g‖ + c)                                                           tangent normalisation
           L_sCM = ‖F_θ(x_s, s) − F⁻ − g‖²  (summed over the sample, mean over the batch)
-      DMD (after the warm-up, `dmd.weight` > 0): the critic phase and the generator loss of students/dmd2.py
+      DMD (after the warm-up, `dmd.weight` > 0): the critic phase and the generator loss of students/dmd.py
           critic phase, dmd.critic_steps times: L_φ as DMD2's (flow matching on the student's samples)
           L_DMD = ‖x̂ − sg(x̂ − g_DMD)‖² summed over the sample (= 2·numel × DMD2's ½·mean form)
       L_θ = λ_sCM·L_sCM + λ_DMD·L_DMD
 
 The JVP is forward-mode AD (torch.autograd.forward_ad) through the student's own Handle; PyTorch's fused attention
 kernels have no forward-mode rule, so attention inside the JVP runs as the math path in query chunks
-(`MathAttention`). The module imports DMD2's pieces (its config, critic and generator losses) rather than copying
-them; the lead may move them to students/common.py (see docs/recipes/rcm.md).
+(`MathAttention`). The DMD regulariser is students/dmd.py's `DistributionMatching` (DMD2's machinery, shared
+rather than copied: a recipe never imports another recipe).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from distill.core.config import Strict
 from distill.students.base import (Context, DitShape, Nets, NetworkSpec, PlannedPass, RecipeBase, RecipeConfig,
                                    RecipePlan, StudentSampler)
 from distill.students.common import per_sample, randn_like
-from distill.students.dmd2 import DMD2, CriticLora, DMD2Config
+from distill.students.dmd import CriticLora, DistributionMatching, DMD2Config
 from distill.students.registry import register
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -118,8 +118,8 @@ def trig_F(velocity: VelocityFn, x_s: torch.Tensor, s: torch.Tensor, sigma_data:
 
 
 # --- the config -----------------------------------------------------------------------------------------------------
-class DistributionMatching(Strict):
-    """The DMD regulariser: DMD2's critic and generator loss (students/dmd2.py), without its GAN term."""
+class DMDSettings(Strict):
+    """The DMD regulariser: DMD2's critic and generator loss (students/dmd.py), without its GAN term."""
 
     weight: float = Field(1.0, ge=0)  # λ_DMD; 0: pure sCM, no critic network
     critic_steps: int = Field(4, ge=1)  # critic updates per student update (rCM: student_update_freq − 1)
@@ -142,7 +142,7 @@ class RCMConfig(RecipeConfig):
     tangent_warmup: int = Field(0, ge=0)  # steps over which r rises 0 → 1 (and before which DMD is off); 0: r = 1
     tangent_norm: float = Field(0.1, gt=0)  # c in g / (‖g‖ + c)
     scm_weight: float = Field(100.0, gt=0)  # λ_sCM (rCM's loss_scale)
-    dmd: DistributionMatching = DistributionMatching()
+    dmd: DMDSettings = DMDSettings()
     jvp_attention_chunk: int = Field(1024, ge=1)  # queries per math-attention call inside the JVP (memory)
     sampler: StudentSampler = StudentSampler(steps=4)
 
@@ -169,7 +169,7 @@ class RCM(RecipeBase):
         d = cfg.dmd
         # DMD2 owns the critic, the generator's samples on the student's levels and the distribution-matching
         # gradient; handing it this recipe's sampler keeps both on one grid.
-        self.dmd = None if d.weight == 0 else DMD2(DMD2Config(
+        self.dmd = None if d.weight == 0 else DistributionMatching(DMD2Config(
             name="dmd2", critic_steps=d.critic_steps, critic_lr=d.critic_lr, critic_betas=d.critic_betas,
             critic_lora=d.critic_lora, guidance=self.guidance, t_range=d.t_range, t_shift=d.t_shift,
             backward_simulation=d.backward_simulation, gan_weight=0.0, sampler=cfg.sampler), ctx)

@@ -16,7 +16,7 @@ from typing import Annotated, Union
 from pydantic import Field
 
 _RECIPES: dict[str, type] = {}
-_NOT_RECIPES = {"base", "registry", "common"}
+_NOT_RECIPES = {"base", "registry", "common", "dmd"}
 _discovered = False
 
 
