@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -21,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from distill.core.config import ConfigError
+from distill.core.disk import writing
 from distill.core.dist import gather_dict, rank_world
 from distill.core.env import environment
 from distill.core.hashing import checkpoint_hash
@@ -188,8 +190,9 @@ class Harness:
         rank, world = rank_world()
         keys = [cand.cache_key(p, seed, s.frames, s.height, s.width) for p, seed in items]
         paths = [self.cache_dir / f"{k}.npy" for k in keys]
+        cached = {i: clip for i, path in enumerate(paths) if (clip := self._cached_clip(path, rank)) is not None}
         # each group of `sequence` ranks samples its share of the clips together; its first rank keeps them
-        todo = [i for i, path in enumerate(paths) if not path.is_file() and i % layout.data_world == layout.data_rank]
+        todo = [i for i in range(len(paths)) if i not in cached and i % layout.data_world == layout.data_rank]
         made: dict[int, np.ndarray] = {}
         for start in tqdm(range(0, len(todo), s.batch_size), desc=desc, disable=not self.progress or rank,
                           unit="batch"):
@@ -201,13 +204,35 @@ class Harness:
         made = gather_dict(made)
         if rank == 0:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
-            for i, video in made.items():
+            for i, video in made.items():  # a re-sampled clip replaces a damaged entry
                 tmp = paths[i].with_suffix(".tmp.npy")
-                np.save(tmp, video)
+                with writing(tmp, "the clip cache entry", video.nbytes + 128):
+                    np.save(tmp, video)
                 os.replace(tmp, paths[i])
         if world > 1:
             torch.distributed.barrier()
-        return np.stack([made[i] if i in made else np.load(paths[i]) for i in range(len(items))])
+        return np.stack([made[i] if i in made else cached[i] for i in range(len(items))])
+
+    def _cached_clip(self, path: Path, rank: int) -> np.ndarray | None:
+        """The cached clip at `path` if it verifies (a readable .npy of uint8 [T, H, W, 3] at the suite's size),
+        else None: a damaged entry (a killed write, a full disk, a foreign file) is named in one warning and
+        sampled again, never trusted and never a dead end for every later rerun."""
+        if not path.is_file():
+            return None
+        s = self.suite
+        want = (s.frames, s.height, s.width, 3)
+        try:
+            clip = np.load(path, allow_pickle=False)
+            problem = None if (clip.dtype == np.uint8 and clip.shape == want) else \
+                f"holds {clip.dtype} {tuple(clip.shape)}, not uint8 {want}"
+        except (OSError, ValueError, EOFError) as err:
+            clip, problem = None, f"is unreadable ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+        if problem is None:
+            return clip
+        if rank == 0:
+            warnings.warn(f"clip cache entry {str(path)!r} {problem}; dropping it and sampling the clip again",
+                          stacklevel=2)
+        return None
 
     def time_model(self, cand: Candidate) -> dict:
         """One clip at a time: `warmup` untimed clips, then the median of `clips` timed clips."""
