@@ -274,6 +274,7 @@ class Harness:
         except (FileNotFoundError, ValueError) as err:
             raise ConfigError(f"suite {s.name!r} key 'flow': {err}") from None
         self._check_detector_file()  # cheap, so a wrong I3D file is refused before any model is loaded
+        self._check_suite_size()
         layout = self.layout  # a --sequence the job cannot take is refused here
         candidates = {}
         for spec in specs:
@@ -298,6 +299,19 @@ class Harness:
                                   f"{(s.frames, s.height, s.width, 3)}")
         self._prepared = Prepared(names, specs, candidates, scorers)
         return self._prepared
+
+    def _check_suite_size(self) -> None:
+        """A suite too small for its set metrics fails their intervals only after every clip was sampled (minutes
+        to hours): refuse it here, saying how many prompts it needs."""
+        s = self.suite
+        need = metrics.min_prompts_for_sets(s.seeds_per_prompt)
+        if len(self.prompts) < need:
+            names = ", ".join(sorted({m.family.upper() for m in metrics.by_level("set")}))
+            raise ConfigError(
+                f"suite {s.name!r} has {len(self.prompts)} prompt(s) x {s.seeds_per_prompt} seed(s); its set metrics "
+                f"({names}: a covariance over clips, with a jackknife interval that leaves one prompt out) need at "
+                f"least {need} prompts at {s.seeds_per_prompt} seed(s) per prompt; add prompts or raise "
+                f"seeds_per_prompt")
 
     def _check_split(self, family, folder: Path) -> None:
         """Refuse, before the weights load, a DiT or a clip whose heads or tokens do not divide by --sequence."""
