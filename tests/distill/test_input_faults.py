@@ -7,6 +7,7 @@ import errno
 import json
 import shutil
 import struct
+import subprocess
 
 import pytest
 import yaml
@@ -88,6 +89,29 @@ def test_a_full_disk_ends_an_export_in_one_line_and_leaves_nothing(checkpoint, t
     assert "it needs about" in line and "partial output was removed" in line
     assert not out.exists() and not list(tmp_path.glob(".tmp-export-*"))
     assert (checkpoint / "student" / "diffusion_pytorch_model.safetensors").is_file()  # the run is untouched
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 4 MiB disk (tmpfs), where this process may mount one (root); skipped with the reason elsewhere."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    tool = shutil.which("mount")
+    done = subprocess.run([tool, "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True,
+                          text=True) if tool else None
+    if done is None or done.returncode:
+        pytest.skip(f"cannot mount a 4 MiB tmpfs here ({done.stderr.strip() if done else 'no mount tool'}); the "
+                    f"injected-ENOSPC test covers the same path")
+    yield mount
+    subprocess.run([shutil.which("umount"), str(mount)], check=False)
+
+
+def test_an_export_onto_a_real_full_disk_is_one_line_and_leaves_it_empty(checkpoint, small_disk, capsys):
+    out = small_disk / "export"  # the export needs about 14 MiB; the disk has 4
+    assert main(["export", str(checkpoint), "--out", str(out)]) == 2
+    line = _error(capsys)
+    assert line.startswith("distill export: error: disk full writing the export ") and str(small_disk) in line
+    assert list(small_disk.iterdir()) == [] and shutil.disk_usage(small_disk).used == 0
 
 
 # --- model folders ------------------------------------------------------------------------------------------------

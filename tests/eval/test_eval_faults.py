@@ -6,6 +6,8 @@ for its set metrics) is refused in one line before any sampling. All cheap: no c
 import errno
 import json
 import math
+import shutil
+import subprocess
 import warnings
 from pathlib import Path
 
@@ -196,6 +198,42 @@ def test_eval_outputs_on_a_full_disk_keep_the_earlier_files_whole(tmp_path, monk
         write_outputs(result, out)
     assert sorted(p.name for p in out.iterdir()) == ["eval.json"]
     assert json.loads((out / "eval.json").read_text()) == {"earlier": True}  # never half a file for a gate to read
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 1 MiB disk (tmpfs), where this process may mount one (root); skipped with the reason elsewhere."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    tool = shutil.which("mount")
+    done = subprocess.run([tool, "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True,
+                          text=True) if tool else None
+    if done is None or done.returncode:
+        pytest.skip(f"cannot mount a 1 MiB tmpfs here ({done.stderr.strip() if done else 'no mount tool'}); the "
+                    f"injected-ENOSPC tests cover the same path")
+    yield mount
+    subprocess.run([shutil.which("umount"), str(mount)], check=False)
+
+
+def test_eval_outputs_and_gate_reports_on_a_real_full_disk(tmp_path, small_disk, monkeypatch, capsys):
+    import distill.eval.report as report
+
+    monkeypatch.setattr(report, "summary_markdown", lambda r: "summary\n")
+    monkeypatch.setattr(report, "report_html", lambda r, c: "<html></html>\n")
+    big = {"schema": "distill.eval/2", "suite": {**SUITE_RECORD, "prompts": ["a red circle " * 40] * 3000},
+           "models": {}, "env": {}}  # about 1.5 MB of eval.json for a 1 MiB disk
+    with pytest.raises(DiskFull, match=rf"disk full writing the eval's eval.json .*free on {small_disk}"):
+        write_outputs(big, small_disk / "eval")
+    assert list((small_disk / "eval").iterdir()) == []
+    (small_disk / "filler").write_bytes(b"x" * (shutil.disk_usage(small_disk).free - 1024))
+    cur = tmp_path / "current.json"
+    cur.write_text(json.dumps(_doc()))
+    pol = tmp_path / "policy.yaml"
+    pol.write_text(INTERVAL_AWARE_MAX)
+    assert run_gate(cur, None, pol, small_disk / "gate") == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("gate: error: disk full writing the gate's gate.") and str(small_disk) in line
+    assert not [p for p in (small_disk / "gate").iterdir() if p.name.startswith(".tmp-")]
 
 
 # --- bad input, refused before any sampling -----------------------------------------------------------------------
