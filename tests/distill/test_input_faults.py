@@ -98,7 +98,7 @@ def small_disk(tmp_path):
     mount.mkdir()
     tool = shutil.which("mount")
     done = subprocess.run([tool, "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True,
-                          text=True) if tool else None
+                          text=True, check=False) if tool else None
     if done is None or done.returncode:
         pytest.skip(f"cannot mount a 4 MiB tmpfs here ({done.stderr.strip() if done else 'no mount tool'}); the "
                     f"injected-ENOSPC test covers the same path")
@@ -159,8 +159,8 @@ def test_a_model_folder_with_wrong_classes_or_config_types_is_named(untrained_wa
     ("8", "nan", "--gpu-memory nan:"),
     ("8", "inf", "--gpu-memory inf:"),
     ("8", "-80", "--gpu-memory -80:"),
-    ("4096", "80", "data.batch_size=8 per rank x 4096 data-parallel replicas = 32768 examples per step, but "
-                   "data.size=2048 (toy world)"),
+    ("4096", "80", ("data.batch_size=8 per rank x 4096 data-parallel replicas = 32768 examples per step, but "
+                    "data.size=2048 (toy world)")),
 ])
 def test_plan_refuses_sizes_that_do_not_exist(capsys, gpus, memory, message):
     assert main(["plan", str(CONFIG), "--gpus", gpus, "--gpu-memory", memory]) == 2  # before: "fits", exit 0
@@ -175,8 +175,8 @@ def test_plan_still_plans_real_sizes(capsys):
 
 # --- training data ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("overrides,message", [
-    (["data.size=4", "data.batch_size=8"], "data.batch_size=8 examples per step, but data.size=4 (toy world): every "
-                                           "step would repeat examples"),
+    (["data.size=4", "data.batch_size=8"], ("data.batch_size=8 examples per step, but data.size=4 (toy world): "
+                                            "every step would repeat examples")),
     (["data.source={prompts}", "data.latents=teacher", "data.batch_size=3"],
      "data.batch_size=3 examples per step, but data.source '{prompts}' holds 2"),
 ])
@@ -204,6 +204,27 @@ def test_the_data_check_counts_replicas_and_the_trainer_checks_what_preflight_ca
     check_batch_fits(DataConfig(size=8, batch_size=2), 8, 4)  # exactly one epoch per step is fine
     with pytest.raises(ConfigError, match=r"data.batch_size=2 per rank x 5 data-parallel replicas = 10 examples"):
         check_batch_fits(DataConfig(size=8, batch_size=2), 8, 5)
+
+
+# --- eval input -------------------------------------------------------------------------------------------------
+def test_eval_cli_refuses_bad_input_in_one_line_before_sampling(tmp_path, capsys):
+    """Three faults through the CLI's own path: a non-UTF-8 prompts file, `@0`, and a suite too small for its set
+    metrics. Exit 2, one line, nothing written."""
+    bad = tmp_path / "prompts.txt"
+    bad.write_bytes(b"a red circle\n" + "a caf\u00e9 scene\n".encode("latin-1"))
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("name: latin1\nprompts_file: prompts.txt\n")
+    small = tmp_path / "small.yaml"
+    small.write_text("name: small\nprompts: [a red circle moving left, a blue square moving up]\n")
+    cases = [(["--suite", suite], f"{str(bad)!r} is not UTF-8 text: byte 0xe9 at offset 18 (line 2)"),
+             (["--suite", small, "--model", f"x={tmp_path}@0"], "steps must be at least 1, got 0"),
+             (["--suite", small], "suite 'small' has 2 prompt(s) x 1 seed(s)")]
+    for args, message in cases:
+        code = main(["eval", *map(str, args), "--out", str(tmp_path / "out")])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("distill eval: error: "), lines
+        assert message in lines[0]
+        assert not list(tmp_path.glob("out/cache/*.npy"))
 
 
 # --- text that is not UTF-8 ---------------------------------------------------------------------------------------

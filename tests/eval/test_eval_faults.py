@@ -190,7 +190,7 @@ def test_eval_outputs_on_a_full_disk_keep_the_earlier_files_whole(tmp_path, monk
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_write(self, data)
     monkeypatch.setattr(Path, "write_bytes", write_bytes)
-    import distill.eval.report as report
+    from distill.eval import report
 
     monkeypatch.setattr(report, "summary_markdown", lambda r: "summary\n")
     monkeypatch.setattr(report, "report_html", lambda r, c: "<html></html>\n")
@@ -207,7 +207,7 @@ def small_disk(tmp_path):
     mount.mkdir()
     tool = shutil.which("mount")
     done = subprocess.run([tool, "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True,
-                          text=True) if tool else None
+                          text=True, check=False) if tool else None
     if done is None or done.returncode:
         pytest.skip(f"cannot mount a 1 MiB tmpfs here ({done.stderr.strip() if done else 'no mount tool'}); the "
                     f"injected-ENOSPC tests cover the same path")
@@ -216,7 +216,7 @@ def small_disk(tmp_path):
 
 
 def test_eval_outputs_and_gate_reports_on_a_real_full_disk(tmp_path, small_disk, monkeypatch, capsys):
-    import distill.eval.report as report
+    from distill.eval import report
 
     monkeypatch.setattr(report, "summary_markdown", lambda r: "summary\n")
     monkeypatch.setattr(report, "report_html", lambda r, c: "<html></html>\n")
@@ -260,25 +260,3 @@ def test_a_bad_model_spec_is_one_line_naming_it(text, message):
     with pytest.raises(ValueError) as err:
         parse_model_spec(text)
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
-
-
-def test_eval_cli_refuses_bad_input_in_one_line_before_sampling(tmp_path, capsys):
-    """Three faults through the CLI's own path: a non-UTF-8 prompts file, `@0`, and a suite too small for its set
-    metrics. Exit 2, one line, nothing written."""
-    from distill.cli import main
-
-    bad = tmp_path / "prompts.txt"
-    bad.write_bytes("a red circle\n".encode() + "a caf\u00e9 scene\n".encode("latin-1"))
-    suite = tmp_path / "suite.yaml"
-    suite.write_text("name: latin1\nprompts_file: prompts.txt\n")
-    small = tmp_path / "small.yaml"
-    small.write_text("name: small\nprompts: [a red circle moving left, a blue square moving up]\n")
-    cases = [(["--suite", suite], f"{str(bad)!r} is not UTF-8 text: byte 0xe9 at offset 18 (line 2)"),
-             (["--suite", small, "--model", f"x={tmp_path}@0"], "steps must be at least 1, got 0"),
-             (["--suite", small], "suite 'small' has 2 prompt(s) x 1 seed(s)")]
-    for args, message in cases:
-        code = main(["eval", *map(str, args), "--out", str(tmp_path / "out")])
-        lines = capsys.readouterr().err.strip().splitlines()
-        assert code == 2 and len(lines) == 1 and lines[0].startswith("distill eval: error: "), lines
-        assert message in lines[0]
-        assert not list(tmp_path.glob("out/cache/*.npy"))
