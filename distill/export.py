@@ -32,7 +32,7 @@ from pathlib import Path
 import yaml
 
 from distill.core.config import ConfigError
-from distill.core.disk import size_of, writing
+from distill.core.disk import DiskFull, free_bytes, is_disk_full, mount_of, size_of
 from distill.teachers.base import FamilyError, dit_folder
 from distill.teachers.resolve import check_weight_files
 from distill.teachers.config import load_teacher_config
@@ -234,49 +234,45 @@ def export(run: str | Path, out: Path, checkpoint: str = "latest", steps: int | 
     tmp.mkdir()
     needed = size_of(teacher) + sum(size_of(p) for p in weights.values())  # about: the teacher's parts and student
     try:
-        with writing(tmp, "the export", needed):
-            for name, entry in index.items():  # the teacher's other components: text encoder, tokenizer, VAE, ...
-                if name in (*experts, "scheduler") or not isinstance(entry, list) or entry[0] is None:
-                    continue
-                if not (teacher / name).is_dir():
-                    raise ConfigError(f"export: teacher folder {str(teacher)!r} lacks {name}/")
-                check_weight_files(teacher / name)  # a truncated teacher file is named, not copied
-                _copy_tree(teacher / name, tmp / name)
-            for component, path in weights.items():
-                if lora:
-                    try:
-                        family.fuse_lora(_lora_base(config, teacher, component), path, tmp / component,
-                                         component)
-                    except FamilyError as err:
-                        raise ConfigError(f"export: {err}") from None
-                    dest = tmp / "lora" / path.relative_to(folder / "lora")
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(path, dest)
-                    if family.native_lora_file:
-                        native = family.native_lora_name(component, len(experts))
-                        family.write_native_lora(path, tmp / "lora" / native)
-                else:
-                    _copy_tree(path, tmp / component)
-            try:
-                scheduler = family.few_step_scheduler(sampler["shift"], teacher, sampler["steps"])
-            except FamilyError as err:
-                raise ConfigError(f"export: {err}") from None
-            scheduler.save_pretrained(tmp / "scheduler")
-            index["scheduler"] = ["diffusers", type(scheduler).__name__]
-            index.update(family.pipeline_config(teacher))
-            (tmp / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-            defaults = {"sampler": sampler, "video": tcfg.video.model_dump(),
-                        "negative_prompt": tcfg.negative_prompt, "max_sequence_length": tcfg.max_sequence_length}
-            (tmp / "distill_teacher.json").write_text(json.dumps(defaults, indent=2) + "\n")
-            provenance = {"schema": "distill.export/1", "checkpoint": str(folder.resolve()),
-                          "step": meta.get("step"), "teacher": meta["teacher"], "teacher_revision": tcfg.revision,
-                          "recipe": meta.get("recipe"), "student": "lora" if lora else "full",
-                          "code_version": meta.get("code_version"),
-                          "fingerprint": meta.get("fingerprint"), "sampler": sampler, "family": family.name,
-                          "experts": list(experts)}
-            (tmp / "distill_export.json").write_text(json.dumps(provenance, indent=1) + "\n")
-            (tmp / "README.md").write_text(_readme(out.name, sampler, tcfg, family, index["_class_name"], lora,
-                                                   experts, meta, folder))
+        for name, entry in index.items():  # the teacher's other components: text encoder, tokenizer, VAE, ...
+            if name in (*experts, "scheduler") or not isinstance(entry, list) or entry[0] is None:
+                continue
+            if not (teacher / name).is_dir():
+                raise ConfigError(f"export: teacher folder {str(teacher)!r} lacks {name}/")
+            check_weight_files(teacher / name)  # a truncated teacher file is named, not copied
+            _copy_tree(teacher / name, tmp / name)
+        for component, path in weights.items():
+            if lora:
+                try:
+                    family.fuse_lora(_lora_base(config, teacher, component), path, tmp / component, component)
+                except FamilyError as err:
+                    raise ConfigError(f"export: {err}") from None
+                dest = tmp / "lora" / path.relative_to(folder / "lora")
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, dest)
+                if family.native_lora_file:
+                    family.write_native_lora(path, tmp / "lora" / family.native_lora_name(component, len(experts)))
+            else:
+                _copy_tree(path, tmp / component)
+        try:
+            scheduler = family.few_step_scheduler(sampler["shift"], teacher, sampler["steps"])
+        except FamilyError as err:
+            raise ConfigError(f"export: {err}") from None
+        scheduler.save_pretrained(tmp / "scheduler")
+        index["scheduler"] = ["diffusers", type(scheduler).__name__]
+        index.update(family.pipeline_config(teacher))
+        (tmp / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        defaults = {"sampler": sampler, "video": tcfg.video.model_dump(), "negative_prompt": tcfg.negative_prompt,
+                    "max_sequence_length": tcfg.max_sequence_length}
+        (tmp / "distill_teacher.json").write_text(json.dumps(defaults, indent=2) + "\n")
+        provenance = {"schema": "distill.export/1", "checkpoint": str(folder.resolve()), "step": meta.get("step"),
+                      "teacher": meta["teacher"], "teacher_revision": tcfg.revision, "recipe": meta.get("recipe"),
+                      "student": "lora" if lora else "full", "code_version": meta.get("code_version"),
+                      "fingerprint": meta.get("fingerprint"), "sampler": sampler, "family": family.name,
+                      "experts": list(experts)}
+        (tmp / "distill_export.json").write_text(json.dumps(provenance, indent=1) + "\n")
+        (tmp / "README.md").write_text(_readme(out.name, sampler, tcfg, family, index["_class_name"], lora, experts,
+                                               meta, folder))
         if out.exists():
             old = out.parent / f".old-{out.name}-{os.getpid()}"
             os.replace(out, old)
@@ -284,7 +280,11 @@ def export(run: str | Path, out: Path, checkpoint: str = "latest", steps: int | 
             shutil.rmtree(old) if old.is_dir() else old.unlink()
         else:
             os.replace(tmp, out)
-    except BaseException:
+    except BaseException as err:
+        if is_disk_full(err):  # one line naming the disk and what the export needs (distill.core.disk)
+            free = free_bytes(tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise DiskFull(tmp, mount_of(tmp), free, needed, "the export") from err
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
