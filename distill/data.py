@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from distill import toyworld
 from distill.core.config import ConfigError
+from distill.core.text import read_lines
 from distill.teachers.config import TeacherConfig
 from distill.train_config import DataConfig
 from distill.videos import VideoSource
@@ -46,7 +47,7 @@ def load_prompts(source: str, column: str = "prompt") -> list[str]:
                 raise ConfigError(f"data.source: {source!r} holds splits {list(ds)} and none is 'train'")
             ds = ds["train"]
     elif path.suffix == ".txt":
-        prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        prompts = read_lines(path, "data.source:")
         ds = datasets.Dataset.from_dict({column: prompts})
     elif path.suffix in (".jsonl", ".json"):
         ds = datasets.load_dataset("json", data_files=str(path), split="train")
@@ -65,6 +66,29 @@ def load_prompts(source: str, column: str = "prompt") -> list[str]:
     if not prompts:
         raise ConfigError(f"data.source: {source!r} holds no prompts")
     return prompts
+
+
+def cheap_size(cfg: DataConfig) -> int | None:
+    """The number of examples, where it is known without loading anything heavy (the toy world's `size`, the lines
+    of a .txt or .jsonl file); None otherwise (TrainData checks once it has the prompts)."""
+    if cfg.source == "toyworld":
+        return cfg.size
+    path = Path(cfg.source)
+    if cfg.latents != "real" and path.is_file() and path.suffix in (".txt", ".jsonl"):
+        return len(read_lines(path, "data.source:"))
+    return None
+
+
+def check_batch_fits(cfg: DataConfig, examples: int, replicas: int) -> None:
+    """One step's examples (data.batch_size per replica) must be distinct: a batch larger than the dataset would
+    repeat examples inside a single step and train on a silently different objective, so it is refused."""
+    per_step = cfg.batch_size * replicas
+    if per_step > examples:
+        where = f"data.size={examples} (toy world)" if cfg.source == "toyworld" else \
+            f"data.source {cfg.source!r} holds {examples}"
+        spread = f" per rank x {replicas} data-parallel replicas = {per_step}" if replicas > 1 else ""
+        raise ConfigError(f"data.batch_size={cfg.batch_size}{spread} examples per step, but {where}: every step "
+                          f"would repeat examples; lower data.batch_size, use fewer GPUs, or add data")
 
 
 # --- helpers for sharded precomputation ---------------------------------------------------------------------------
@@ -117,6 +141,9 @@ class TrainData:
             self.prompts = self._videos.prompts
         else:
             self.prompts = load_prompts(cfg.source, cfg.prompt_column)
+        # before any clip is encoded or sampled: a batch the data cannot fill is refused by name (the replicas are
+        # known here only when shards are given; preflight checked the whole step for the sources it can count)
+        check_batch_fits(cfg, len(self.prompts), self.shard[1] if self.shard else 1)
         self.x0 = self._latents()
         self.embeds: dict[str, torch.Tensor] = {}
 

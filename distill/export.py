@@ -18,6 +18,8 @@ in few steps.
         README.md                 how to load and sample it
 
 The folder is written next to OUT under a temporary name and renamed at the end: a failed export leaves nothing.
+What it reads is verified first (every student safetensors file: its header, each tensor's size, that it opens), so
+a truncated checkpoint is refused by name instead of exported; a full disk ends in one line (distill.core.disk).
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ from pathlib import Path
 import yaml
 
 from distill.core.config import ConfigError
+from distill.core.disk import DiskFull, free_bytes, is_disk_full, mount_of, size_of
 from distill.teachers.base import FamilyError, dit_folder
+from distill.teachers.resolve import check_weight_files
 from distill.teachers.config import load_teacher_config
 from distill.teachers.samplers import LEGACY_GRID
 
@@ -134,6 +138,42 @@ def _student_layout(folder: Path, lora: bool, family, experts: tuple[str, ...]) 
     return found
 
 
+def _check_weights(folder: Path, weights: dict[str, Path], lora: bool) -> None:
+    """Every student weights file the export reads is whole before anything is written: its safetensors header
+    parses, each tensor's bytes match its dtype and shape and lie inside the file, and safetensors opens it; a full
+    student's config.json is JSON. A truncated copy or an interrupted save is refused by name, never exported."""
+    from safetensors import safe_open
+
+    from distill.teachers.resolve import IncompleteWeights, check_safetensors
+
+    files = []
+    for path in weights.values():
+        if lora:
+            files.append(path)
+            continue
+        try:
+            json.loads((path / "config.json").read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ConfigError(f"export: {str(path / 'config.json')!r} in checkpoint {str(folder)!r} is not valid "
+                              f"JSON ({err}); the checkpoint is damaged") from None
+        found = sorted(path.glob("*.safetensors"))
+        if not found:
+            raise ConfigError(f"export: {str(path)!r} in checkpoint {str(folder)!r} holds no .safetensors weights; "
+                              f"the checkpoint is incomplete")
+        files += found
+    for file in files:
+        try:
+            check_safetensors(file)
+            with safe_open(str(file), "pt") as f:
+                f.keys()
+        except IncompleteWeights as err:
+            raise ConfigError(f"export: checkpoint {str(folder)!r}: {str(err).split('; download')[0]}; export an "
+                              f"intact checkpoint (--checkpoint step-N)") from None
+        except Exception as err:  # safetensors' own SafetensorError: a header it cannot use
+            raise ConfigError(f"export: checkpoint {str(folder)!r}: weights file {str(file)!r} does not load "
+                              f"({err}); export an intact checkpoint (--checkpoint step-N)") from None
+
+
 def _check_out(out: Path, checkpoint: Path, overwrite: bool) -> None:
     """An export never replaces a run, a checkpoint, or a folder holding one, and `--overwrite` replaces only an
     earlier export (it has distill_export.json): nothing else is ever deleted."""
@@ -190,6 +230,7 @@ def export(run: str | Path, out: Path, checkpoint: str = "latest", steps: int | 
     index = json.loads((teacher / "model_index.json").read_text())
     experts = family.experts(teacher)
     weights = _student_layout(folder, lora, family, experts)
+    _check_weights(folder, weights, lora)
 
     out = Path(out).expanduser().absolute()
     _check_out(out, folder, overwrite)
@@ -197,12 +238,14 @@ def export(run: str | Path, out: Path, checkpoint: str = "latest", steps: int | 
     tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    needed = size_of(teacher) + sum(size_of(p) for p in weights.values())  # about: the teacher's parts and student
     try:
         for name, entry in index.items():  # the teacher's other components: text encoder, tokenizer, VAE, ...
             if name in (*experts, "scheduler") or not isinstance(entry, list) or entry[0] is None:
                 continue
             if not (teacher / name).is_dir():
                 raise ConfigError(f"export: teacher folder {str(teacher)!r} lacks {name}/")
+            check_weight_files(teacher / name)  # a truncated teacher file is named, not copied
             _copy_tree(teacher / name, tmp / name)
         for component, path in weights.items():
             if lora:
@@ -243,7 +286,11 @@ def export(run: str | Path, out: Path, checkpoint: str = "latest", steps: int | 
             shutil.rmtree(old) if old.is_dir() else old.unlink()
         else:
             os.replace(tmp, out)
-    except BaseException:
+    except BaseException as err:
+        if is_disk_full(err):  # one line naming the disk and what the export needs (distill.core.disk)
+            free = free_bytes(tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise DiskFull(tmp, mount_of(tmp), free, needed, "the export") from err
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from distill.core.config import ConfigError
+from distill.data import cheap_size, check_batch_fits
 from distill.networks import check_student_source, deepspeed_config
 from distill.parallel import check_sequence_parallel
 from distill.recipes import make_recipe
@@ -42,6 +43,10 @@ def preflight(cfg: TrainConfig) -> Checked:
     if cfg.data.source != "toyworld" and not Path(cfg.data.source).exists():
         raise ConfigError(f"data.source: {cfg.data.source!r} does not exist (give 'toyworld', a .txt, .jsonl or "
                           f".parquet file of prompts, or a saved datasets folder)")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    size = cheap_size(cfg.data)
+    if size is not None:
+        check_batch_fits(cfg.data, size, max(1, world // cfg.parallel.sequence))
     v = tcfg.video
     try:
         family.check_video_size(v.frames, v.height, v.width, family.video_factors(folder))

@@ -6,8 +6,11 @@
             "distill.eval/2" (the older "distill.eval/1" is refused by name: its FVD intervals and protocols are
             not comparable), an invalid policy, a rule naming a metric no model in the eval has (unless the rule
             says `optional: true`; the message names the closest known metrics), a required model or metric
-            missing, no teacher for a teacher-relative rule, a malformed metric record, an output folder that
-            cannot be written, or any unexpected error. Always one line per cause, never a traceback.
+            missing, no teacher for a teacher-relative rule, a malformed metric record (a non-finite value or
+            ci95, or lo > hi: an infinite interval would forgive any value), a baseline made on another suite or
+            protocol (other prompts, seeds, clip size, detector, ...: the message names each difference), an
+            output folder that cannot be written, or any unexpected error. Always one line per cause, never a
+            traceback.
 
 A policy (YAML, e.g. configs/eval/gates/toyworld.yaml):
 
@@ -61,6 +64,7 @@ import difflib
 import fnmatch
 import json
 import math
+import os
 import sys
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
@@ -71,6 +75,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from distill.core.config import ConfigError, format_validation_errors
+from distill.core.disk import DiskFull, writing
 from distill.core.paths import check_output_dir
 from distill.eval.schema import OLD_SCHEMAS, SCHEMA
 
@@ -211,6 +216,7 @@ class Metric:
 class EvalDoc:
     path: str
     models: dict  # model name -> model entry (a dict); unknown keys are kept and ignored
+    suite: dict | None = None  # what the eval ran on (prompts, seeds, clip size, detector, ...): harness._suite_record
 
     def teacher(self) -> str | None:
         """The model with role "teacher"; without any roles in the file, the one model named teacher*."""
@@ -276,6 +282,13 @@ def _interval(ci, where: str) -> tuple[float, float] | None:
         return None
     if not all(_is_number(c) for c in ci):
         raise GateError(f"{where}: 'ci95' must hold numbers, got {ci!r}")
+    # An infinite interval "reaches" every bound, so an interval-aware rule would forgive any value: it is a
+    # broken record, never evidence.
+    if not all(math.isfinite(c) for c in ci):
+        raise GateError(f"{where}: 'ci95' {list(ci)!r} is not finite; a malformed record (an interval that could "
+                        f"not be computed is written as null)")
+    if ci[0] > ci[1]:
+        raise GateError(f"{where}: 'ci95' {list(ci)!r} has lo > hi; a malformed record")
     return (float(ci[0]), float(ci[1]))
 
 
@@ -303,7 +316,59 @@ def load_eval(path: str | Path, what: str = "eval.json") -> EvalDoc:
             raise GateError(f"{path}: model {name!r} must be an object, not a {type(entry).__name__}")
         if not isinstance(entry.get("metrics", {}), dict):
             raise GateError(f"{path}: model {name!r}: 'metrics' must be an object of metric name -> record")
-    return EvalDoc(str(path), models)
+    suite = data.get("suite")
+    if suite is not None and not isinstance(suite, dict):
+        raise GateError(f"{path}: 'suite' must be an object, not a {type(suite).__name__}")
+    return EvalDoc(str(path), models, suite)
+
+
+# What makes two evals' numbers comparable: the clips (prompts, seeds, size, length, fps), what scores them (the
+# detector and its frame protocol, the CLIP backend, the flow backend, the static filter) and how diversity is
+# sampled. Keys of the harness's `suite` record; a difference in any of them makes a baseline another experiment.
+SUITE_KEYS = ("prompts", "seeds", "n_clips", "frames", "height", "width", "fps", "real", "detector", "clip_backend",
+              "clip", "flow", "static_prompts", "static_filter", "diversity", "noise_floor", "ranks_per_clip")
+
+
+def _short(value) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def suite_differences(current: EvalDoc, baseline: EvalDoc) -> list[str]:
+    """What differs between the suites the two evals ran on (empty: the same suite and protocol)."""
+    a, b = current.suite or {}, baseline.suite or {}
+    out = []
+    for key in SUITE_KEYS:
+        if key not in a and key not in b:
+            continue
+        va, vb = a.get(key, "(not recorded)"), b.get(key, "(not recorded)")
+        if va == vb:
+            continue
+        if isinstance(va, list) and isinstance(vb, list):
+            first = next((i for i, (x, y) in enumerate(zip(va, vb)) if x != y), min(len(va), len(vb)))
+            detail = (f"{len(vb)} in the baseline vs {len(va)} here; first difference at [{first}]: "
+                      f"{_short(vb[first]) if first < len(vb) else '(none)'} vs "
+                      f"{_short(va[first]) if first < len(va) else '(none)'}")
+        elif isinstance(va, dict) and isinstance(vb, dict):
+            keys = sorted(k for k in {*va, *vb} if va.get(k) != vb.get(k))
+            detail = "; ".join(f"{k}: {_short(vb.get(k))} in the baseline vs {_short(va.get(k))} here" for k in keys)
+        else:
+            detail = f"{_short(vb)} in the baseline vs {_short(va)} here"
+        out.append(f"{key} ({detail})")
+    return out
+
+
+def check_same_suite(current: EvalDoc, baseline: EvalDoc) -> None:
+    """Refuse a baseline from another suite or protocol: its numbers are another experiment's, and a regression
+    rule against them would pass or fail by accident."""
+    if baseline.suite is None or current.suite is None:
+        which = baseline.path if baseline.suite is None else current.path
+        raise GateError(f"{which}: no 'suite' record, so the baseline cannot be shown to come from the same "
+                        f"prompts, seeds and protocol; re-run `distill eval` to write it")
+    diffs = suite_differences(current, baseline)
+    if diffs:
+        raise GateError(f"baseline {baseline.path} was made on another suite than {current.path}: "
+                        f"{'; '.join(diffs)}; re-run the baseline on this suite")
 
 
 # ------------------------------------------------------------------------------------------------------ checks
@@ -580,6 +645,8 @@ def gate(current: str | Path, baseline: str | Path | None, policy: str | Path) -
         pol = load_policy(policy)
         cur = load_eval(current, "current eval.json")
         base = None if baseline is None else load_eval(baseline, "baseline eval.json")
+        if base is not None:
+            check_same_suite(cur, base)
         return evaluate(pol, cur, base)
     except GateError as err:
         result.errors.append(str(err))
@@ -612,11 +679,15 @@ def run_gate(current: str | Path, baseline: str | Path | None, policy: str | Pat
         return ERROR
     result = gate(current, baseline, policy)
     try:
-        write_json(result, out / "gate.json")
-        write_junit(result, out / "gate.junit.xml")
-        write_markdown(result, out / "gate.md")
-    except OSError as err:
-        print(f"gate: error: writing the reports into {str(out)!r} failed: {err.strerror or err}", file=sys.stderr)
+        for writer, name in ((write_json, "gate.json"), (write_junit, "gate.junit.xml"), (write_markdown, "gate.md")):
+            tmp = out / f".tmp-{name}"  # whole or not at all: CI may read the reports of a failed write
+            with writing(tmp, f"the gate's {name}"):
+                writer(result, tmp)
+            os.replace(tmp, out / name)
+    except (OSError, DiskFull) as err:
+        cause = str(err) if isinstance(err, DiskFull) else f"writing the reports into {str(out)!r} failed: " \
+                                                           f"{err.strerror or err}"
+        print(f"gate: error: {cause}", file=sys.stderr)
         return ERROR
     if not quiet:
         print(result.summary(), file=sys.stderr)

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -21,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from distill.core.config import ConfigError
+from distill.core.disk import writing
 from distill.core.dist import gather_dict, rank_world
 from distill.core.env import environment
 from distill.core.hashing import checkpoint_hash
@@ -199,8 +201,9 @@ class Harness:
         rank, world = rank_world()
         keys = [cand.cache_key(p, seed, s.frames, s.height, s.width) for p, seed in items]
         paths = [self.cache_dir / f"{k}.npy" for k in keys]
+        cached = {i: clip for i, path in enumerate(paths) if (clip := self._cached_clip(path, rank)) is not None}
         # each group of `sequence` ranks samples its share of the clips together; its first rank keeps them
-        todo = [i for i, path in enumerate(paths) if not path.is_file() and i % layout.data_world == layout.data_rank]
+        todo = [i for i in range(len(paths)) if i not in cached and i % layout.data_world == layout.data_rank]
         made: dict[int, np.ndarray] = {}
         for start in tqdm(range(0, len(todo), s.batch_size), desc=desc, disable=not self.progress or rank,
                           unit="batch"):
@@ -212,13 +215,35 @@ class Harness:
         made = gather_dict(made)
         if rank == 0:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
-            for i, video in made.items():
+            for i, video in made.items():  # a re-sampled clip replaces a damaged entry
                 tmp = paths[i].with_suffix(".tmp.npy")
-                np.save(tmp, video)
+                with writing(tmp, "the clip cache entry", video.nbytes + 128):
+                    np.save(tmp, video)
                 os.replace(tmp, paths[i])
         if world > 1:
             torch.distributed.barrier()
-        return np.stack([made[i] if i in made else np.load(paths[i]) for i in range(len(items))])
+        return np.stack([made[i] if i in made else cached[i] for i in range(len(items))])
+
+    def _cached_clip(self, path: Path, rank: int) -> np.ndarray | None:
+        """The cached clip at `path` if it verifies (a readable .npy of uint8 [T, H, W, 3] at the suite's size),
+        else None: a damaged entry (a killed write, a full disk, a foreign file) is named in one warning and
+        sampled again, never trusted and never a dead end for every later rerun."""
+        if not path.is_file():
+            return None
+        s = self.suite
+        want = (s.frames, s.height, s.width, 3)
+        try:
+            clip = np.load(path, allow_pickle=False)
+            problem = None if (clip.dtype == np.uint8 and clip.shape == want) else \
+                f"holds {clip.dtype} {tuple(clip.shape)}, not uint8 {want}"
+        except (OSError, ValueError, EOFError) as err:
+            clip, problem = None, f"is unreadable ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+        if problem is None:
+            return clip
+        if rank == 0:
+            warnings.warn(f"clip cache entry {str(path)!r} {problem}; dropping it and sampling the clip again",
+                          stacklevel=2)
+        return None
 
     def time_model(self, cand: Candidate) -> dict:
         """One clip at a time: `warmup` untimed clips, then the median of `clips` timed clips."""
@@ -260,6 +285,7 @@ class Harness:
         except (FileNotFoundError, ValueError) as err:
             raise ConfigError(f"suite {s.name!r} key 'flow': {err}") from None
         self._check_detector_file()  # cheap, so a wrong I3D file is refused before any model is loaded
+        self._check_suite_size()
         layout = self.layout  # a --sequence the job cannot take is refused here
         candidates = {}
         for spec in specs:
@@ -284,6 +310,19 @@ class Harness:
                                   f"{(s.frames, s.height, s.width, 3)}")
         self._prepared = Prepared(names, specs, candidates, scorers)
         return self._prepared
+
+    def _check_suite_size(self) -> None:
+        """A suite too small for its set metrics fails their intervals only after every clip was sampled (minutes
+        to hours): refuse it here, saying how many prompts it needs."""
+        s = self.suite
+        need = metrics.min_prompts_for_sets(s.seeds_per_prompt)
+        if len(self.prompts) < need:
+            names = ", ".join(sorted({m.family.upper() for m in metrics.by_level("set")}))
+            raise ConfigError(
+                f"suite {s.name!r} has {len(self.prompts)} prompt(s) x {s.seeds_per_prompt} seed(s); its set metrics "
+                f"({names}: a covariance over clips, with a jackknife interval that leaves one prompt out) need at "
+                f"least {need} prompts at {s.seeds_per_prompt} seed(s) per prompt; add prompts or raise "
+                f"seeds_per_prompt")
 
     def _check_split(self, family, folder: Path) -> None:
         """Refuse, before the weights load, a DiT or a clip whose heads or tokens do not divide by --sequence."""

@@ -220,6 +220,12 @@ def static_record(metric: MetricDef, values: np.ndarray, clusters: np.ndarray, i
 MIN_PROMPTS_DELETE_TWO = 4  # FVD and KVD need 2 rows; stats' default deletes 2 prompts at a time
 
 
+def min_prompts_for_sets(seeds_per_prompt: int) -> int:
+    """The fewest prompts a suite needs for its set metrics (FVD, KVD): their jackknife leaves one prompt out and
+    still needs 2 rows (a covariance, an unbiased MMD), from at least 2 prompts: (P - 1) * seeds >= 2, P >= 2."""
+    return max(2, 1 + -(-2 // seeds_per_prompt))
+
+
 def _set_method(clusters: np.ndarray) -> dict:
     """stats' default interval for set statistics, except below `MIN_PROMPTS_DELETE_TWO` prompts, where its
     delete-two step would leave a single row: then the plain (delete-one, conservative) jackknife."""

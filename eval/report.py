@@ -8,10 +8,12 @@ import base64
 import html
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 
+from distill.core.disk import writing
 from distill.core.media import write_gif
 from distill.eval.metrics import REGISTRY, family_of
 
@@ -250,9 +252,16 @@ def report_html(result: dict, clips: dict[str, np.ndarray] | None = None, show: 
 
 
 def write_outputs(result: dict, out_dir: Path, clips: dict[str, np.ndarray] | None = None) -> list[Path]:
+    """eval.json, summary.md and report.html, each written whole or not at all: a gate must never read half an
+    eval.json, and a full disk ends in one line (DiskFull) with the partial file removed and any earlier one kept."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / "eval.json", out_dir / "summary.md", out_dir / "report.html"]
-    paths[0].write_text(json.dumps(result, indent=2) + "\n")
-    paths[1].write_text(summary_markdown(result))
-    paths[2].write_text(report_html(result, clips))
-    return paths
+    texts = {out_dir / "eval.json": json.dumps(result, indent=2) + "\n",
+             out_dir / "summary.md": summary_markdown(result),
+             out_dir / "report.html": report_html(result, clips)}
+    for path, text in texts.items():
+        data = text.encode()
+        tmp = path.with_name(f".tmp-{path.name}")
+        with writing(tmp, f"the eval's {path.name}", len(data)):
+            tmp.write_bytes(data)
+        os.replace(tmp, path)
+    return list(texts)

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from distill import toyworld
 from distill.core.config import CONFIG_DIR, ConfigError, Strict, load
+from distill.core.text import read_lines
 
 
 class ClipSettings(Strict):
@@ -88,11 +89,14 @@ def parse_model_spec(text: str) -> ModelSpec:
         name, rest = "", text
     head, _, opts = rest.partition(",")
     source, at, steps_part = head.rpartition("@")
-    if not at:
-        raise ValueError(f"model {text!r}: give the step count as SOURCE@STEPS (for example teacher@4)")
+    if not at or not source:
+        raise ValueError(f"model {text!r}: give the model and step count as SOURCE@STEPS (for example teacher@4 "
+                         f"or student=runs/cd/export@4)")
     steps_text, _, sampler = steps_part.partition(":")
     if not steps_text.isdigit():
         raise ValueError(f"model {text!r}: steps {steps_text!r} is not a whole number")
+    if int(steps_text) < 1:
+        raise ValueError(f"model {text!r}: steps must be at least 1, got {steps_text}")
     fields: dict = {"source": source, "steps": int(steps_text)}
     if sampler:
         fields["sampler"] = sampler
@@ -104,7 +108,11 @@ def parse_model_spec(text: str) -> ModelSpec:
     if source == "teacher":
         fields.setdefault("role", "baseline")
     fields["name"] = name or (f"teacher@{steps_text}" if source == "teacher" else f"{Path(source).name}@{steps_text}")
-    return ModelSpec.model_validate(fields)
+    try:
+        return ModelSpec.model_validate(fields)
+    except ValidationError as err:  # a bad sampler, guidance or role: one line naming the option, not pydantic's dump
+        raise ValueError("; ".join(f"model {text!r}: {e['loc'][0] if e['loc'] else 'spec'} "
+                                   f"{e.get('input')!r}: {e['msg']}" for e in err.errors())) from None
 
 
 # --- resolving a suite: its file, its prompts, its real clips ------------------------------------------------------
@@ -127,7 +135,7 @@ def suite_prompts(suite: SuiteConfig, path: Path) -> list[str]:
         file = (path.parent / suite.prompts_file) if not Path(suite.prompts_file).is_absolute() else Path(suite.prompts_file)
         if not file.is_file():
             raise ConfigError(f"{path}: key 'prompts_file': {str(file)!r} does not exist")
-        prompts += [line.strip() for line in file.read_text().splitlines() if line.strip()]
+        prompts += read_lines(file, f"{path}: key 'prompts_file':")
     if suite.max_prompts:
         # an even spread over the list rather than its head, so every attribute stays represented
         step = max(1, len(prompts) // suite.max_prompts)

@@ -93,6 +93,41 @@ def read_json(path: Path) -> dict:
         raise FamilyError(f"{str(path)!r} is not valid JSON ({err})") from None
 
 
+_JSON_TYPES = {bool: (bool,), int: (int,), float: (int, float), str: (str,), tuple: (list,), list: (list,)}
+
+
+def check_config_types(config: Path, class_name: str, name: str) -> None:
+    """Each key of a diffusers component's config.json has the JSON type of its class's default (a number where a
+    number is expected, a list where a tuple is); null is always allowed. A wrong type otherwise surfaces as an
+    unrelated TypeError deep inside diffusers (`not all arguments converted during string formatting`)."""
+    import inspect
+
+    import diffusers
+
+    if not config.is_file():
+        return
+    cls = getattr(diffusers, class_name, None)
+    if cls is None or not isinstance(cls, type):
+        return  # a class this diffusers does not have is diffusers' own message to give
+    try:
+        params = inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):
+        return
+    data = read_json(config)
+    for key, value in data.items():
+        param = params.get(key)
+        if key.startswith("_") or value is None or param is None or param.default in (None, inspect.Parameter.empty):
+            continue
+        want = next((t for t in (bool, int, float, str, tuple, list) if isinstance(param.default, t)), None)
+        bool_for_number = want is not bool and isinstance(value, bool)
+        if want is None or (isinstance(value, _JSON_TYPES[want]) and not bool_for_number):
+            continue
+        article = "an" if want.__name__[0] in "aeiou" else "a"
+        raise FamilyError(f"teacher {name!r}: {str(config)!r} key {key!r} is {json.dumps(value)} "
+                          f"({type(value).__name__}); {class_name} takes {article} {want.__name__} there "
+                          f"(default {json.dumps(param.default)})")
+
+
 def pipeline_class(folder: Path) -> str | None:
     """The `_class_name` of a diffusers pipeline folder's model_index.json (None without one)."""
     index = Path(folder) / "model_index.json"
@@ -169,6 +204,9 @@ class Family(ABC):
     shape_keys: ClassVar[tuple[str, ...]] = ()  # DiT config keys a student init must share with the teacher
     lora_targets: ClassVar[tuple[str, ...]]  # LoRA's default target modules on its DiT
     native_lora_file: ClassVar[str | None] = None  # the adapter in the family's native key names, when it has one
+    # The classes model_index.json may name for each component (others: not checked); diffusers' own message for a
+    # wrong one is a shape mismatch deep in its loader that names neither the file nor the class.
+    component_classes: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     # --- a folder's configs, no weights ---------------------------------------------------------------------------
     def check_folder(self, folder: Path, name: str) -> None:
@@ -180,6 +218,15 @@ class Family(ABC):
         missing = [c for c in (*self.components, *self.experts(folder)) if not (folder / c).is_dir()]
         if missing:
             raise FamilyError(f"teacher {name!r}: {str(folder)!r} lacks the component folders {missing}")
+        index = read_json(folder / "model_index.json")
+        for component in (*self.components, *self.experts(folder)):
+            entry = index.get(component)
+            allowed = self.component_classes.get(component)
+            if allowed and not (isinstance(entry, list) and len(entry) == 2 and entry[1] in allowed):
+                raise FamilyError(f"teacher {name!r}: {folder / 'model_index.json'} names {entry!r} for {component!r}; "
+                                  f"family {self.name!r} loads {' or '.join(allowed)} there")
+            if isinstance(entry, list) and len(entry) == 2 and entry[0] == "diffusers":
+                check_config_types(folder / component / "config.json", entry[1], name)
 
     def experts(self, folder: Path) -> tuple[str, ...]:
         """The DiT components, highest noise first: ("transformer",), or two for a two-expert checkpoint."""

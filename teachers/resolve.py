@@ -36,15 +36,38 @@ def check_safetensors(path: Path) -> None:
         else:
             try:
                 header = json.loads(f.read(length))
-                end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
-            except (ValueError, KeyError, TypeError, IndexError) as err:
+                tensors = {k: t for k, t in header.items() if k != "__metadata__"}
+                end = max((t["data_offsets"][1] for t in tensors.values()), default=0)
+                wrong = next((k for k, t in tensors.items() if _tensor_bytes(t) != t["data_offsets"][1] -
+                              t["data_offsets"][0]), None)
+            except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
                 problem = f"its header is not valid safetensors metadata ({err})"
             else:
                 if 8 + length + end > size:
                     problem = f"it has {size} bytes but its tensors need {8 + length + end}"
+                elif wrong is not None:
+                    t = tensors[wrong]
+                    problem = (f"tensor {wrong!r} ({t['dtype']} {t['shape']}) needs {_tensor_bytes(t)} bytes but its "
+                               f"header gives it {t['data_offsets'][1] - t['data_offsets'][0]}")
     if problem:
         raise IncompleteWeights(f"weights file {str(path)!r} is incomplete or corrupt: {problem}; download or "
                                 f"copy it again")
+
+
+_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+                "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+
+
+def _tensor_bytes(entry: dict) -> int:
+    """Bytes of one header entry's tensor (its dtype's width times its element count); a dtype safetensors does
+    not list here is taken at its word."""
+    width = _DTYPE_BYTES.get(entry["dtype"])
+    if width is None:
+        return entry["data_offsets"][1] - entry["data_offsets"][0]
+    count = 1
+    for dim in entry["shape"]:
+        count *= int(dim)
+    return width * count
 
 
 def check_weight_files(folder: Path) -> None:

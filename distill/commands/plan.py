@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 
 
@@ -21,15 +22,34 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
+# What exists, with room to grow: the largest training clusters built hold about 200,000 GPUs, and the largest
+# accelerator memory is 288 GB (B300, MI355X). A plan beyond these bounds is a typo (GiB given in bytes, an extra
+# zero), and saying "fits" to it would be false comfort.
+MAX_GPUS = 1 << 18  # 262,144
+MAX_GPU_MEMORY_GIB = 1024.0
+
+
+def check_sizes(gpus: int, gpu_memory: float) -> None:
     from distill.core.config import ConfigError
+
+    if not 1 <= gpus <= MAX_GPUS:
+        raise ConfigError(f"--gpus {gpus}: give 1 to {MAX_GPUS} (the largest GPU clusters built hold about "
+                          f"200,000 GPUs)")
+    if not (math.isfinite(gpu_memory) and 0 < gpu_memory <= MAX_GPU_MEMORY_GIB):
+        raise ConfigError(f"--gpu-memory {gpu_memory:g}: give one GPU's memory in GiB, above 0 and at most "
+                          f"{MAX_GPU_MEMORY_GIB:g} (the largest accelerators have 288 GB); e.g. 80 for an H100")
+
+
+def run(args) -> int:
+    from distill.data import cheap_size, check_batch_fits
     from distill.plan import plan, refusal
     from distill.train_config import load_train_config
 
-    if args.gpus < 1 or args.gpu_memory <= 0:
-        raise ConfigError(f"--gpus {args.gpus} --gpu-memory {args.gpu_memory}: need at least 1 GPU and a positive "
-                          f"memory")
+    check_sizes(args.gpus, args.gpu_memory)
     cfg = load_train_config(args.config, args.overrides)
+    size = cheap_size(cfg.data)  # the data must fill one step on this many replicas, as distill train will check
+    if size is not None:
+        check_batch_fits(cfg.data, size, max(1, args.gpus // cfg.parallel.sequence))
     result = plan(cfg, args.gpus, args.gpu_memory)
     print(result.table())
     if result.fits:

@@ -10,6 +10,7 @@ from pathlib import Path
 from distill.commands import no_progress_bars
 from distill.core.paths import check_output_file
 from distill.core.config import ConfigError
+from distill.core.text import read_lines
 
 from distill.teachers.resolve import DEFAULT_BUILTIN as DEFAULT_TEACHER
 from distill.teachers.samplers import GRIDS
@@ -61,7 +62,7 @@ def read_prompts(prompt: list[str], prompts_file: Path | None) -> list[str]:
     if prompts_file:
         if not prompts_file.is_file():
             raise ConfigError(f"--prompts-file {str(prompts_file)!r} does not exist")
-        prompts += [line.strip() for line in prompts_file.read_text().splitlines() if line.strip()]
+        prompts += read_lines(prompts_file, "--prompts-file")
     if not prompts:
         raise ConfigError("no prompts: give --prompt TEXT (repeatable) or --prompts-file FILE")
     empty = [i for i, p in enumerate(prompts) if not p.strip()]

@@ -27,6 +27,8 @@ class LTXFamily(Family):
     pipeline_classes = ("LTXPipeline",)
     components = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
     dit_classes = ("LTXVideoTransformer3DModel",)
+    component_classes = {"transformer": ("LTXVideoTransformer3DModel",), "vae": ("AutoencoderKLLTXVideo",),
+                         "text_encoder": ("T5EncoderModel",)}
     shape_keys = ("in_channels", "out_channels", "patch_size", "patch_size_t", "caption_channels")
     # The four projections of self- and cross-attention, and the GELU feed-forward's two linears
     # (`ff.net.0.proj`, `ff.net.2`), in every `transformer_blocks.N`.

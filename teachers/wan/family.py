@@ -29,6 +29,8 @@ class WanFamily(Family):
     shape_keys = ("in_channels", "out_channels", "patch_size", "text_dim", "freq_dim")
     lora_targets = ("to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2")
     native_lora_file = lora_format.WAN_LORA_FILE
+    component_classes = {"transformer": ("WanTransformer3DModel",), "transformer_2": ("WanTransformer3DModel",),
+                         "vae": ("AutoencoderKLWan",), "text_encoder": ("UMT5EncoderModel",)}
 
     # --- a folder's configs ---------------------------------------------------------------------------------
     def experts(self, folder: Path) -> tuple[str, ...]:
