@@ -357,7 +357,9 @@ def resolve(run: str | Path, checkpoint: str = "latest", hashes: bool = False) -
         if folder.name != named:
             notes.append(f"using {folder.name}, the newest intact checkpoint under {str(ckpts)!r}")
         return folder, notes
-    raise ConfigError(f"no intact checkpoint under {str(ckpts)!r}: {', '.join(damaged)}")
+    dangling = (f"{str(latest)!r} names {named!r}, which is missing or incomplete, and "
+                if named is not None and ckpts / named not in found else "")
+    raise ConfigError(f"{dangling}no intact checkpoint under {str(ckpts)!r}: {', '.join(damaged)}")
 
 
 def find(run: str | Path, checkpoint: str = "latest", hashes: bool = False) -> Path:

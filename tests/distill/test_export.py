@@ -18,6 +18,7 @@ from diffusers import (
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from distill import checkpoint
 from distill.cli import main
 from distill.core.config import REPO_ROOT, ConfigError
 from distill.teachers.config import load_teacher_config
@@ -175,7 +176,16 @@ def _old_checkpoint(runs, tmp_path):
     meta = json.loads((folder / "meta.json").read_text())
     del meta["sampler"]["grid"]
     (folder / "meta.json").write_text(json.dumps(meta))
+    (folder / "manifest.json").unlink()  # checkpoints of that version had no manifest either
     return old
+
+
+def _rewrite_meta(folder, **sampler):
+    """Edit a checkpoint's sampler meta as if it had been written so (its manifest rewritten to match)."""
+    meta = json.loads((folder / "meta.json").read_text())
+    meta["sampler"].update(sampler)
+    (folder / "meta.json").write_text(json.dumps(meta))
+    checkpoint.write_manifest(folder, checkpoint.hash_files(folder))
 
 
 # make test: the old checkpoint's legacy grid (the default grid is the four-step tests' above); the other rules are
@@ -191,10 +201,8 @@ def test_stock_pipeline_samples_each_grid_as_the_consistency_sampler(runs, tmp_p
         run = tmp_path / "run"
         shutil.copytree(runs[0], run)
         folder = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
-        meta = json.loads((folder / "meta.json").read_text())
         steps = 4 if isinstance(grid, str) else len(grid)
-        meta["sampler"].update(grid=grid if isinstance(grid, str) else list(grid), steps=steps)
-        (folder / "meta.json").write_text(json.dumps(meta))
+        _rewrite_meta(folder, grid=grid if isinstance(grid, str) else list(grid), steps=steps)
         levels = student_levels(steps, 3.0, grid)
     out = export(run, tmp_path / "export")
     written = json.loads((out / "distill_teacher.json").read_text())["sampler"]["grid"]
@@ -226,9 +234,7 @@ def test_explicit_levels_the_stock_scheduler_cannot_reach_are_refused(runs, tmp_
     run = tmp_path / "run"
     shutil.copytree(runs[0], run)
     folder = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
-    meta = json.loads((folder / "meta.json").read_text())
-    meta["sampler"]["grid"] = [1.0, 0.9, 0.5, 0.4]
-    (folder / "meta.json").write_text(json.dumps(meta))
+    _rewrite_meta(folder, grid=[1.0, 0.9, 0.5, 0.4])
     with pytest.raises(ConfigError, match=r"no FlowMatchEulerDiscreteScheduler config reproduces the grid"):
         export(run, tmp_path / "export")
     with pytest.raises(ConfigError, match="--steps 2"):
