@@ -1,5 +1,5 @@
 #!/bin/bash
-# The run-folder faults of docs/faults-run.md, tried for real: prints each command, its exit code and its lines.
+# The run-folder faults of docs/faults.md (its first section), tried for real: prints each command, its exit code and its lines.
 # Needs root for the tmpfs rows (mount). Usage: scripts/try_run_faults.sh [WORKDIR]  (~8 min on 2 CPU cores)
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1
