@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from distill import checkpoint
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -40,6 +42,7 @@ def test_demo_runs_every_stage_and_reuses_finished_ones(tmp_path):
     meta_path = out / "consistency" / "checkpoints" / "step-000004" / "meta.json"
     meta = json.loads(meta_path.read_text())
     meta_path.write_text(json.dumps({**meta, "teacher_hash": "0000000000000000"}))
+    checkpoint.write_manifest(meta_path.parent, checkpoint.hash_files(meta_path.parent))  # written so, intact
     stale = demo(out)
     assert stale.returncode == 2
     assert "hash 0000000000000000" in stale.stderr and str(out / "consistency") in stale.stderr

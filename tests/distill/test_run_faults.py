@@ -369,6 +369,15 @@ def test_a_signal_ends_a_command_with_one_line_and_its_code(monkeypatch, capsys,
         time.sleep(5)  # the handler raises before this ends
         return 0
     monkeypatch.setattr(plan, "run", stopped)
+    # as in a terminal: a background job (CI's `cmd &`) starts with SIGINT ignored, which the CLI leaves ignored
+    previous = signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
+    try:
+        _signal_ends_the_command(cli, capsys, code, line, monkeypatch)
+    finally:
+        signal.signal(sig, previous)
+
+
+def _signal_ends_the_command(cli, capsys, code, line, monkeypatch):
     before = signal.getsignal(signal.SIGTERM)
     assert cli.main(["plan", "x.yaml", "--gpus", "1", "--gpu-memory", "80"]) == code
     assert [ln for ln in capsys.readouterr().err.splitlines() if ln] == [f"distill plan: error: {line}"]
