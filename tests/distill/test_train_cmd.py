@@ -55,6 +55,7 @@ def test_a_file_as_out_is_refused(tmp_path):
         check_out_folder(tmp_path / "run")
 
 
+@pytest.mark.slow  # ~15 s (make test's budget)
 def test_no_progress_turns_every_bar_off_in_a_real_run(tmp_path):
     """One real (tiny) training step in a child process, with --no-progress: nothing draws a bar, neither ours nor
     the loaders' of diffusers and transformers."""
