@@ -14,11 +14,11 @@ M = [
  ("swapped D GAN-loss signs", "students/common.py", "return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()", "return F.softplus(real_logits).mean() + F.softplus(-fake_logits).mean()", "tests/students/test_apt.py"),
  ("swapped G GAN-loss sign", "students/common.py", "return F.softplus(-fake_logits).mean()", "return F.softplus(fake_logits).mean()", "tests/students/test_apt.py"),
  ("swapped real/fake halves in APT's D phase", "students/apt.py", "d_real, d_fake, d_perturbed = logits.chunk(3)", "d_fake, d_real, d_perturbed = logits.chunk(3)", "tests/students/test_apt.py"),
- ("critic target x_hat - eps (DMD2)", "students/dmd2.py", "fm = F.mse_loss(v.float(), (eps - fake).float())", "fm = F.mse_loss(v.float(), (fake - eps).float())", "tests/students/test_dmd2.py"),
- ("CFG on the critic (DMD2)", "students/dmd2.py", "v_fake = critic(x_t, t)", "v_fake = critic(x_t, t, guidance=self.cfg.guidance)", "tests/students/test_dmd2.py"),
- ("teacher without the recipe's guidance (DMD2)", "students/dmd2.py", "teacher(x_t, t, guidance=self.cfg.guidance)", "teacher(x_t, t)", "tests/students/test_dmd2.py"),
+ ("critic target x_hat - eps (DMD2)", "students/dmd.py", "fm = F.mse_loss(v.float(), (eps - fake).float())", "fm = F.mse_loss(v.float(), (fake - eps).float())", "tests/students/test_dmd2.py"),
+ ("CFG on the critic (DMD2)", "students/dmd.py", "v_fake = critic(x_t, t)", "v_fake = critic(x_t, t, guidance=self.cfg.guidance)", "tests/students/test_dmd2.py"),
+ ("teacher without the recipe's guidance (DMD2)", "students/dmd.py", "teacher(x_t, t, guidance=self.cfg.guidance)", "teacher(x_t, t)", "tests/students/test_dmd2.py"),
  ("flipped jump sign in the consistency sampler", "teachers/samplers.py", "x0 = x - ts[i] * model(", "x0 = x + ts[i] * model(", "tests/students/test_consistency.py"),
- ("critic on the generator's clamped levels (DMD2)", "students/dmd2.py", "t = self.critic_levels(b, generator, x0.device)", "t = self.levels_t(b, generator, x0.device)", "tests/students/test_dmd2.py"),
+ ("critic on the generator's clamped levels (DMD2)", "students/dmd.py", "t = self.critic_levels(b, generator, x0.device)", "t = self.levels_t(b, generator, x0.device)", "tests/students/test_dmd2.py"),
 ]
 only = sys.argv[1:]
 for i, (name, path, a, b, test) in enumerate(M):
