@@ -7,13 +7,13 @@ import errno
 import json
 import shutil
 import struct
-import subprocess
 
 import pytest
 import yaml
 
 from distill.cli import main
 from distill.core.config import REPO_ROOT, ConfigError
+from tests.disks import small_tmpfs
 
 CONFIG = REPO_ROOT / "configs" / "recipes" / "consistency-tiny.yaml"
 
@@ -94,17 +94,8 @@ def test_a_full_disk_ends_an_export_in_one_line_and_leaves_nothing(checkpoint, t
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A real 4 MiB disk (tmpfs), where this process may mount one (root); skipped with the reason elsewhere."""
-    mount = tmp_path / "small-disk"
-    mount.mkdir()
-    tool = shutil.which("mount")
-    done = subprocess.run([tool, "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True,
-                          text=True, check=False) if tool else None
-    if done is None or done.returncode:
-        pytest.skip(f"cannot mount a 4 MiB tmpfs here ({done.stderr.strip() if done else 'no mount tool'}); the "
-                    f"injected-ENOSPC test covers the same path")
-    yield mount
-    subprocess.run([shutil.which("umount"), str(mount)], check=False)
+    with small_tmpfs(tmp_path / "small-disk", "4m") as mount:
+        yield mount
 
 
 def test_an_export_onto_a_real_full_disk_is_one_line_and_leaves_it_empty(checkpoint, small_disk, capsys):

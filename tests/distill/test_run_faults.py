@@ -24,6 +24,7 @@ from distill import checkpoint
 from distill.core.config import ConfigError
 from distill.core.disk import DiskFull
 from distill.train_config import load_train_config
+from tests.disks import small_tmpfs
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -282,15 +283,8 @@ def test_a_disk_without_room_for_the_next_checkpoint_stops_before_writing(tmp_pa
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 3 MiB tmpfs at tmp_path/disk (root in a container can mount one; elsewhere the test is skipped)."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], capture_output=True,
-                          text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip() or proc.returncode}")
-    yield disk
-    subprocess.run(["umount", "-l", str(disk)], check=False)
+    with small_tmpfs(tmp_path / "disk", "3m") as disk:
+        yield disk
 
 
 def test_a_real_full_disk_keeps_the_last_checkpoint_and_resumes_once_space_is_freed(small_disk, cfg):
@@ -465,13 +459,7 @@ def test_ctrl_c_under_torchrun_ends_every_rank_with_one_line_and_keeps_the_last_
 
 @pytest.mark.slow  # ~2 min: a run whose second checkpoint does not fit its disk, resumed once the disk grows
 def test_a_run_on_a_full_disk_stops_in_one_line_and_resumes_once_space_is_freed(tmp_path):
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=30m", "tmpfs", str(disk)], capture_output=True,
-                             text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip() or mounted.returncode}")
-    try:
+    with small_tmpfs(tmp_path / "disk", "30m") as disk:
         out = disk / "run"
         config = run_config(tmp_path, out, keep_checkpoints=1)  # one checkpoint is ~19 MB
         cmd = [sys.executable, "-m", "distill.cli", "train", str(config), "--no-progress"]
@@ -490,5 +478,3 @@ def test_a_run_on_a_full_disk_stops_in_one_line_and_resumes_once_space_is_freed(
         assert (ckpts / "latest").read_text().strip() == "step-000006"
         assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == \
             list(range(1, 7))
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)

@@ -7,20 +7,20 @@ import errno
 import json
 import math
 import shutil
-import subprocess
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-from distill.core.config import ConfigError
-from distill.core.disk import DiskFull
 from distill.eval.gate import run_gate
 from distill.eval.harness import Harness
 from distill.eval.report import write_outputs
 from distill.eval.suite import SuiteConfig, parse_model_spec
 from distill.teachers.config import load_teacher_config
+
+from distill.core.config import ConfigError
+from distill.core.disk import DiskFull
+from tests.disks import small_tmpfs
 
 KVD = "kvd[domain-video-net,17f]:vs_teacher"
 SUITE_RECORD = {"name": "s", "prompts": ["a red circle", "a blue square", "a green triangle"], "seeds": [0, 1000, 2000],
@@ -202,17 +202,8 @@ def test_eval_outputs_on_a_full_disk_keep_the_earlier_files_whole(tmp_path, monk
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A real 1 MiB disk (tmpfs), where this process may mount one (root); skipped with the reason elsewhere."""
-    mount = tmp_path / "small-disk"
-    mount.mkdir()
-    tool = shutil.which("mount")
-    done = subprocess.run([tool, "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True,
-                          text=True, check=False) if tool else None
-    if done is None or done.returncode:
-        pytest.skip(f"cannot mount a 1 MiB tmpfs here ({done.stderr.strip() if done else 'no mount tool'}); the "
-                    f"injected-ENOSPC tests cover the same path")
-    yield mount
-    subprocess.run([shutil.which("umount"), str(mount)], check=False)
+    with small_tmpfs(tmp_path / "small-disk", "1m") as mount:
+        yield mount
 
 
 def test_eval_outputs_and_gate_reports_on_a_real_full_disk(tmp_path, small_disk, monkeypatch, capsys):
