@@ -32,6 +32,7 @@ from pathlib import Path
 import yaml
 
 from distill.core.config import ConfigError
+from distill.core.hashing import checkpoint_hash
 from distill.core.disk import DiskFull, free_bytes, is_disk_full, mount_of, size_of
 from distill.teachers.base import FamilyError, dit_folder
 from distill.teachers.resolve import check_weight_files
@@ -227,6 +228,10 @@ def export(run: str | Path, out: Path, checkpoint: str = "latest", steps: int | 
     sampler = {"name": "consistency", "steps": int(sampler["steps"]), "guidance": 1.0,
                "shift": float(sampler["shift"]), "grid": grid}
     tcfg, family, teacher = _teacher(meta, config, folder)
+    from distill.checkpoint import check_teacher
+
+    teacher_hash = checkpoint_hash(teacher)
+    check_teacher(folder, meta, teacher_hash, "export")  # the teacher's VAE and encoder go into the export
     index = json.loads((teacher / "model_index.json").read_text())
     experts = family.experts(teacher)
     weights = _student_layout(folder, lora, family, experts)
@@ -272,9 +277,9 @@ def export(run: str | Path, out: Path, checkpoint: str = "latest", steps: int | 
                     "max_sequence_length": tcfg.max_sequence_length}
         (tmp / "distill_teacher.json").write_text(json.dumps(defaults, indent=2) + "\n")
         provenance = {"schema": "distill.export/1", "checkpoint": str(folder.resolve()), "step": meta.get("step"),
-                      "teacher": meta["teacher"], "teacher_revision": tcfg.revision, "recipe": meta.get("recipe"),
-                      "student": "lora" if lora else "full", "code_version": meta.get("code_version"),
-                      "fingerprint": meta.get("fingerprint"), "sampler": sampler, "family": family.name,
+                      "teacher": meta["teacher"], "teacher_hash": teacher_hash, "teacher_revision": tcfg.revision,
+                      "recipe": meta.get("recipe"), "student": "lora" if lora else "full",
+                      "code_version": meta.get("code_version"), "fingerprint": meta.get("fingerprint"), "sampler": sampler, "family": family.name,
                       "experts": list(experts)}
         (tmp / "distill_export.json").write_text(json.dumps(provenance, indent=1) + "\n")
         (tmp / "README.md").write_text(_readme(out.name, sampler, tcfg, family, index["_class_name"], lora, experts,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -57,6 +58,29 @@ def run(args) -> int:
     return evaluate(suite, prompts, teacher_cfg, specs, args.out, args.cache, sequence=args.sequence)
 
 
+def check_student_teacher(name: str, folder: Path, teacher_source: str, teacher_folder: Path) -> None:
+    """A student exported from this teacher's name but other weights (a retrained built-in teacher, say) is scored
+    against a teacher it never learned from: refused, naming both hashes. A student of another teacher name is a
+    comparison the user chose and passes."""
+    from distill.core.hashing import checkpoint_hash
+
+    path = Path(folder) / "distill_export.json"
+    if not path.is_file():
+        return
+    try:
+        made = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"--model {name}: {str(path)!r} is not valid JSON ({err})") from None
+    recorded = made.get("teacher_hash") if isinstance(made, dict) else None
+    if recorded is None or made.get("teacher") != teacher_source:
+        return
+    now = checkpoint_hash(teacher_folder)
+    if recorded != now:
+        raise ConfigError(f"--model {name}: {str(folder)!r} was distilled from teacher {teacher_source!r} with weights "
+                          f"hash {recorded}, but that teacher now hashes {now} (its weights changed); re-distil the "
+                          f"student from this teacher, or evaluate against the teacher it was made from")
+
+
 def evaluate(suite, prompts: list[str], teacher_cfg, specs, out: Path, cache: Path | None = None,
              print_summary: bool = True, sequence: int = 1) -> int:
     """Check every model's folder and clip size, run the harness (joining the process group under torchrun) and
@@ -66,11 +90,16 @@ def evaluate(suite, prompts: list[str], teacher_cfg, specs, out: Path, cache: Pa
     from distill.eval.suite import real_clips_for
     from distill.teachers.resolve import open_teacher
 
+    teacher_folder = None
     for spec in specs:  # refuse a bad folder or size before any sampling
         teacher = spec.source == "teacher"
         family, folder = open_teacher(teacher_cfg.source if teacher else spec.source, teacher_cfg.revision if teacher
                                       else None, teacher_cfg.family if teacher else None)
         family.check_video_size(suite.frames, suite.height, suite.width, family.video_factors(folder))
+        if not teacher:
+            if teacher_folder is None:
+                teacher_folder = open_teacher(teacher_cfg.source, teacher_cfg.revision, teacher_cfg.family)[1]
+            check_student_teacher(spec.name, folder, teacher_cfg.source, teacher_folder)
     teacher_cfg = _join_ranks(teacher_cfg)
     harness = Harness(suite, teacher_cfg, prompts, out, cache, real_clips_for(suite), sequence=sequence)
     harness.preflight(specs)  # output folders, models, detector (I3D sha256), CLIP, flow, real clips: before sampling

@@ -352,6 +352,38 @@ def test_overwrite_never_deletes_a_run_or_a_folder_that_is_not_an_export(runs, f
     assert export(run, again, overwrite=True) == again.absolute() and not (again / "stale.txt").exists()
 
 
+def test_a_student_of_other_teacher_weights_is_refused_by_export_and_eval(runs, full_export, tmp_path):
+    """The teacher-hash guard: the export records the teacher's weights hash; an export of a checkpoint whose
+    teacher has since changed (a retrained built-in teacher) and an eval of such a student are refused by name."""
+    from distill.checkpoint import hash_files, write_manifest
+    from distill.commands.eval import check_student_teacher
+    from distill.core.hashing import checkpoint_hash
+    from distill.teachers.resolve import resolve
+
+    made = json.loads((full_export / "distill_export.json").read_text())
+    teacher = resolve(made["teacher"])
+    assert made["teacher_hash"] == checkpoint_hash(teacher)
+    check_student_teacher("cd4", full_export, made["teacher"], teacher)  # its own teacher: passes
+
+    run = tmp_path / "run"
+    shutil.copytree(runs[0], run, ignore=shutil.ignore_patterns("deepspeed", "cache"))
+    ckpt = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
+    meta = json.loads((ckpt / "meta.json").read_text())
+    (ckpt / "meta.json").write_text(json.dumps({**meta, "teacher_hash": "0ld7eac4e5"}))
+    write_manifest(ckpt, hash_files(ckpt))
+    with pytest.raises(ConfigError, match="0ld7eac4e5") as err:
+        export(run, tmp_path / "out")
+    assert str(ckpt) in str(err.value) and not (tmp_path / "out").exists()
+
+    old = tmp_path / "old-student"
+    shutil.copytree(full_export, old)
+    (old / "distill_export.json").write_text(json.dumps({**made, "teacher_hash": "0ld7eac4e5"}))
+    with pytest.raises(ConfigError, match="0ld7eac4e5") as err:
+        check_student_teacher("cd4", old, made["teacher"], teacher)
+    assert "--model cd4" in str(err.value) and str(old) in str(err.value)
+    check_student_teacher("cd4", old, "builtin:another-teacher", teacher)  # a comparison the user chose
+
+
 def test_export_help():
     out = subprocess.run([sys.executable, "-m", "distill.cli", "export", "--help"], check=False,
                          capture_output=True, text=True, cwd=REPO_ROOT)
