@@ -16,12 +16,15 @@ A policy (YAML, e.g. configs/eval/gates/toyworld.yaml):
 
     name: toyworld
     description: "..."                       # optional
+    alpha: 0.05                              # optional: family-wise rate of the paired regression tests
+    correction: holm                         # optional: holm (default) | none
     rules:
       - metric: "clipsim[domain-clip]"       # exact metric name in eval.json
         models: "student-*"                  # fnmatch pattern (or a list of them) over model names; default "*"
         roles: [student]                     # optional: only models with one of these eval.json roles
         min_paired_diff_vs_teacher: -3.0     # exactly ONE bound per rule, of the kinds below
         interval_aware: false                # see below
+        baseline_test: paired                # max_regression_vs_baseline only: paired (default) | population
         required: false                      # every matched model must have the metric (else: skip)
         optional: false                      # the metric may be absent from the whole eval (else: exit 2)
         name: "..."                          # optional label for reports
@@ -40,8 +43,22 @@ Rule kinds. The point check, and (after "|") what `interval_aware: true` does wi
     max_ratio_to_teacher: r         value / teacher's value <= r | likewise, fails only if all above r
     max_regression_vs_baseline: r   r >= 0: at most r (relative) worse than the same model in the baseline
                                     eval.json, the direction from the record's `higher_is_better`
-                                    (higher-is-better: value >= base - r|base|; else value <= base + r|base|)
-                                    | fails only if the whole ci95 is on the wrong side of that bound
+                                    (higher-is-better: value >= base - r|base|; else value <= base + r|base|).
+                                    `baseline_test: paired` (the default): the paired fixed-suite test below;
+                                    `baseline_test: population`: the point check | fails only if the whole
+                                    ci95 (prompts as a sample: the scorecard's view) is beyond that bound
+
+The paired fixed-suite test (CI's question: did this change make the model worse on OUR suite?). The baseline must
+come from the same prompts and seeds (else exit 2, naming the baseline and each difference). Per clip, current
+minus baseline (eval.json's `per_clip`: each clip's value for per-clip metrics; for FVD/KVD the statistic with each
+clip left out in turn), so what the two runs share cancels. Its standard error holds the prompts fixed and counts
+only seed-to-seed noise: the delete-one jackknife within prompts (`seed_level_se`; for a mean, exactly the
+within-prompt standard error). One-sided test of "worse by more than r|base|"; every paired check of the gate
+(rules x models) is then decided together by Holm's step-down procedure at the policy's family-wise `alpha`
+(default 0.05; `correction: none` tests each at alpha). An unchanged model gives identical clips and passes. A
+timing has no per-clip values and takes the population view; so does a pair of evals that both predate per-clip
+values (said in the message); one with them and one without is an error naming the file that lacks them.
+`interval_aware` does not apply to a paired check.
 
 interval_aware. It can only forgive, never be stricter than the point check: a check passes when the point passes
 OR the interval reaches the bound ("not significantly worse"). Teacher and baseline values are taken as fixed. A
@@ -71,7 +88,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import yaml
+from scipy.special import stdtr
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from distill.core.config import ConfigError, format_validation_errors
@@ -107,6 +126,7 @@ class Rule(BaseModel):
     min_ratio_to_teacher: float | None = Field(None, gt=0)
     max_ratio_to_teacher: float | None = Field(None, gt=0)
     max_regression_vs_baseline: float | None = Field(None, ge=0)
+    baseline_test: Literal["paired", "population"] = "paired"  # max_regression_vs_baseline only; see the module doc
     interval_aware: bool = False
     required: bool = False
     optional: bool = False
@@ -123,6 +143,8 @@ class Rule(BaseModel):
         if len(given) != 1:
             raise ValueError(f"give exactly one bound of {', '.join(BOUND_KINDS)}; got "
                              f"{', '.join(given) if given else 'none'} (write two rules for a range)")
+        if self.baseline_test != "paired" and self.kind != "max_regression_vs_baseline":
+            raise ValueError("baseline_test applies to max_regression_vs_baseline rules only")
         if self.required and self.optional:
             raise ValueError("a rule cannot be both required (every model must have the metric) and optional "
                              "(the metric may be absent)")
@@ -146,7 +168,8 @@ class Rule(BaseModel):
             "max_paired_diff_vs_teacher": f"- teacher <= {self.limit:g} (paired)",
             "min_ratio_to_teacher": f">= {self.limit:g} x teacher",
             "max_ratio_to_teacher": f"<= {self.limit:g} x teacher",
-            "max_regression_vs_baseline": f"regresses <= {self.limit:.0%} vs baseline",
+            "max_regression_vs_baseline": f"regresses <= {self.limit:.0%} vs baseline"
+                                          + (" (population view)" if self.baseline_test == "population" else ""),
         }[self.kind]
         return f"{self.metric} {text}" + (" (interval-aware)" if self.interval_aware else "")
 
@@ -164,9 +187,15 @@ class Rule(BaseModel):
             "max_ratio_to_teacher": (f"model / teacher is at most {b}", "above"),
             "max_regression_vs_baseline": (f"at most {self.limit:.0%} worse than the baseline's value", "beyond"),
         }[self.kind]
+        if self.kind == "max_regression_vs_baseline" and self.baseline_test == "paired":
+            return (f"paired fixed-suite test: fails when the model is more than {self.limit:.0%} worse than the "
+                    "baseline's value on the same prompts and seeds, significantly given seed-to-seed noise alone "
+                    "(one-sided, Holm-corrected over every paired check of this gate); an unchanged model passes")
+        population = "population view (prompts as a sample of prompts like these): " \
+            if self.kind == "max_regression_vs_baseline" else ""
         if not self.interval_aware:
-            return f"point check: passes when {point}"
-        return (f"interval-aware: passes when {point}, or when the 95% interval reaches the bound; fails only when "
+            return f"{population}point check: passes when {point}"
+        return (f"{population}interval-aware: passes when {point}, or when the 95% interval reaches the bound; fails only when "
                 f"the point and the whole interval lie {side} it (never stricter than the point check)")
 
 class Policy(BaseModel):
@@ -174,6 +203,8 @@ class Policy(BaseModel):
 
     name: str = Field(min_length=1)
     description: str = ""
+    alpha: float = Field(0.05, gt=0, lt=0.5)  # family-wise false-failure rate of the paired regression tests
+    correction: Literal["holm", "none"] = "holm"  # across the paired checks (rules x models); "none": each at alpha
     rules: list[Rule] = Field(min_length=1)
 
 
@@ -210,6 +241,7 @@ class Metric:
     higher_is_better: bool | None
     paired_diff: float | None
     paired_diff_ci95: tuple[float, float] | None
+    level: str | None = None  # "clip", "set", "prompt", "timing" (harness records say; older ones may not)
 
 
 @dataclass(frozen=True)
@@ -217,6 +249,7 @@ class EvalDoc:
     path: str
     models: dict  # model name -> model entry (a dict); unknown keys are kept and ignored
     suite: dict | None = None  # what the eval ran on (prompts, seeds, clip size, detector, ...): harness._suite_record
+    per_clip: dict | None = None  # harness per-clip values, for the paired test (absent in evals made before them)
 
     def teacher(self) -> str | None:
         """The model with role "teacher"; without any roles in the file, the one model named teacher*."""
@@ -260,8 +293,10 @@ class EvalDoc:
                 raise GateError(f"{where}: 'paired_diff_vs_teacher.value' must be a finite number, "
                                 f"got {paired_value!r}")
             paired_ci = _interval(paired.get("ci95"), f"{where} paired_diff_vs_teacher")
+        level = rec.get("level")
         return Metric(float(value), _interval(rec.get("ci95"), where), hib,
-                      None if paired_value is None else float(paired_value), paired_ci)
+                      None if paired_value is None else float(paired_value), paired_ci,
+                      level if isinstance(level, str) else None)
 
     def why_absent(self, model: str, metric: str) -> str:
         """The record's own reason for having no value (e.g. "skipped": no static clips), or ''."""
@@ -271,6 +306,34 @@ class EvalDoc:
 
     def metric_names(self) -> set[str]:
         return {k for e in self.models.values() for k in (e.get("metrics") or {})}
+
+    def prompt_of_clip(self) -> np.ndarray:
+        """Each clip's prompt index (the strata of the seed-level standard error), from the per-clip section."""
+        ids = (self.per_clip or {}).get("prompt_of_clip")
+        if not (isinstance(ids, list) and ids and all(isinstance(i, int) and not isinstance(i, bool) for i in ids)):
+            raise GateError(f"{self.path}: 'per_clip.prompt_of_clip' must be a non-empty list of prompt indices, "
+                            f"got {_short(ids)}")
+        return np.asarray(ids)
+
+    def clip_data(self, model: str, metric: str) -> tuple[str, np.ndarray] | None:
+        """("values", per-clip values, NaN where a clip is not scored) for a per-clip metric, or ("leave_one_out",
+        the statistic with each clip left out in turn) for a set metric; None when the eval has none for it."""
+        entry = ((self.per_clip or {}).get("models") or {}).get(model, {}).get(metric)
+        if entry is None:
+            return None
+        where = f"{self.path}: per_clip model {model!r} metric {metric!r}"
+        kinds = [k for k in ("values", "leave_one_out") if isinstance(entry, dict) and k in entry]
+        if len(kinds) != 1:
+            raise GateError(f"{where}: must be a mapping with one of 'values' or 'leave_one_out'")
+        raw = entry[kinds[0]]
+        n = len(self.prompt_of_clip())
+        if not (isinstance(raw, list) and len(raw) == n and all(v is None or _is_number(v) for v in raw)):
+            raise GateError(f"{where}: {kinds[0]!r} must be a list of {n} numbers (one per clip; null where a clip "
+                            f"is not scored), got {_short(raw)}")
+        arr = np.array([np.nan if v is None else v for v in raw], dtype=np.float64)
+        if np.isinf(arr).any() or (kinds[0] == "leave_one_out" and np.isnan(arr).any()):
+            raise GateError(f"{where}: {kinds[0]!r} holds non-finite numbers; a malformed record")
+        return kinds[0], arr
 
 
 def _interval(ci, where: str) -> tuple[float, float] | None:
@@ -319,7 +382,10 @@ def load_eval(path: str | Path, what: str = "eval.json") -> EvalDoc:
     suite = data.get("suite")
     if suite is not None and not isinstance(suite, dict):
         raise GateError(f"{path}: 'suite' must be an object, not a {type(suite).__name__}")
-    return EvalDoc(str(path), models, suite)
+    per_clip = data.get("per_clip")
+    if per_clip is not None and not (isinstance(per_clip, dict) and isinstance(per_clip.get("models"), dict)):
+        raise GateError(f"{path}: 'per_clip' must be an object with 'prompt_of_clip' and 'models'")
+    return EvalDoc(str(path), models, suite, per_clip)
 
 
 # What makes two evals' numbers comparable: the clips (prompts, seeds, size, length, fps), what scores them (the
@@ -389,6 +455,8 @@ class Check:
     interval: tuple[float, float] | None = None
     message: str = ""
     meaning: str = ""
+    test: str | None = None  # max_regression_vs_baseline: "paired" (fixed suite) or "population"
+    paired: dict | None = None  # the paired test: diff, se, df, se_kind, tolerance, p, p_adjusted
 
     @property
     def passed(self) -> bool | None:
@@ -408,6 +476,8 @@ class GateResult:
     baseline: str | None
     checks: list[Check] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # errors before any check could run (files, policy)
+    alpha: float = 0.05
+    correction: str = "holm"
 
     def count(self, status: Status) -> int:
         return sum(c.status == status for c in self.checks)
@@ -431,7 +501,18 @@ class GateResult:
         return {"schema": GATE_SCHEMA, "policy": self.policy, "current": self.current, "baseline": self.baseline,
                 "verdict": self.verdict, "exit_code": self.exit_code,
                 "counts": {s: self.count(s) for s in ("pass", "fail", "skip", "error")},
+                "paired_tests": self.paired_summary(),
                 "errors": self.errors, "checks": [c.to_json() for c in self.checks]}
+
+    def paired_summary(self) -> dict:
+        """How the paired regression checks were decided, as a whole (their family and its correction)."""
+        family = sum(c.paired is not None and c.paired.get("p") is not None for c in self.checks)
+        return {"family": family, "alpha": self.alpha, "correction": self.correction,
+                "about": (f"{family} paired fixed-suite regression test(s) (rules x models), one-sided, "
+                          + (f"Holm-corrected (Holm 1979 step-down) to a family-wise false-failure rate of "
+                             f"{self.alpha:g}" if self.correction == "holm" else f"each at {self.alpha:g}, "
+                                                                                  "uncorrected")
+                          + "; teacher-relative, absolute and population checks are marginal and not in the family")}
 
 
 def _compare(observed: float, interval, bound: float, lower: bool, interval_aware: bool) -> tuple[bool, str]:
@@ -531,7 +612,121 @@ def check_regression_vs_baseline(rule: Rule, model: str, cur: EvalDoc, base: Eva
                                  "a regression rule needs the direction", required=True)
     slack = rule.limit * abs(b.value)
     bound = b.value - slack if higher else b.value + slack
-    return _finish(check, m.value, m.ci95, bound, higher, rule, f"; baseline {b.value:.4g}")
+    why = _population_reason(rule, m, cur, base)
+    if why is None:
+        return paired_regression(rule, model, m, cur, base, higher, check)
+    check.test = "population"
+    return _finish(check, m.value, m.ci95, bound, higher, rule, f"; baseline {b.value:.4g}; population view{why}")
+
+
+def _population_reason(rule: Rule, m: Metric, cur: EvalDoc, base: EvalDoc) -> str | None:
+    """Why a regression check takes the population view instead of the paired test (None: it is paired)."""
+    if rule.baseline_test == "population":
+        return ""
+    if m.level == "timing":
+        return " (a timing: no per-clip values to pair)"
+    if cur.per_clip is None and base.per_clip is None:
+        return (" (neither eval.json has per-clip values, written before they were recorded; re-run both evals for "
+                "the paired fixed-suite test)")
+    return None
+
+
+def seed_level_se(leave_one_out: np.ndarray, prompts: np.ndarray) -> tuple[float, int, str]:
+    """(se, degrees of freedom, what it counts) of a statistic over clips, from its leave-one-clip-out values.
+
+    The suite's prompts are held fixed and only the seeds are a sample, so each prompt is a stratum: the
+    delete-one jackknife within strata, se² = Σ_h n_h/(n_h − 1)·((N − 1)/N)²·Σ_{i∈h} (θ_(i) − θ̄_h)², which for a
+    mean is exactly the within-prompt standard error Σ_h n_h s_h² / N² (`stats.within_prompt_se`), and for a smooth
+    statistic (FVD, KVD) the same to first order. With a prompt of one clip there is no within-prompt spread to
+    measure: the ordinary delete-one jackknife over clips, which also counts how the change varies from prompt to
+    prompt, and is conservative for this question."""
+    n = leave_one_out.size
+    ids, strata = np.unique(prompts, return_inverse=True)[1], len(np.unique(prompts))
+    counts = np.bincount(ids, minlength=strata)
+    if counts.min() >= 2:
+        means = np.bincount(ids, weights=leave_one_out, minlength=strata) / counts
+        within = np.bincount(ids, weights=(leave_one_out - means[ids]) ** 2, minlength=strata)
+        var = float(np.sum(counts / (counts - 1) * within)) * ((n - 1) / n) ** 2
+        return math.sqrt(var), n - strata, "seed-level (prompts held fixed)"
+    var = (n - 1) / n * float(np.sum((leave_one_out - leave_one_out.mean()) ** 2))
+    return math.sqrt(var), n - 1, ("clip-level (a prompt with one clip: counts prompt-to-prompt variation too, "
+                                   "conservative)")
+
+
+def _paired_clips(kind: str, cur: np.ndarray, base: np.ndarray, prompts: np.ndarray) -> tuple[float, np.ndarray,
+                                                                                                 np.ndarray]:
+    """(current − baseline, its leave-one-clip-out values, their prompts) on the clips both scored."""
+    if kind == "leave_one_out":
+        return math.nan, cur - base, prompts  # the full difference comes from the records
+    both = np.isfinite(cur) & np.isfinite(base)
+    diff = cur[both] - base[both]
+    if diff.size < 2:
+        return math.nan, diff, prompts[both]
+    return float(diff.mean()), (diff.sum() - diff) / (diff.size - 1), prompts[both]
+
+
+def paired_regression(rule: Rule, model: str, m: Metric, cur: EvalDoc, base: EvalDoc, higher: bool,
+                      check: Check) -> Check:
+    """The paired fixed-suite test of one model and metric: current minus baseline on the same clips, against the
+    rule's tolerance, with the seed-level standard error. Leaves `status` undecided ("skip") with a p-value in
+    `check.paired`: `evaluate` decides every paired check together (Holm)."""
+    check.test = "paired"
+    data = {}
+    for doc in (cur, base):
+        got = doc.clip_data(model, rule.metric)
+        if got is None:
+            return _gap(check, rule, f"{doc.path}: no per-clip values for model {model!r} metric {rule.metric!r} "
+                                     "('per_clip' in eval.json), which the paired regression test needs; re-run "
+                                     "`distill eval` with this version, or give the rule `baseline_test: "
+                                     "population`", required=True)
+        data[doc.path] = got
+    (kind, c), (kind_b, b) = data[cur.path], data[base.path]
+    prompts = cur.prompt_of_clip()
+    if kind != kind_b or not np.array_equal(prompts, base.prompt_of_clip()):
+        return _gap(check, rule, f"baseline {base.path}: its per-clip values of {model!r} {rule.metric!r} do not "
+                                 f"line up with {cur.path}'s (other clips or another kind of metric)", required=True)
+    diff, loo, strata = _paired_clips(kind, c, b, prompts)
+    b_value = base.metric(model, rule.metric).value
+    if kind == "leave_one_out":
+        diff = m.value - b_value
+    if loo.size < 2:
+        return _gap(check, rule, f"{cur.path}: model {model!r} metric {rule.metric!r}: fewer than 2 clips scored "
+                                 "in both evals; nothing to pair", required=False)
+    se, df, se_kind = seed_level_se(loo, strata)
+    worse = -diff if higher else diff  # > 0: the current model is worse
+    tolerance = rule.limit * abs(b_value)
+    z = worse - tolerance
+    if se > 0:
+        p = float(stdtr(df, -z / se))
+    else:  # no seed-to-seed spread at all (an unchanged model gives identical clips): the point decides
+        p = 0.0 if z > 0 else 1.0
+    check.observed, check.bound = m.value, (b_value - tolerance if higher else b_value + tolerance)
+    check.paired = {"diff": diff, "worse_by": worse, "tolerance": tolerance, "se": se, "df": df, "se_kind": se_kind,
+                    "n_clips": int(loo.size), "p": p, "p_adjusted": None}
+    return check
+
+
+def decide_paired(checks: list[Check], alpha: float, correction: str) -> None:
+    """Holm's step-down procedure over the paired checks' one-sided p-values: sorted ascending, the i-th (from 0)
+    of m fails while p ≤ α/(m − i); the adjusted p-value max_{j≤i} min(1, (m − j)·p_(j)) fails at ≤ α. It keeps
+    the chance of failing ANY unchanged model-and-metric at α whatever their dependence (Holm 1979), and is never
+    less powerful than Bonferroni."""
+    tested = [c for c in checks if c.paired is not None and c.paired.get("p") is not None]
+    m = len(tested)
+    running = 0.0
+    for i, c in enumerate(sorted(tested, key=lambda c: c.paired["p"])):
+        factor = (m - i) if correction == "holm" else 1
+        running = max(running, min(1.0, factor * c.paired["p"]))
+        c.paired["p_adjusted"] = running
+    for c in tested:
+        t = c.paired
+        failed = t["p_adjusted"] <= alpha
+        c.status = "fail" if failed else "pass"
+        side = "worse" if t["worse_by"] > 0 else "better"
+        c.message = (f"paired vs baseline on {t['n_clips']} clips: {abs(t['worse_by']):.4g} {side} "
+                     f"(tolerance {t['tolerance']:.4g}; {t['se_kind']} se {t['se']:.3g}, df {t['df']}); "
+                     f"one-sided p {t['p']:.3g}, {correction}-adjusted {t['p_adjusted']:.3g} over {m} paired "
+                     f"check(s) {'<=' if failed else '>'} alpha {alpha:g}")
 
 
 def unknown_metric_message(rule: Rule, index: int, current: EvalDoc) -> str:
@@ -544,7 +739,8 @@ def unknown_metric_message(rule: Rule, index: int, current: EvalDoc) -> str:
 
 
 def evaluate(policy: Policy, current: EvalDoc, baseline: EvalDoc | None) -> GateResult:
-    result = GateResult(policy=policy.name, current=current.path, baseline=baseline.path if baseline else None)
+    result = GateResult(policy=policy.name, current=current.path, baseline=baseline.path if baseline else None,
+                        alpha=policy.alpha, correction=policy.correction)
     known = current.metric_names()
     for i, rule in enumerate(policy.rules):
         label = f"rules[{i}]: {rule.describe()}"
@@ -574,8 +770,9 @@ def evaluate(policy: Policy, current: EvalDoc, baseline: EvalDoc | None) -> Gate
                 else:
                     check_regression_vs_baseline(rule, model, current, baseline, check)
             except GateError as err:  # a malformed record: this check cannot be judged
-                check.status, check.message = "error", str(err)
+                check.status, check.message, check.paired = "error", str(err), None
             result.checks.append(check)
+    decide_paired(result.checks, policy.alpha, policy.correction)
     return result
 
 
@@ -623,6 +820,9 @@ def _md_cell(text: str) -> str:
 def write_markdown(result: GateResult, path: Path) -> None:
     lines = [f"# Gate `{result.policy}`: **{result.verdict}**", "", result.summary(), "",
              f"- current: `{result.current}`", f"- baseline: `{result.baseline or 'none'}`", ""]
+    paired = result.paired_summary()
+    if paired["family"]:
+        lines += [f"- paired regression tests: {paired['about']}", ""]
     lines += [f"- ERROR: {_md_cell(e)}" for e in result.errors]
     if result.checks:
         lines += ["| status | rule | model | metric | observed | bound | message | meaning |",

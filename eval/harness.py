@@ -432,10 +432,16 @@ class Harness:
         if floor_videos is not None:
             scored.floor = features(floor_videos)
 
-        models = {name: self._model_record(name, candidates[name], scored, scorers, ref) for name in names}
-        return {"schema": SCHEMA, "suite": self._suite_record(scorers), "models": models, "env": environment()}
+        per_clip: dict[str, dict] = {name: {} for name in names}
+        models = {name: self._model_record(name, candidates[name], scored, scorers, ref, per_clip[name])
+                  for name in names}
+        return {"schema": SCHEMA, "suite": self._suite_record(scorers), "models": models, "env": environment(),
+                "per_clip": stats.json_safe({"about": PER_CLIP_ABOUT, "prompt_of_clip": self.clusters,
+                                             "models": per_clip})}
 
-    def _model_record(self, name: str, cand: Candidate, sc: "Scored", scorers: metrics.Scorers, ref: str) -> dict:
+    def _model_record(self, name: str, cand: Candidate, sc: "Scored", scorers: metrics.Scorers, ref: str,
+                      per_clip: dict) -> dict:
+        """The model's eval.json entry; fills `per_clip` with what the gate's paired test reads (PER_CLIP_ABOUT)."""
         s = self.suite
         is_ref = name == ref
         clusters = self.clusters
@@ -443,6 +449,7 @@ class Harness:
         for m in metrics.by_level("clip"):
             key = m.name(scorers)
             mine, teacher = sc.values[name][key], None if is_ref else sc.values[ref][key]
+            per_clip[key] = {"values": mine if not m.static_only else np.where(sc.static[name][0], mine, np.nan)}
             if not m.static_only:
                 out[key] = metrics.clip_record(m, mine, clusters, teacher)
                 continue
@@ -469,6 +476,8 @@ class Harness:
                         other: metrics.set_difference(m, mine, sc.feats[other], target, clusters)
                         for other in others}
                 out[key] = record
+                if ref_name != "noise_floor":
+                    per_clip[key] = {"leave_one_out": leave_one_out(m.statistic, mine, target)}
         if name in sc.div:
             k = s.diversity.seeds
             (m,) = metrics.by_level("prompt")
@@ -509,6 +518,24 @@ class Harness:
                                                     else ""),
                 "metric_definitions": {m.family: {"level": m.level, "higher_is_better": m.higher_is_better,
                                                   "how": m.how} for m in metrics.REGISTRY}}
+
+
+PER_CLIP_ABOUT = (
+    "What the gate's paired regression test reads (eval/gate.py): clip j is the j-th of suite.seeds, of prompt "
+    "prompt_of_clip[j]. Per-clip metrics: `values`, each clip's value (null where a clip is not scored). Set "
+    "metrics (FVD, KVD): `leave_one_out`, the statistic with clip j left out of both sets, so that two evals of the "
+    "same prompts and seeds can be compared clip by clip.")
+
+
+def leave_one_out(statistic, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """statistic(a, b) with row j deleted from both matched sets, for every j."""
+    keep = np.ones(len(a), dtype=bool)
+    out = np.empty(len(a))
+    for j in range(len(a)):
+        keep[j] = False
+        out[j] = statistic(a[keep], b[keep])
+        keep[j] = True
+    return out
 
 
 SPEED_PROTOCOL = (

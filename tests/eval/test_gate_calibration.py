@@ -1,0 +1,71 @@
+"""scripts/calibrate_gate.py's trial logic on synthetic trials (no model sampled): who poses as the current model,
+how the tolerance is tuned on tuning trials only, the exact bounds it prints, and seeds no trial shares."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from distill.core.config import ConfigError
+from distill.eval.gate import Policy
+from tests.eval.test_gate_paired import CLIP, doc
+
+REPO = Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location("calibrate_gate", REPO / "scripts" / "calibrate_gate.py")
+calibrate = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(calibrate)
+
+PROMPTS = np.repeat(np.arange(12), 4)
+POLICY = Policy.model_validate({"name": "p", "rules": [{"metric": CLIP, "roles": ["student"],
+                                                        "max_regression_vs_baseline": 0.0}]})
+
+
+def trial(seed: int) -> dict:
+    """One synthetic trial: the retrained student is 0.3 points worse on every clip (within any sensible
+    tolerance, significant at r = 0); the regressions are 10 and 2 points worse; the collapsed student repeats
+    each prompt's first clip, which no per-clip metric can see."""
+    rng = np.random.default_rng(seed)
+    base = 30 + rng.normal(0, 3, 12)[PROMPTS] + rng.normal(0, 1, PROMPTS.size)
+    return doc({"student": base, "null": base - 0.3 + rng.normal(0, 0.01, base.size),
+                "teacher-2step": base - 10, "student-below": base - 2 + rng.normal(0, 0.3, base.size),
+                "collapsed": base[(PROMPTS * 4)]}, PROMPTS)
+
+
+def test_posing_moves_the_model_and_its_per_clip_values_into_the_students_place():
+    d = trial(0)
+    posed = calibrate.posing(d, "teacher-2step")
+    assert set(posed["models"]) == {"teacher@50", "student"}
+    assert posed["per_clip"]["models"]["student"] == d["per_clip"]["models"]["teacher-2step"]
+    assert posed["models"]["student"]["metrics"] == d["models"]["teacher-2step"]["metrics"]
+
+
+def test_the_tolerance_is_tuned_on_the_tuning_trials_and_measured_on_others(tmp_path):
+    tuning, measuring = [trial(s) for s in range(2)], [trial(s) for s in range(10, 13)]
+    chosen, trade = calibrate.tune(POLICY, tuning, [0.0, 0.02, 0.1], tmp_path)
+    assert chosen == 0.02  # r = 0 fails the retrained student (0.3 points worse, significantly) on both
+    assert [counts["false alarm"] for _, counts, _ in trade] == [2, 0, 0]
+    res = calibrate.outcomes(calibrate.with_tolerance(POLICY, chosen), measuring, tmp_path)
+    counts = {kind: sum(bool(f) for f in fails) for kind, fails in res.items()}
+    assert counts == {"false alarm": 0, "teacher-2step": 3, "student-below": 3, "collapsed": 0}
+    text = "\n".join(calibrate.table(res))
+    assert "≤ 0.632 (one-sided)" in text  # 0 of 3: 1 - 0.05^(1/3)
+    assert f"{CLIP} (3)" in text
+
+
+def test_exact_bounds():
+    assert calibrate.upper_bound(0, 60) == pytest.approx(1 - 0.05 ** (1 / 60)) and calibrate.upper_bound(0, 60) < 0.05
+    assert calibrate.upper_bound(0, 20) > 0.13  # why 20 clean trials do not show <= 5%
+    assert calibrate.upper_bound(3, 3) == 1.0
+    lo, hi = calibrate.exact_interval(10, 10)
+    assert hi == 1.0 and lo == pytest.approx(0.025 ** (1 / 10))
+
+
+def test_trial_seeds_are_disjoint_from_each_other_and_from_the_replication():
+    seeds = 4
+    offsets = [set(range(calibrate.trial_seed(t, seeds), calibrate.trial_seed(t, seeds) + seeds)) for t in range(80)]
+    assert sum(map(len, offsets)) == len(set().union(*offsets))
+    # scripts/replicate_eval.py: set j at offset seeds * j (+ the noise floor's next block), 20 sets
+    assert min(map(min, offsets)) > seeds * 21
+    with pytest.raises(ConfigError, match="past 999"):
+        calibrate.trial_seed(100, seeds)
