@@ -204,3 +204,57 @@ def test_the_registry_record_names_the_vjepa_features_and_has_an_interval(net):
     assert rec["detector"] == net.name and rec["dim"] == 32 and "16 consecutive frames" in rec["protocol"]
     assert rec["statistic"] == "jedi" and rec["ci95"][0] <= rec["value"] <= rec["ci95"][1]
     assert rec["value"] == pytest.approx(J.jedi(student, teacher, matched=True))
+
+
+# --- the harness and the command line -----------------------------------------------------------------------------
+
+def test_an_absent_vjepa2_folder_is_one_line_and_exit_2_before_anything_loads(tmp_path, capsys):
+    from distill.cli import main
+
+    missing = tmp_path / "vjepa2-vitl-fpc64-256"
+    rc = main(["eval", "--suite", "toyworld-train", "--model", "teacher@2", "--out", str(tmp_path / "out"),
+               f"jedi.path={missing}"])
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and "key 'jedi.path'" in line and f"V-JEPA 2 folder '{missing}' does not exist" in line
+    assert not (tmp_path / "out" / "cache").exists()  # refused before any clip was sampled
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_the_harness_reports_jedi_beside_fvd_and_leaves_a_suite_without_it_unchanged(tmp_path, folder):
+    """The built-in teacher (at 8 steps, to keep it short) against itself at 2 and 3 steps, with and without JEDi
+    on one clip cache: JEDi's records (vs the teacher, the noise floor, model-vs-model) appear only with the
+    option, and every other metric and the suite record of the run without it are the same numbers."""
+    from distill import toyworld
+    from distill.eval.harness import Harness
+    from distill.eval.suite import parse_model_spec
+    from distill.teachers.config import load_teacher_config
+
+    base = dict(name="tiny-jedi", toyworld_split="held_out", frames=17, height=64, width=64, fps=8,
+                diversity={"prompts": 0, "seeds": 2}, speed={"clips": 1, "warmup": 0}, batch_size=4)
+    prompts = toyworld.prompt_suite("held_out").prompts[::14][:3]
+    teacher_cfg = load_teacher_config("tiny-wan")
+    teacher_cfg = teacher_cfg.model_copy(update={"sampler": teacher_cfg.sampler.model_copy(update={"steps": 8})})
+    specs = [parse_model_spec(m) for m in ("naive=teacher@2:euler,role=student", "other=teacher@3:euler,role=student")]
+    results = {}
+    for jedi_on in (False, True):
+        suite = SuiteConfig(**base, **({"jedi": {"path": str(folder)}} if jedi_on else {}))
+        harness = Harness(suite, teacher_cfg, prompts, tmp_path / f"out{jedi_on}",
+                          cache_dir=tmp_path / "cache", progress=False)
+        results[jedi_on] = harness.run(specs)
+    plain, with_jedi = results[False], results[True]
+    assert "jedi" not in plain["suite"] and "jedi" not in plain["suite"]["metric_definitions"]
+    assert with_jedi["suite"]["jedi"]["name"].startswith("vjepa2-") and "jedi" in with_jedi["suite"]["metric_definitions"]
+    name = f"jedi[{with_jedi['suite']['jedi']['name']},16f]"
+    teacher, naive = with_jedi["models"]["teacher@8"]["metrics"], with_jedi["models"]["naive"]["metrics"]
+    assert f"{name}:noise_floor" in teacher and f"{name}:vs_teacher" not in teacher
+    rec = naive[f"{name}:vs_teacher"]
+    assert rec["detector"] == with_jedi["suite"]["jedi"]["name"] and rec["dim"] == 32
+    assert rec["ci95"][0] <= rec["value"] <= rec["ci95"][1] and "other" in rec["paired_diff_vs_models"]
+    for model, record in plain["models"].items():
+        jedi_free = {k: v for k, v in with_jedi["models"][model]["metrics"].items() if not k.startswith("jedi[")}
+        for k, v in record["metrics"].items():
+            if not k.startswith("speed."):
+                assert jedi_free[k] == v, (model, k)
+    assert {k: v for k, v in with_jedi["suite"].items() if k not in ("jedi", "metric_definitions")} == \
+        {k: v for k, v in plain["suite"].items() if k != "metric_definitions"}
