@@ -109,12 +109,12 @@ class Scored:
     roles: dict[str, str]
     values: dict[str, dict[str, np.ndarray]]
     static: dict[str, tuple[np.ndarray, np.ndarray]]
-    feats: dict[str, np.ndarray]
-    div: dict[str, np.ndarray]
+    feats: dict[str, dict[str, np.ndarray]]  # model -> feature network -> [N, D]
+    div: dict[str, np.ndarray]  # the suite's detector only
     timings: dict[str, dict]
     is_static_prompt: np.ndarray
-    real: np.ndarray | None = None
-    floor: np.ndarray | None = None
+    real: dict[str, np.ndarray] | None = None  # feature network -> [N, D]
+    floor: dict[str, np.ndarray] | None = None
 
 
 class Harness:
@@ -284,7 +284,8 @@ class Harness:
             flow = flicker.resolve_flow_backend(s.flow)
         except (FileNotFoundError, ValueError) as err:
             raise ConfigError(f"suite {s.name!r} key 'flow': {err}") from None
-        self._check_detector_file()  # cheap, so a wrong I3D file is refused before any model is loaded
+        self._check_detector_file()  # cheap, so a wrong I3D file or an absent V-JEPA 2 folder is refused before any
+        # model is loaded
         self._check_suite_size()
         layout = self.layout  # a --sequence the job cannot take is refused here
         candidates = {}
@@ -317,7 +318,8 @@ class Harness:
         s = self.suite
         need = metrics.min_prompts_for_sets(s.seeds_per_prompt)
         if len(self.prompts) < need:
-            names = ", ".join(sorted({m.family.upper() for m in metrics.by_level("set")}))
+            names = ", ".join(sorted({m.family.upper() for m in metrics.by_level("set")
+                                      if m.family != "jedi" or s.jedi is not None}))
             raise ConfigError(
                 f"suite {s.name!r} has {len(self.prompts)} prompt(s) x {s.seeds_per_prompt} seed(s); its set metrics "
                 f"({names}: a covariance over clips, with a jackknife interval that leaves one prompt out) need at "
@@ -335,6 +337,13 @@ class Harness:
 
     def _check_detector_file(self) -> None:
         s = self.suite
+        if s.jedi is not None:
+            from distill.eval.jedi import check_folder
+
+            try:
+                check_folder(s.jedi.path)
+            except ConfigError as err:
+                raise ConfigError(f"suite {s.name!r} key 'jedi.path': {err}") from None
         if s.detector != "i3d":
             return
         from distill.core.hashing import sha256_of_file
@@ -383,7 +392,27 @@ class Harness:
         except ValueError as err:
             raise ConfigError(f"suite {s.name!r}: {err}") from None
         return metrics.Scorers(clip=clip, clip_frames=s.clip.frames, detector=detector, flow=flow,
-                               frames=s.frames, static_max_flow_px=s.static_filter.max_flow_px)
+                               frames=s.frames, static_max_flow_px=s.static_filter.max_flow_px,
+                               jedi=self._jedi_network(device))
+
+    def _jedi_network(self, device: str):
+        """JEDi's V-JEPA 2 features where the suite asks for them (eval/jedi.py), else None."""
+        s = self.suite
+        if s.jedi is None:
+            return None
+        from distill.eval.jedi import VJEPA2Features
+
+        try:
+            net = VJEPA2Features.from_folder(s.jedi.path, s.jedi.frames, device=device, batch_size=s.jedi.batch_size)
+        except ConfigError as err:
+            raise ConfigError(f"suite {s.name!r} key 'jedi.path': {err}") from None
+        except ValueError as err:  # frames not a multiple of the model's tubelet
+            raise ConfigError(f"suite {s.name!r} key 'jedi.frames': {err}") from None
+        try:
+            net.check_frames(s.frames)
+        except ValueError as err:
+            raise ConfigError(f"suite {s.name!r} key 'jedi.frames': {err}") from None
+        return net
 
     # --- scoring --------------------------------------------------------------------------------------------
     def run(self, specs: list[ModelSpec]) -> dict:
@@ -414,9 +443,13 @@ class Harness:
             return {}
 
         detector = scorers.detector
+        networks = metrics.feature_networks(scorers)  # the detector's and, where the suite asks, JEDi's V-JEPA 2
 
-        def features(v: np.ndarray) -> np.ndarray:
-            return np.asarray(detector.features(torch.from_numpy(v)), dtype=np.float64)
+        def features(v: np.ndarray, net=detector) -> np.ndarray:
+            return np.asarray(net.features(torch.from_numpy(v)), dtype=np.float64)
+
+        def every(v: np.ndarray) -> dict[str, np.ndarray]:
+            return {net_name: features(v, net) for net_name, net in networks.items()}
 
         is_static_prompt = np.array([p in set(s.static_prompts) for p in captions], dtype=bool)
         scored = Scored(roles={m.name: ("teacher" if m.name == ref else m.role) for m in prep.specs},
@@ -424,13 +457,13 @@ class Harness:
         for name in tqdm(names, desc="metrics", disable=not self.progress):
             scored.values[name] = metrics.clip_values(videos[name], captions, scorers)
             scored.static[name] = metrics.static_mask(videos[name], is_static_prompt, scorers)
-            scored.feats[name] = features(videos[name])
+            scored.feats[name] = every(videos[name])
             if name in div_videos:
                 scored.div[name] = features(div_videos[name])
         if self.real_clips is not None:
-            scored.real = features(np.stack([self.real_clips(p, seed) for p, seed in self.items]))
+            scored.real = every(np.stack([self.real_clips(p, seed) for p, seed in self.items]))
         if floor_videos is not None:
-            scored.floor = features(floor_videos)
+            scored.floor = every(floor_videos)
 
         per_clip: dict[str, dict] = {name: {} for name in names}
         models = {name: self._model_record(name, candidates[name], scored, scorers, ref, per_clip[name])
@@ -456,24 +489,26 @@ class Harness:
             out[key] = self._static_record(m, name, ref, sc, mine, teacher)
         students = [n for n, role in sc.roles.items() if role == "student"]
         others = [n for n, role in sc.roles.items() if role != "teacher" and n != name]
-        references = {"vs_teacher": None if is_ref else sc.feats[ref], "vs_real": sc.real,
-                      "noise_floor": sc.floor if is_ref else None}
-        for m in metrics.by_level("set"):
+        for m in metrics.set_metrics(scorers):
+            net = m.network(scorers).name  # the features this metric reads
+            feats = {model: by_net[net] for model, by_net in sc.feats.items()}
+            references = {"vs_teacher": None if is_ref else feats[ref], "vs_real": sc.real[net] if sc.real else None,
+                          "noise_floor": sc.floor[net] if is_ref and sc.floor else None}
             for ref_name in m.references:
                 reference = references[ref_name]
                 if reference is None:
                     continue
                 key = m.name(scorers, ref_name)
-                mine = sc.feats[name] if ref_name != "noise_floor" else sc.floor
-                target = reference if ref_name != "noise_floor" else sc.feats[ref]
+                mine = feats[name] if ref_name != "noise_floor" else sc.floor[net]
+                target = reference if ref_name != "noise_floor" else feats[ref]
                 record = metrics.set_record(m, scorers, mine, target, ref_name, clusters, self.slots)
                 if ref_name == "vs_real" and not is_ref:
                     # closer to the real clips than the 50-step teacher (negative) or farther (positive)
-                    record["paired_diff_vs_teacher"] = metrics.set_difference(m, mine, sc.feats[ref], target,
+                    record["paired_diff_vs_teacher"] = metrics.set_difference(m, mine, feats[ref], target,
                                                                               clusters)
                 if name in students and ref_name != "noise_floor" and others:
                     record["paired_diff_vs_models"] = {
-                        other: metrics.set_difference(m, mine, sc.feats[other], target, clusters)
+                        other: metrics.set_difference(m, mine, feats[other], target, clusters)
                         for other in others}
                 out[key] = record
                 if ref_name != "noise_floor":
@@ -508,7 +543,14 @@ class Harness:
 
     def _suite_record(self, scorers: metrics.Scorers) -> dict:
         s = self.suite
-        return {**s.model_dump(), "prompts": self.prompts, "n_clips": len(self.items),
+        suite = s.model_dump()
+        if scorers.jedi is None:
+            suite.pop("jedi")  # a suite without JEDi records what it recorded before the option existed
+        else:
+            suite["jedi"].update(name=scorers.jedi.name, dim=scorers.jedi.feature_dim,
+                                 protocol=scorers.jedi.protocol(s.frames))
+        computed = [m for m in metrics.REGISTRY if m.level != "set" or m in metrics.set_metrics(scorers)]
+        return {**suite, "prompts": self.prompts, "n_clips": len(self.items),
                 "seeds": [seed for _, seed in self.items], "teacher": self.teacher_cfg.source,
                 "detector": {"name": scorers.detector.name, "dim": scorers.detector.feature_dim,
                              "protocol": scorers.detector.protocol(s.frames)},
@@ -517,7 +559,7 @@ class Harness:
                                                     f"parallelism), timed clips included." if self.sequence > 1
                                                     else ""),
                 "metric_definitions": {m.family: {"level": m.level, "higher_is_better": m.higher_is_better,
-                                                  "how": m.how} for m in metrics.REGISTRY}}
+                                                  "how": m.how} for m in computed}}
 
 
 PER_CLIP_ABOUT = (

@@ -2,10 +2,11 @@
 
 Each entry (`MetricDef`) says what a metric is: its family, the level it is computed at (per clip, per set of
 clips, per prompt, per timed clip), its direction, how it is computed, which references a set metric is taken
-against, and how its `eval.json` name is made from the networks and settings that produced it (backbone, detector,
-frame protocol, flow backend), so a score from a stand-in network or a non-standard protocol never carries a
-standard name. Adding a metric is one entry here plus its tests; the harness, the report and the gate read the
-records, never a list of names.
+against, which feature network a set metric reads (the suite's detector, or another such as JEDi's V-JEPA 2; a set
+metric whose network the suite did not configure is not computed), and how its `eval.json` name is made from the
+networks and settings that produced it (backbone, detector, frame protocol, flow backend), so a score from a
+stand-in network or a non-standard protocol never carries a standard name. Adding a metric is one entry here plus
+its tests; the harness, the report and the gate read the records, never a list of names.
 
 Records (schema distill.eval/2, eval/schema.py) come from the builders at the bottom: every record has `value`,
 `ci95` (null where no interval is claimed, with the reason), `n` and `higher_is_better`; intervals come from
@@ -23,6 +24,7 @@ import torch
 
 from distill.eval import flicker, stats
 from distill.eval.frechet import frechet_distance_of_features
+from distill.eval.jedi import jedi
 from distill.eval.kvd import kvd
 
 Level = Literal["clip", "set", "prompt", "timing"]
@@ -44,6 +46,7 @@ class Scorers:
     flow: str  # "farneback" | "raft_small", pinned by the suite
     frames: int  # the suite's clip length
     static_max_flow_px: float
+    jedi: object | None = None  # a distill.eval.jedi.VJEPA2Features when the suite asks for JEDi, else None
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,8 @@ class MetricDef:
     references: tuple[str, ...] = ()  # level "set"
     ratio_to_teacher: bool = False  # a ratio has a meaning (the metric has a true zero)
     static_only: bool = False  # computed only on static clips of static prompts (VBench's protocol)
+    # level "set": the feature network it reads (a VideoDetector), None where the suite did not configure it
+    network: Callable[[Scorers], object | None] = lambda s: s.detector
 
     def name(self, scorers: Scorers, reference: str | None = None) -> str:
         base = self.naming(scorers)
@@ -72,6 +77,11 @@ def _fvd(x, y) -> float:
 def _kvd(x, y) -> float:
     # matched rows (same prompt and seed): the U-statistic without the paired cross terms, unbiased either way
     return kvd(x, y, matched=True)
+
+
+def _jedi(x, y) -> float:
+    # JEDi's kernel and scale with the unbiased, matched U-statistic (eval/jedi.py says why not its V-statistic)
+    return jedi(x, y, matched=True)
 
 
 REGISTRY: tuple[MetricDef, ...] = (
@@ -104,6 +114,12 @@ REGISTRY: tuple[MetricDef, ...] = (
               "drop their paired cross terms. Unbiased at small n, where FVD is not.",
               naming=lambda s: s.detector.metric_name("kvd", s.frames), statistic=_kvd,
               references=("vs_teacher", "vs_real", "noise_floor")),
+    MetricDef("jedi", "set", False,
+              "JEDi (Luo et al. 2025): 100 x MMD^2 with the polynomial kernel (a.b/d)^2 on V-JEPA 2 features; the "
+              "unbiased U-statistic (matched rows drop their paired cross terms) rather than the paper code's "
+              "V-statistic, whose small-n bias depends on each set's spread. Only where the suite sets `jedi`.",
+              naming=lambda s: s.jedi.metric_name("jedi", s.frames), statistic=_jedi,
+              references=("vs_teacher", "vs_real", "noise_floor"), network=lambda s: s.jedi),
     MetricDef("diversity", "prompt", True,
               "mean pairwise L2 distance between detector features of one prompt's clips over several seeds.",
               naming=lambda s: s.detector.metric_name("diversity", s.frames)),
@@ -121,6 +137,21 @@ REGISTRY: tuple[MetricDef, ...] = (
 
 def by_level(level: Level) -> list[MetricDef]:
     return [m for m in REGISTRY if m.level == level]
+
+
+def set_metrics(scorers: Scorers) -> list[MetricDef]:
+    """The set metrics this eval computes: those whose feature network the suite configured."""
+    return [m for m in by_level("set") if m.network(scorers) is not None]
+
+
+def feature_networks(scorers: Scorers) -> dict[str, object]:
+    """Every feature network the set metrics read, by name, the suite's detector first: each clip set's features
+    are computed once per network."""
+    nets: dict[str, object] = {}
+    for m in set_metrics(scorers):
+        net = m.network(scorers)
+        nets.setdefault(net.name, net)
+    return nets
 
 
 def family_of(name: str) -> MetricDef | None:
@@ -242,9 +273,10 @@ def set_record(metric: MetricDef, scorers: Scorers, model: np.ndarray, reference
                                 **_set_method(clusters))
     if slots is not None and len(np.unique(slots)) >= 3:
         record["se_seeds"] = stats.set_interval(metric.statistic, model, reference, clusters=slots)["se"]
+    network = metric.network(scorers)
     return {**record, "higher_is_better": metric.higher_is_better, "level": "set", "statistic": metric.family,
-            "reference": REFERENCES[reference_name], "detector": scorers.detector.name,
-            "dim": int(model.shape[1]), "protocol": scorers.detector.protocol(scorers.frames)}
+            "reference": REFERENCES[reference_name], "detector": network.name,
+            "dim": int(model.shape[1]), "protocol": network.protocol(scorers.frames)}
 
 
 def set_difference(metric: MetricDef, a: np.ndarray, b: np.ndarray, reference: np.ndarray,

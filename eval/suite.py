@@ -35,6 +35,14 @@ class StaticFilterSettings(Strict):
     max_flow_px: float = Field(0.5, gt=0)  # fastest 5% of pixels, mean flow per frame, at the clip's resolution
 
 
+class JediSettings(Strict):
+    """JEDi (eval/jedi.py): MMD on V-JEPA 2 features, beside the suite's detector; off unless a suite sets it."""
+
+    path: str  # a local V-JEPA 2 folder (config.json + safetensors), e.g. facebook/vjepa2-vitl-fpc64-256 downloaded
+    frames: int = Field(16, ge=2)  # the first `frames` consecutive frames of each clip; a multiple of the tubelet (2)
+    batch_size: int = Field(4, ge=1)
+
+
 class SuiteConfig(Strict):
     name: str
     prompts: list[str] = []
@@ -54,6 +62,7 @@ class SuiteConfig(Strict):
     clip: ClipSettings = ClipSettings()
     detector: Literal["domain-video-net", "i3d"] = "domain-video-net"
     i3d_path: str | None = None
+    jedi: JediSettings | None = None  # None: no JEDi (the toy suites); real-teacher suites set `jedi.path=DIR`
     # pinned: the warp error's name carries it, so it never depends on what happens to be cached
     flow: Literal["raft_small", "farneback"] = "farneback"
     static_filter: StaticFilterSettings = StaticFilterSettings()
