@@ -435,6 +435,21 @@ def check_same_suite(current: EvalDoc, baseline: EvalDoc) -> None:
     if diffs:
         raise GateError(f"baseline {baseline.path} was made on another suite than {current.path}: "
                         f"{'; '.join(diffs)}; re-run the baseline on this suite")
+    check_same_teacher(current, baseline)
+
+
+def check_same_teacher(current: EvalDoc, baseline: EvalDoc) -> None:
+    """Refuse a baseline scored against other teacher weights (a retrained built-in teacher, say): every
+    vs-teacher number in it measures distance to another model, and its students were distilled from it."""
+    hashes = []
+    for doc in (current, baseline):
+        name = doc.teacher()
+        hashes.append((name, (doc.models.get(name) or {}).get("checkpoint_hash") if name else None))
+    (cur_name, cur_hash), (base_name, base_hash) = hashes
+    if cur_hash and base_hash and cur_hash != base_hash:
+        raise GateError(f"baseline {baseline.path} was scored against teacher {base_name!r} with weights hash "
+                        f"{base_hash}, but {current.path}'s teacher {cur_name!r} hashes {cur_hash} (the teacher's "
+                        f"weights changed); re-run the baseline with this teacher")
 
 
 # ------------------------------------------------------------------------------------------------------ checks

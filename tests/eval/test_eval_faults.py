@@ -94,6 +94,18 @@ def test_the_same_suite_is_compared_and_a_baseline_without_a_suite_is_refused_by
     assert code == 2 and "no 'suite' record" in report["errors"][0]
 
 
+def test_a_baseline_scored_against_other_teacher_weights_is_refused_naming_both_hashes(tmp_path):
+    def with_teacher(doc, digest):
+        doc["models"]["teacher@50"]["checkpoint_hash"] = digest
+        return doc
+    same = _gate(tmp_path, with_teacher(_doc(), "a1b2"), REGRESSION, with_teacher(_doc(), "a1b2"))
+    assert same[0] == 0
+    code, report = _gate(tmp_path, with_teacher(_doc(), "a1b2"), REGRESSION, with_teacher(_doc(), "0ld7"))
+    assert code == 2 and not report["checks"]
+    (error,) = report["errors"]
+    assert "0ld7" in error and "a1b2" in error and "baseline.json" in error and "teacher@50" in error
+
+
 def test_gate_reports_on_a_full_disk_are_one_line_and_leave_no_partial_file(tmp_path, monkeypatch, capsys):
     from distill.eval import gate
 
