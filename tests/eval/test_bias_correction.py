@@ -170,4 +170,42 @@ def test_count_intervals_counts_every_nested_non_null_interval():
     tree = {"a": {"value": 1, "ci95": [0, 2], "bias_corrected": {"ci95": [0, 1]},
                   "paired_diff_vs_models": {"x": {"ci95": [1, 2], "at_n": {"ci95": [0, 3]}}}},
             "b": {"ci95": None}, "c": [{"ci95": [0, 1]}, {"ci95": [None, None]}]}
-    assert count_intervals(tree) == 5
+    assert count_intervals(tree) == 4 and count_intervals(tree, skip=()) == 5
+
+
+def _result_with_pairs() -> dict:
+    def pair(value, se):
+        half = 2.0195 * se
+        return {"value": value, "ci95": [value - half, value + half], "se": se, "n_clusters": 42,
+                "value_a": 1.0 + value, "value_b": 1.0, "target": "difference of population distances"}
+
+    def model(role, pairs):
+        return {"role": role, "steps": 4, "nfe": 4, "metrics": {"fvd[x,17f]:vs_teacher": {
+            "value": 2.0, "ci95": [1.0, 3.0], "higher_is_better": False, "paired_diff_vs_models": pairs,
+            "bias_corrected": {"value": 1.0, "ci95": [0.0, 2.0], "target": "population distance"}}}}
+
+    return {"models": {"teacher": {"role": "teacher", "steps": 50, "nfe": 100, "metrics": {}},
+                       "a": model("student", {"b": pair(-0.5, 0.2), "c": pair(-0.05, 0.2)}),
+                       "b": model("student", {"a": pair(0.5, 0.2), "c": pair(0.45, 0.2)}),
+                       "c": model("student", {"a": pair(0.05, 0.2), "b": pair(-0.45, 0.2)})},
+            "suite": {"name": "mini", "n_clips": 168, "prompts": ["p"] * 42, "teacher": "builtin:x"},
+            "env": {"device": "cpu"}}
+
+
+def test_summary_and_comparison_say_how_many_intervals_and_print_adjusted_ones():
+    from distill import compare
+    from distill.eval import report
+
+    result = _result_with_pairs()
+    assert "this eval holds 12 intervals (3 of them model-vs-model rows)" in report.interval_count_line(result)
+    table = report.model_vs_model_markdown(result)
+    assert "Bonferroni 95% of 3" in table[0] and "Holm" in table[0]
+    row = next(line for line in table if line.startswith("| fvd[x,17f]:vs_teacher | a | b |"))
+    marginal, bonferroni = [tuple(map(float, m)) for m in
+                            __import__("re").findall(r"\[(-?[\d.]+), (-?[\d.]+)\]", row)]
+    assert bonferroni[0] < marginal[0] and bonferroni[1] > marginal[1]
+    assert "(resolved)" in row  # -0.5 with se 0.2 stands after Holm's correction for 3 rows
+    comp = compare.comparison(result, [], "x.yaml")
+    assert [p["family_size"] for p in comp["pairs"]] == [3, 3, 3] and comp["intervals_in_eval"] == 12
+    text = compare.comparison_markdown(comp)
+    assert "Bonferroni 95% of 3" in text and "holds 12 intervals; this table prints 3" in text
