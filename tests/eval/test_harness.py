@@ -126,8 +126,10 @@ def test_kvd_and_model_vs_model_rows(runs):
             mirror = models["naive"]["metrics"][f"{stat}:{ref}"]["paired_diff_vs_models"]["self"]
             assert row["value"] == pytest.approx(row["value_a"] - row["value_b"])
             assert row["value"] == pytest.approx(-mirror["value"])
-        # the self model equals the teacher, so it is closer to the teacher's clips than the 2-step one
-        assert models["self"]["metrics"][f"{stat}:vs_teacher"]["paired_diff_vs_models"]["naive"]["value"] < 0
+        # the self model equals the teacher, so it is closer to the teacher's clips than the 2-step one (judged on
+        # the plain difference: with 3 prompts the bias-corrected one is mostly noise)
+        row = models["self"]["metrics"][f"{stat}:vs_teacher"]["paired_diff_vs_models"]["naive"]
+        assert row["at_n"]["value"] < 0
     assert "paired_diff_vs_models" not in models["teacher@50"]["metrics"][f"{FVD}:vs_real"]
     real = models["naive"]["metrics"][f"{FVD}:vs_real"]["paired_diff_vs_teacher"]
     assert real["value"] == pytest.approx(real["value_a"] - real["value_b"])
