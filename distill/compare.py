@@ -599,12 +599,18 @@ def comparison(result: dict, costs: list[dict], config: str = "") -> dict:
                     verdict = f"{name if a_better else other} better"
                 pairs.append({"metric": key, "a": name, "b": other, **est, "value_a": d.get("value_a"),
                               "value_b": d.get("value_b"), "higher_is_better": not lower_better,
-                              "reading": verdict})
+                              "reading": verdict, "target": d.get("target"), "se": d.get("se"),
+                              "n_clusters": d.get("n_clusters")})
     order = [c["metric"] for c in cols]
     pairs.sort(key=lambda p: (order.index(p["metric"]) if p["metric"] in order else len(order), p["metric"],
                               p["a"], p["b"]))
+    from distill.eval.stats import adjust_family, count_intervals
+
+    for p, adj in zip(pairs, adjust_family(pairs)):  # the pairs printed are one family (Holm, Bonferroni)
+        p.update(adj)
     suite = result["suite"]
     return {"schema": SCHEMA, "config": config, "eval_schema": result.get("schema"), "suite": suite.get("name"),
+            "intervals_in_eval": count_intervals(result["models"]),
             "n_clips": suite.get("n_clips"), "n_prompts": len(suite.get("prompts", [])),
             "teacher": suite.get("teacher"), "device": result.get("env", {}).get("device"),
             "quality_columns": cols,
@@ -678,16 +684,28 @@ def comparison_markdown(comp: dict) -> str:
               "difference is taken against.", "",
               "## Model vs model (paired: same prompts and seeds, all sets resampled jointly)", ""]
     if comp["pairs"]:
-        lines += ["| metric | A | B | A − B [95% CI] | A | B | reading |", "|---|---|---|---|---|---|---|"]
+        from distill.eval.report import multiplicity_note
+
+        family = comp["pairs"][0].get("family_size") or len(comp["pairs"])
+        lines += [f"| metric | A | B | A − B [95% CI] | A | B | reading | A − B [Bonferroni 95% of {family}] | "
+                  "Holm p |", "|---|---|---|---|---|---|---|---|---|"]
         for p in comp["pairs"]:
             d = _digits(*(x for x in (p["value_a"], p["value_b"]) if x is not None)) if p["value_a"] is not None \
                 else 2
+            adj = p.get("ci95_bonferroni")
+            bonferroni = "–" if adj is None else estimate_cell({"value": p["value"], "ci95": adj}, sign=True)
+            holm = "–" if p.get("p_holm") is None else f"{p['p_holm']:.3g}" + (" (resolved)" if p["resolved_holm"]
+                                                                                else "")
             lines.append(f"| {p['metric']} | {p['a']} | {p['b']} | {estimate_cell(p, sign=True)} | "
                          f"{'–' if p['value_a'] is None else _num(p['value_a'], d)} | "
-                         f"{'–' if p['value_b'] is None else _num(p['value_b'], d)} | {p['reading']} |")
+                         f"{'–' if p['value_b'] is None else _num(p['value_b'], d)} | {p['reading']} | "
+                         f"{bonferroni} | {holm} |")
         lines += ["", "Pairs of the compared models only (each against a baseline: summary.md). **A − B**: the "
-                  "statistic of A minus that of B against the same reference, with its paired 95% interval; "
-                  "**reading**: which is better where the interval excludes 0."]
+                  "statistic of A minus that of B against the same reference, bias-corrected (its target is the "
+                  "difference of the population distances, so the sign ranks the models), with its paired 95% "
+                  "interval; **reading**: which is better where the marginal interval excludes 0.", "",
+                  f"**Multiplicity**: the eval behind this file holds {comp.get('intervals_in_eval', '?')} "
+                  f"intervals; this table prints {len(comp['pairs'])}. " + multiplicity_note(family)]
     else:
         lines.append("(fewer than two compared models with paired set-metric differences in eval.json)")
     lines += ["", "## Training cost per run", "",

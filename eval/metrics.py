@@ -11,7 +11,10 @@ its tests; the harness, the report and the gate read the records, never a list o
 Records (schema distill.eval/2, eval/schema.py) come from the builders at the bottom: every record has `value`,
 `ci95` (null where no interval is claimed, with the reason), `n` and `higher_is_better`; intervals come from
 `distill.eval.stats` (clustered by prompt for per-clip means and their paired differences; jointly resampled
-matched sets for FVD and KVD).
+matched sets for FVD and KVD), and each says in `target` what it covers: the population mean over prompts (per-clip
+metrics), the statistic's expected value at this n (a set metric under its standard name), or the population
+distance (a set metric's `bias_corrected` value, and every model-vs-model row, so that rankings follow population
+distances, not each model's small-sample bias).
 """
 
 from __future__ import annotations
@@ -191,7 +194,7 @@ def _interval(values: np.ndarray, clusters: np.ndarray) -> dict:
     if len(np.unique(clusters)) < 2:
         return {"value": float(values.mean()) if values.size else None, "ci95": None, "n": int(values.size),
                 "ci_note": "no interval: fewer than 2 prompts"}
-    record = stats.clustered_mean_interval(values, clusters)
+    record = {**stats.clustered_mean_interval(values, clusters), "target": stats.TARGET_POPULATION_MEAN}
     se_seeds = stats.within_prompt_se(values, clusters)
     if se_seeds is not None:
         record["se_seeds"] = se_seeds
@@ -268,9 +271,26 @@ def set_record(metric: MetricDef, scorers: Scorers, model: np.ndarray, reference
     """A set metric of a model's features against a reference's, rows matched by prompt and seed: the jackknife
     interval over prompts (`stats.set_interval`), plus what produced it. With several seeds per prompt (`slots`:
     each row's seed index within its prompt) also `se_seeds`, the standard error given these prompts: the same
-    jackknife deleting one seed slot (that seed of every prompt) at a time; it needs at least 3 seeds per prompt."""
-    record = stats.set_interval(metric.statistic, model, reference, clusters=clusters,
-                                **_set_method(clusters))
+    jackknife deleting one seed slot (that seed of every prompt) at a time; it needs at least 3 seeds per prompt.
+
+    Two targets from one jackknife: the record itself is the statistic under its standard name (FVD as the
+    literature computes it), whose interval covers its expected value at this n; `bias_corrected` is the
+    jackknife bias-corrected statistic, whose interval covers the population distance (for KVD, unbiased, the
+    correction is 0 with one seed per prompt and small with several). `bias_warning` says when the plain value's
+    bias reaches half its standard error (`stats.bias_matters`): then the plain number and its interval do not
+    describe the population distance, and comparisons across models or suite sizes must use `bias_corrected`."""
+    corrected = stats.set_interval(metric.statistic, model, reference, clusters=clusters, bias_correction=True,
+                                   **_set_method(clusters))
+    record = {**{k: corrected[k] for k in ("se", "n", "n_clusters", "method")}, **corrected.pop("at_n")}
+    record["bias_corrected"] = {k: corrected[k] for k in ("value", "ci95", "se", "target", "bias",
+                                                          "bias_correction")}
+    record["bias_corrected"]["target"] = stats.TARGET_POPULATION_DISTANCE
+    if stats.bias_matters(corrected):
+        record["bias_warning"] = (
+            f"the estimated small-sample bias {corrected['bias']:.4g} is {abs(corrected['bias']) / corrected['se']:.1f} "
+            f"standard errors ({abs(corrected['bias']) / max(abs(record['value']), 1e-300):.0%} of the value) at "
+            f"n = {record['n']}, d = {int(model.shape[1])}: this value and its interval are about this suite size, "
+            "not the population distance; compare models by `bias_corrected`")
     if slots is not None and len(np.unique(slots)) >= 3:
         record["se_seeds"] = stats.set_interval(metric.statistic, model, reference, clusters=slots)["se"]
     network = metric.network(scorers)
@@ -281,10 +301,14 @@ def set_record(metric: MetricDef, scorers: Scorers, model: np.ndarray, reference
 
 def set_difference(metric: MetricDef, a: np.ndarray, b: np.ndarray, reference: np.ndarray,
                    clusters: np.ndarray) -> dict:
-    """statistic(a, ref) - statistic(b, ref) with all three sets resampled jointly (`stats.set_difference_interval`);
-    negative: a is closer to the reference than b."""
-    return stats.set_difference_interval(metric.statistic, a, b, reference, clusters=clusters,
-                                         **_set_method(clusters))
+    """statistic(a, ref) - statistic(b, ref) with all three sets resampled jointly (`stats.set_difference_interval`),
+    bias-corrected: a ranking must compare population distances, and FVD's bias at this n depends on each model's
+    covariance (a model that lost diversity has a smaller one), so the plain difference can point the wrong way.
+    Negative: a is closer to the reference than b. `at_n` keeps the plain difference and its interval."""
+    record = stats.set_difference_interval(metric.statistic, a, b, reference, clusters=clusters,
+                                           bias_correction=True, **_set_method(clusters))
+    record["target"] = f"difference of {stats.TARGET_POPULATION_DISTANCE}s"
+    return record
 
 
 def prompt_record(metric: MetricDef, values: np.ndarray, teacher: np.ndarray | None, **extra) -> dict:

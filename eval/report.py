@@ -16,6 +16,7 @@ import numpy as np
 from distill.core.disk import writing
 from distill.core.media import write_gif
 from distill.eval.metrics import REGISTRY, family_of
+from distill.eval.stats import CI_LEVEL, adjust_family, count_intervals
 
 
 def _fmt(x, digits=3) -> str:
@@ -69,6 +70,9 @@ def scorecard_markdown(result: dict) -> str:
         if rec is not None:
             arrow = " ↑" if rec.get("higher_is_better") else " ↓"
         lines.append(f"| {m}{arrow} | " + " | ".join(_cell(r["metrics"].get(m)) for r in models.values()) + " |")
+        if any((r["metrics"].get(m) or {}).get("bias_corrected") for r in models.values()):
+            lines.append(f"| {m}, bias-corrected{arrow} | " + " | ".join(
+                _cell((r["metrics"].get(m) or {}).get("bias_corrected")) for r in models.values()) + " |")
     lines.append("| steps / NFE | " + " | ".join(f"{r['steps']} / {r['nfe']}" for r in models.values()) + " |")
     return "\n".join(lines)
 
@@ -113,10 +117,50 @@ def model_vs_model_markdown(result: dict) -> list[str]:
     rows = model_vs_model_rows(result)
     if not rows:
         return ["(no students to compare)"]
-    lines = ["| metric | A | B | A − B [95% CI] | A | B |", "|---|---|---|---|---|---|"]
-    for k, a, b, d in rows:
-        lines.append(f"| {k} | {a} | {b} | {_fmt(d.get('value'))}{_ci(d.get('ci95'))} | {_fmt(d.get('value_a'))} "
+    adjusted = adjust_family([d for *_, d in rows])
+    m = adjusted[0]["family_size"]
+    lines = ["| metric | A | B | A − B [95% CI] | A − B [Bonferroni 95% of " + str(m) + "] | Holm p | A | B |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (k, a, b, d), adj in zip(rows, adjusted):
+        holm = "–" if adj["p_holm"] is None else f"{adj['p_holm']:.3g}" + (" (resolved)" if adj["resolved_holm"]
+                                                                               else "")
+        lines.append(f"| {k} | {a} | {b} | {_fmt(d.get('value'))}{_ci(d.get('ci95'))} | "
+                     f"{_fmt(d.get('value'))}{_ci(adj['ci95_bonferroni'])} | {holm} | {_fmt(d.get('value_a'))} "
                      f"| {_fmt(d.get('value_b'))} |")
+    lines += ["", multiplicity_note(m)]
+    return lines
+
+
+def multiplicity_note(family_size: int, level: float = CI_LEVEL) -> str:
+    """What the adjusted columns of a model-vs-model table mean, for a family of `family_size` rows."""
+    return (f"The {family_size} rows are one family. Each A − B interval is a marginal {level:.0%} one: with "
+            f"{family_size} of them, about {family_size * (1 - level):.1f} are expected to miss their targets by "
+            f"chance. **Bonferroni** intervals (each at {1 - (1 - level) / max(family_size, 1):.4g}) cover all "
+            f"{family_size} targets together with probability ≥ {level:.0%}; **Holm p** is Holm's step-down "
+            f"adjusted p-value of A − B = 0, and \"resolved\" marks a difference that stands at a family-wise "
+            f"error rate of {1 - level:.0%} (for any dependence between the rows, which share models and the "
+            "reference). Read a ranking from the resolved rows or the Bonferroni column, not from the marginal "
+            "intervals alone.")
+
+
+def interval_count_line(result: dict) -> str:
+    """How many intervals eval.json holds, said out loud: each is a marginal 95% interval."""
+    total = count_intervals(result["models"])
+    pairs = len(model_vs_model_rows(result))
+    return (f"**Multiplicity**: this eval holds {total} intervals ({pairs} of them model-vs-model rows), each a "
+            f"marginal {CI_LEVEL:.0%} interval: even if every one covers as claimed, about {total * (1 - CI_LEVEL):.0f} "
+            "are expected to miss their targets by chance. A claim built on several of them needs an adjusted "
+            "interval: the model-vs-model table gives Bonferroni (family-wise) intervals and Holm-adjusted "
+            "p-values.")
+
+
+def bias_warning_lines(result: dict) -> list[str]:
+    lines = []
+    for name, r in result["models"].items():
+        for k in sorted(r["metrics"], key=_order):
+            warning = r["metrics"][k].get("bias_warning")
+            if warning:
+                lines.append(f"- {name}, {k}: {warning}")
     return lines
 
 
@@ -146,13 +190,18 @@ def summary_markdown(result: dict) -> str:
         f"device: {env['device']}. Values with 95% intervals (prompts are the independent units); speed as "
         "median (min–max) of the timed clips, no interval; ↑ higher is better, ↓ lower is better.",
         "",
+        interval_count_line(result),
+        "",
         scorecard_markdown(result),
         "",
+        *(["Small-sample bias (the plain value is about this suite size, not the population):", "",
+           *bias_warning_lines(result), ""] if bias_warning_lines(result) else []),
         "## Each model against the teacher (paired: same prompts and seeds)",
         "",
         *vs_teacher_lines(result),
         "",
-        "## Model vs model: FVD and KVD differences (all sets resampled jointly; negative: A is closer)",
+        "## Model vs model: FVD and KVD differences (bias-corrected: population distances; all sets resampled "
+        "jointly; negative: A is closer)",
         "",
         *model_vs_model_markdown(result),
         "",
@@ -163,10 +212,12 @@ def summary_markdown(result: dict) -> str:
         "## Protocol",
         "",
         f"Detector `{det.get('name', '?')}` ({det.get('dim', '?')}-d): {det.get('protocol', '?')}.",
-        "FVD/KVD intervals: a jackknife over prompts with the model and reference sets deleted jointly, centred on "
-        "the point estimate; they target the statistic's expected value at this n (FVD's n < d bias included, "
-        "KVD has none). `:noise_floor` is the teacher against itself on other seeds: what a perfect student "
-        "would still score at this n.",
+        "FVD/KVD intervals: a jackknife over prompts with the model and reference sets deleted jointly. Each "
+        "record says its target: the plain FVD/KVD row covers the statistic's expected value at this n (FVD's "
+        "small-sample bias included; KVD has none), the bias-corrected row (jackknife bias correction) and every "
+        "model-vs-model row cover the population distance, which is what ranks models. `:noise_floor` is the "
+        "teacher against itself on other seeds: what a perfect student would still score at this n (population "
+        "distance 0). Per-clip means cover the population mean over prompts like these.",
         suite["speed_protocol"],
         "",
     ])
@@ -225,12 +276,15 @@ def report_html(result: dict, clips: dict[str, np.ndarray] | None = None, show: 
     parts.append("</table>")
     mvm = model_vs_model_rows(result)
     if mvm:
-        parts.append("<h2>Model vs model (FVD, KVD; A − B, negative: A is closer)</h2><table><tr><th>metric</th>"
-                     "<th>A</th><th>B</th><th>A − B [95% CI]</th></tr>")
-        for k, a, b, d in mvm:
+        adjusted = adjust_family([d for *_, d in mvm])
+        parts.append("<h2>Model vs model (FVD, KVD bias-corrected; A − B, negative: A is closer)</h2><table><tr>"
+                     "<th>metric</th><th>A</th><th>B</th><th>A − B [95% CI]</th>"
+                     f"<th>[Bonferroni 95% of {adjusted[0]['family_size']}]</th></tr>")
+        for (k, a, b, d), adj in zip(mvm, adjusted):
             parts.append(f"<tr><td>{html.escape(k)}</td><td>{html.escape(a)}</td><td>{html.escape(b)}</td>"
-                         f"<td>{html.escape(_fmt(d.get('value')) + _ci(d.get('ci95')))}</td></tr>")
-        parts.append("</table>")
+                         f"<td>{html.escape(_fmt(d.get('value')) + _ci(d.get('ci95')))}</td>"
+                         f"<td>{html.escape(_ci(adj['ci95_bonferroni']))}</td></tr>")
+        parts.append(f"</table><p>{html.escape(multiplicity_note(adjusted[0]['family_size']))}</p>")
     parts.append("<h2>Each model against the teacher</h2><ul>" + "".join(
         f"<li>{html.escape(line[2:])}</li>" for line in vs_teacher_lines(result)) + "</ul>")
     parts.append("<h2>VBench flicker (static clips only)</h2><ul>" + "".join(

@@ -5,13 +5,16 @@ Two families live here:
 - Set-level statistics (FVD, KVD, their model-vs-model differences): `set_interval`, `set_difference_interval`.
   The feature sets are MATCHED (row i of every set comes from the same prompt and seed), so they are resampled
   jointly, and the interval is a delete-one (or delete-one-cluster) jackknife standard error with a Student-t
-  interval centred on the point estimate. The target is the expected value of the same statistic at the same n
-  (the Fréchet distance is biased at n < d and no interval can remove that bias without a model of it), so the
-  point estimate is unbiased for the target by construction and only its spread needs estimating. Why a
-  jackknife and not a bootstrap, and the coverage measured by `scripts/simulate_intervals.py`, are in
+  interval. Two targets, and every record names its own (`target`): the expected value of the same statistic at
+  the same n (the plain statistic, centred on the point estimate), or, with `bias_correction=True`, the
+  population value (the jackknife bias-corrected statistic: FVD is biased at n ~ d by an amount that depends on
+  each model's covariance, so only the corrected one ranks two models by their population distances). Why a
+  jackknife and not a bootstrap, and the coverages measured by `scripts/simulate_intervals.py`, are in
   docs/eval-statistics.md.
 - Per-clip metrics: `clustered_mean_interval` (prompts as clusters, so several seeds per prompt count once per
   prompt), and the older percentile bootstrap helpers `bootstrap_ci`, `paired_diff_ci`, `metric_record`.
+- Multiplicity: an eval prints dozens of marginal 95% intervals. `count_intervals` counts them; `adjust_family`
+  gives a family of them (the model-vs-model rows) Holm-adjusted p-values and Bonferroni simultaneous intervals.
 
 Everything is deterministic: the jackknife has no randomness, and the bootstrap helpers use a fresh
 `numpy.random.default_rng(seed)` per call, so the same values always give the same interval and `eval.json`
@@ -29,7 +32,7 @@ import math
 from typing import Callable, Sequence
 
 import numpy as np
-from scipy.special import stdtrit
+from scipy.special import stdtr, stdtrit
 
 CI_LEVEL = 0.95  # the level behind every "ci95" in eval.json
 
@@ -194,11 +197,83 @@ def _matched_sets(sets: tuple, what: str) -> list[np.ndarray]:
     return arrays
 
 
-def _finite(value, what: str) -> float:
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"set_interval: the statistic is {value} {what}")
-    return value
+TARGET_AT_N = "expected value at this n"
+TARGET_POPULATION = "population value"
+TARGET_POPULATION_DISTANCE = "population distance"
+TARGET_POPULATION_MEAN = "population mean over prompts like these and fresh seeds"
+# The plain statistic's bias is reported as mattering when the jackknife's estimate of it reaches this many standard
+# errors: a 95% interval shifted off the population value by half a standard error covers it about 92% of the time
+# (P(|Z + 0.5| < 1.96)), and the shortfall grows fast beyond (0.65 se: 90%; 1 se: 83%). See `bias_matters`.
+BIAS_SE_FRACTION = 0.5
+BIAS_CORRECTION = "jackknife (Quenouille 1956; Tukey 1958)"
+
+
+def _jackknife_values(statistic, arrays, ids, groups, method, seed, pairs):
+    """The statistic (a scalar or a vector of them) on the full sets, with each group left out [G, k], and for the
+    delete-two methods with each chosen pair of groups left out [P, k] with the pairs [P, 2]."""
+    value = _finite_vector(statistic(*arrays), "on the full sets")
+    leave_out = np.array([_finite_vector(statistic(*(a[ids != g] for a in arrays)), f"with cluster {g} left out")
+                          for g in range(groups)])
+    if method == "jackknife":
+        return value, leave_out, None, None
+    all_pairs = groups * (groups - 1) // 2
+    if all_pairs <= pairs:
+        chosen = np.array(np.triu_indices(groups, k=1)).T
+    else:
+        rng = np.random.default_rng(seed)
+        flat = rng.choice(all_pairs, size=int(pairs), replace=False)
+        rows, cols = np.triu_indices(groups, k=1)
+        chosen = np.stack([rows[flat], cols[flat]], axis=1)
+    both_out = np.array([_finite_vector(statistic(*(a[(ids != g) & (ids != h)] for a in arrays)),
+                                        f"with clusters {g} and {h} left out") for g, h in chosen])
+    return value, leave_out, both_out, chosen
+
+
+def _finite_vector(value, what: str) -> np.ndarray:
+    arr = np.atleast_1d(np.asarray(value, dtype=np.float64))
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"set_interval: the statistic is {arr.tolist()} {what}")
+    return arr
+
+
+def _jackknife_variance(value: float, leave_out: np.ndarray, both_out: np.ndarray | None,
+                        chosen: np.ndarray | None, groups: int, method: str) -> float:
+    """The variance estimate of `method` (see `set_interval`) for one scalar statistic."""
+    variance = (groups - 1) / groups * float(np.sum((leave_out - leave_out.mean()) ** 2))
+    if method == "jackknife":
+        return variance
+    second = value - leave_out[chosen[:, 0]] - leave_out[chosen[:, 1]] + both_out
+    second_order = groups * (groups - 1) // 2 * float(np.mean(second ** 2))
+    weight = 0.5 if method == "balanced-jackknife" else 1.0
+    return max(variance - weight * second_order, variance / 2)
+
+
+def _set_record(value, leave_out, both_out, chosen, groups, n, level, method, clusters, bias_correction) -> dict:
+    """One scalar statistic's record from its jackknife values (`set_interval` says what each field is)."""
+    se = math.sqrt(_jackknife_variance(value, leave_out, both_out, chosen, groups, method))
+    lo, hi = _t_interval(value, se, groups, level)
+    record = {"value": float(value), "ci95": [lo, hi], "se": se, "n": n, "n_clusters": groups,
+              "method": method if clusters is None else f"cluster-{method}", "target": TARGET_AT_N}
+    if not bias_correction:
+        return record
+    corrected = groups * value - (groups - 1) * float(leave_out.mean())
+    lo_c, hi_c = _t_interval(corrected, se, groups, level)
+    return {**record, "value": corrected, "ci95": [lo_c, hi_c], "target": TARGET_POPULATION,
+            "bias_correction": BIAS_CORRECTION, "bias": float(value) - corrected,
+            "at_n": {"value": float(value), "ci95": [lo, hi], "target": TARGET_AT_N}}
+
+
+def _prepare(sets, what, level, method, clusters):
+    _check_level(level)
+    if method not in SET_INTERVAL_METHODS:
+        raise ValueError(f"{what}: unknown method {method!r}; known: {', '.join(SET_INTERVAL_METHODS)}")
+    arrays = _matched_sets(sets, what)
+    n = arrays[0].shape[0]
+    ids, groups = _cluster_ids(clusters, n, what)
+    if groups < 2 or (method != "jackknife" and groups < 3):
+        raise ValueError(f"{what}: method {method!r} needs at least {2 if method == 'jackknife' else 3} "
+                         f"independent rows or clusters, got {groups}")
+    return arrays, n, ids, groups
 
 
 def set_interval(
@@ -209,6 +284,7 @@ def set_interval(
     seed: int = 0,
     clusters: Sequence | np.ndarray | None = None,
     pairs: int = SECOND_ORDER_PAIRS,
+    bias_correction: bool = False,
 ) -> dict:
     """Point estimate and interval of `statistic(*sets)` for one or more MATCHED feature sets ([n, d] each, row
     i of every set from the same prompt and seed), e.g. `set_interval(fvd_from_features, student, teacher)`.
@@ -230,44 +306,33 @@ def set_interval(
       matter, and far less so than the plain jackknife (docs/eval-statistics.md has its measured coverage).
     Estimates are floored at v/2.
 
-    The interval is the point ± t_{G−1}·se, so it always contains the point. It targets the expected value of
-    the same statistic at the same n, bias included; docs/eval-statistics.md has the simulation that measures
-    its coverage. Returns {"value", "ci95": [lo, hi] (at `level`), "se", "n" (rows), "n_clusters", "method"}.
+    Which value the interval is about (the record's `target`):
+    - `bias_correction=False`: the expected value of the same statistic at the same n, bias included
+      (TARGET_AT_N). The interval is the point ± t_{G−1}·se, so it always contains the point.
+    - `bias_correction=True`: the POPULATION value (TARGET_POPULATION), e.g. the Fréchet distance between the two
+      distributions, which is what ranks two models: FVD's small-sample bias depends on each model's covariance,
+      so E[FVD at n] of two models can be ordered the opposite way to their population distances. The value is
+      the jackknife bias-corrected estimate θ_J = G·θ̂ − (G−1)·mean_g θ_(g) (Quenouille 1956; Tukey's
+      pseudo-value mean, 1958; Efron & Tibshirani 1993, §10.5), which removes the O(1/n) term of the bias
+      exactly. It is FID∞'s idea (Chong & Forsyth 2020: FID is linear in 1/n, extrapolate to 1/n = 0) with the
+      line drawn through n and n − 1 using every delete-one subset, and it is chosen over FID∞'s fit through
+      random subsets of several sizes because: it reuses the leave-out values the interval computes anyway
+      (no extra cost); it is deterministic; it needs no subsets far below n, where at our n ~ d the bias is no
+      longer linear in 1/n; and for a U-statistic (KVD with one seed per prompt) it is exactly zero, as it should
+      be. The interval is θ_J ± t_{G−1}·se with the same se (Tukey's pseudo-value interval). `bias` = θ̂ − θ_J,
+      and `at_n` holds the plain statistic with its interval (target TARGET_AT_N). Corrected values of a
+      distance can be negative (a model as good as its reference); they are reported as they are, like KVD.
+    docs/eval-statistics.md has the simulations that measure both coverages.
+
+    Returns {"value", "ci95": [lo, hi] (at `level`), "se", "n" (rows), "n_clusters", "method", "target"}, plus
+    "bias_correction", "bias" and "at_n" when corrected.
     """
-    _check_level(level)
-    if method not in SET_INTERVAL_METHODS:
-        raise ValueError(f"set_interval: unknown method {method!r}; known: {', '.join(SET_INTERVAL_METHODS)}")
-    arrays = _matched_sets(sets, "set_interval")
-    n = arrays[0].shape[0]
-    ids, groups = _cluster_ids(clusters, n, "set_interval")
-    if groups < 2 or (method != "jackknife" and groups < 3):
-        raise ValueError(f"set_interval: method {method!r} needs at least {2 if method == 'jackknife' else 3} "
-                         f"independent rows or clusters, got {groups}")
-    value = _finite(statistic(*arrays), "on the full sets")
-    leave_out = np.array([_finite(statistic(*(a[ids != g] for a in arrays)), f"with cluster {g} left out")
-                          for g in range(groups)])
-    variance = (groups - 1) / groups * float(np.sum((leave_out - leave_out.mean()) ** 2))
-    if method != "jackknife":
-        all_pairs = groups * (groups - 1) // 2
-        if all_pairs <= pairs:
-            chosen = np.array(np.triu_indices(groups, k=1)).T
-        else:
-            rng = np.random.default_rng(seed)
-            flat = rng.choice(all_pairs, size=int(pairs), replace=False)
-            rows, cols = np.triu_indices(groups, k=1)
-            chosen = np.stack([rows[flat], cols[flat]], axis=1)
-        second = np.empty(len(chosen))
-        for k, (g, h) in enumerate(chosen):
-            keep = (ids != g) & (ids != h)
-            both_out = _finite(statistic(*(a[keep] for a in arrays)), f"with clusters {g} and {h} left out")
-            second[k] = value - leave_out[g] - leave_out[h] + both_out
-        second_order = all_pairs * float(np.mean(second ** 2))
-        weight = 0.5 if method == "balanced-jackknife" else 1.0
-        variance = max(variance - weight * second_order, variance / 2)
-    se = math.sqrt(variance)
-    lo, hi = _t_interval(value, se, groups, level)
-    return {"value": value, "ci95": [lo, hi], "se": se, "n": n, "n_clusters": groups,
-            "method": method if clusters is None else f"cluster-{method}"}
+    arrays, n, ids, groups = _prepare(sets, "set_interval", level, method, clusters)
+    value, leave_out, both_out, chosen = _jackknife_values(statistic, arrays, ids, groups, method, seed, pairs)
+    if value.size != 1:
+        raise ValueError(f"set_interval: the statistic must return one number, got {value.size}")
+    return _set_record(value[0], leave_out[:, 0], None if both_out is None else both_out[:, 0], chosen, groups, n,
+                       level, method, clusters, bias_correction)
 
 
 def set_difference_interval(
@@ -280,18 +345,115 @@ def set_difference_interval(
     seed: int = 0,
     clusters: Sequence | np.ndarray | None = None,
     pairs: int = SECOND_ORDER_PAIRS,
+    bias_correction: bool = False,
+    components: bool = False,
 ) -> dict:
     """Paired interval of `statistic(a, ref) − statistic(b, ref)`: two models (a, b) against the same reference,
     all three sets matched row for row and resampled jointly, e.g. FVD(student A, teacher) − FVD(student B,
     teacher). Their shared dependence on the reference sample cancels, which two separate intervals cannot
-    show. Same arguments and return value as `set_interval`; "value" is the difference, and "value_a" and
-    "value_b" are the two statistics it is made of."""
-    record = set_interval(lambda x, y, r: statistic(x, r) - statistic(y, r), a, b, ref,
-                          level=level, method=method, seed=seed, clusters=clusters, pairs=pairs)
-    arrays = _matched_sets((a, b, ref), "set_difference_interval")
-    record["value_a"] = float(statistic(arrays[0], arrays[2]))
-    record["value_b"] = float(statistic(arrays[1], arrays[2]))
+    show. Same arguments and return value as `set_interval` (`bias_correction=True`: the difference of the
+    population values, which is what a ranking needs; the correction is linear, so it is the difference of the
+    two corrected statistics); "value" is the difference, and "value_a" and "value_b" are the two statistics it
+    is made of (corrected when it is). `components=True` adds "a" and "b": each statistic's own record from the
+    same leave-out values (no extra cost)."""
+    arrays, n, ids, groups = _prepare((a, b, ref), "set_difference_interval", level, method, clusters)
+    value, leave_out, both_out, chosen = _jackknife_values(
+        lambda x, y, r: (statistic(x, r), statistic(y, r)), arrays, ids, groups, method, seed, pairs)
+    parts = [_set_record(value[k], leave_out[:, k], None if both_out is None else both_out[:, k], chosen, groups,
+                         n, level, method, clusters, bias_correction) for k in (0, 1)]
+    diff = np.array([1.0, -1.0])
+    record = _set_record(value @ diff, leave_out @ diff, None if both_out is None else both_out @ diff, chosen,
+                         groups, n, level, method, clusters, bias_correction)
+    record["value_a"], record["value_b"] = parts[0]["value"], parts[1]["value"]
+    if bias_correction:
+        record["at_n"]["value_a"] = parts[0]["at_n"]["value"]
+        record["at_n"]["value_b"] = parts[1]["at_n"]["value"]
+    if components:
+        record["a"], record["b"] = parts
     return record
+
+
+def bias_matters(record: dict, fraction: float = BIAS_SE_FRACTION) -> bool:
+    """Whether a bias-corrected record's estimated bias is large enough that the plain statistic and its interval
+    (`at_n`) misdescribe the population value: |bias| ≥ `fraction` · se. Why this and not n < d: the bias of the
+    Fréchet distance falls like 1/n but so does the noise of the distance between two close models (its
+    standard error is O(1/n) when the distance is near 0, O(1/√n) otherwise), so whether the bias matters is a
+    ratio of two things that both depend on the models, not a property of n and d alone. In the ranking world of
+    docs/eval-statistics.md (n = 168 > d = 128, where the old n < d warning was silent) the bias is about 40-50
+    standard errors. At half a standard error a plain 95% interval read as covering the population value covers it
+    about 92% of the time."""
+    bias, se = record.get("bias"), record.get("se")
+    if bias is None or se is None:
+        return False
+    return abs(bias) >= fraction * se
+
+
+# --- multiplicity: one eval prints many intervals -----------------------------------------------------------------
+
+def t_p_value(value: float, se: float, df: int) -> float:
+    """Two-sided p-value of "the target is 0" from an estimate, its standard error and the t interval's degrees
+    of freedom (G − 1): the p-value that matches the record's ci95 (p < 0.05 exactly when 0 is outside it)."""
+    if se <= 0.0:
+        return 0.0 if value != 0.0 else 1.0
+    return float(2.0 * stdtr(df, -abs(value) / se))
+
+
+def holm_adjusted(p_values: Sequence[float]) -> list[float]:
+    """Holm's (1979) step-down adjusted p-values: sort ascending, p̃_(k) = max_{j ≤ k} min(1, (m − j + 1)·p_(j)),
+    returned in the input order. Rejecting where p̃ < α controls the family-wise error rate at α for any
+    dependence between the tests (the model pairs of one eval share the reference and the models), and rejects
+    everything Bonferroni's m·p does and possibly more."""
+    p = np.asarray(p_values, dtype=np.float64)
+    if p.ndim != 1 or np.any(~np.isfinite(p)) or np.any((p < 0) | (p > 1)):
+        raise ValueError(f"holm_adjusted: p-values must be a 1-D sequence in [0, 1], got {p_values!r}")
+    m = p.size
+    order = np.argsort(p, kind="stable")
+    stepped = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    adjusted = np.empty(m)
+    adjusted[order] = np.maximum.accumulate(stepped)
+    return adjusted.tolist()
+
+
+def bonferroni_interval(value: float, se: float, df: int, family_size: int,
+                        level: float = CI_LEVEL) -> list[float]:
+    """The interval at level 1 − (1 − level)/m: m such intervals all cover their targets together with
+    probability ≥ `level` (Bonferroni's inequality, any dependence). Wider than the marginal one for m > 1."""
+    _check_level(level)
+    if family_size < 1:
+        raise ValueError(f"bonferroni_interval: the family needs at least one interval, got {family_size}")
+    return list(_t_interval(value, se, df + 1, 1.0 - (1.0 - level) / family_size))
+
+
+def adjust_family(records: Sequence[dict], level: float = CI_LEVEL) -> list[dict]:
+    """Family-wise adjustments for a family of interval records (the model-vs-model rows an eval prints), each
+    with "value", "se" and "n_clusters": per record its p-value against 0 (`t_p_value`), Holm's adjusted p-value,
+    whether Holm resolves it (0 excluded at family-wise level 1 − `level`) and its Bonferroni simultaneous
+    interval. Records without an se get None in every field and do not count in the family."""
+    usable = [k for k, r in enumerate(records) if r.get("se") is not None and r.get("value") is not None
+              and r.get("n_clusters") is not None]
+    out = [{"p": None, "p_holm": None, "resolved_holm": None, "ci95_bonferroni": None, "family_size": len(usable)}
+           for _ in records]
+    if not usable:
+        return out
+    p = [t_p_value(records[k]["value"], records[k]["se"], records[k]["n_clusters"] - 1) for k in usable]
+    for k, p_k, p_holm in zip(usable, p, holm_adjusted(p)):
+        r = records[k]
+        out[k].update(p=p_k, p_holm=p_holm, resolved_holm=p_holm < 1.0 - level,
+                      ci95_bonferroni=bonferroni_interval(r["value"], r["se"], r["n_clusters"] - 1, len(usable),
+                                                          level))
+    return out
+
+
+def count_intervals(obj, skip: tuple[str, ...] = ("at_n",)) -> int:
+    """How many intervals (non-null "ci95" entries, nested records included) an eval.json-like structure holds;
+    sub-records under a key in `skip` are not counted (`at_n`: the plain difference kept beside a corrected row,
+    which no report prints)."""
+    if isinstance(obj, dict):
+        own = 1 if isinstance(obj.get("ci95"), (list, tuple)) and None not in obj["ci95"] else 0
+        return own + sum(count_intervals(v, skip) for k, v in obj.items() if k != "ci95" and k not in skip)
+    if isinstance(obj, (list, tuple)):
+        return sum(count_intervals(v, skip) for v in obj)
+    return 0
 
 
 def clustered_mean_interval(

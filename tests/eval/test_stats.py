@@ -150,7 +150,11 @@ def test_set_interval_record_is_json_safe_and_deterministic():
         return float(np.sum((a.mean(0) - b.mean(0)) ** 2))
 
     rec = set_interval(mean_gap, x, y)  # 435 pairs: 200 drawn with the seed
-    assert set(rec) == {"value", "ci95", "se", "n", "n_clusters", "method"}
+    assert set(rec) == {"value", "ci95", "se", "n", "n_clusters", "method", "target"}
+    assert rec["target"] == "expected value at this n"
+    corrected = set_interval(mean_gap, x, y, bias_correction=True)
+    assert json.loads(json.dumps(corrected, allow_nan=False)) == corrected
+    assert corrected["at_n"]["value"] == rec["value"] and corrected["se"] == rec["se"]
     assert json.loads(json.dumps(rec, allow_nan=False)) == rec
     assert rec == set_interval(mean_gap, x, y) and rec["method"] == "balanced-jackknife"
     assert rec["se"] != set_interval(mean_gap, x, y, seed=1)["se"]
