@@ -482,7 +482,8 @@ def run_cost(run: PlannedRun) -> dict:
 # --- the comparison -----------------------------------------------------------------------------------------------
 # family -> (the field shown, its unit): CLIP adherence as the paired difference to the teacher, in points; the
 # set distances as they are, against the teacher's clips and against real clips
-QUALITY_FAMILIES = {"clipsim": ("paired_diff_vs_teacher", "points"), "fvd": ("value", ""), "kvd": ("value", "")}
+QUALITY_FAMILIES = {"clipsim": ("paired_diff_vs_teacher", "points"), "fvd": ("value", ""), "kvd": ("value", ""),
+                    "jedi": ("value", "")}
 SET_REFERENCES = ("vs_teacher", "vs_real")
 
 

@@ -392,7 +392,7 @@ def load_eval(path: str | Path, what: str = "eval.json") -> EvalDoc:
 # detector and its frame protocol, the CLIP backend, the flow backend, the static filter) and how diversity is
 # sampled. Keys of the harness's `suite` record; a difference in any of them makes a baseline another experiment.
 SUITE_KEYS = ("prompts", "seeds", "n_clips", "frames", "height", "width", "fps", "real", "detector", "clip_backend",
-              "clip", "flow", "static_prompts", "static_filter", "diversity", "noise_floor", "ranks_per_clip")
+              "clip", "flow", "static_prompts", "static_filter", "diversity", "noise_floor", "ranks_per_clip", "jedi")
 
 
 def _short(value) -> str:

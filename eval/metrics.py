@@ -19,6 +19,7 @@ distances, not each model's small-sample bias).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Literal
 
@@ -286,8 +287,9 @@ def set_record(metric: MetricDef, scorers: Scorers, model: np.ndarray, reference
                                                           "bias_correction")}
     record["bias_corrected"]["target"] = stats.TARGET_POPULATION_DISTANCE
     if stats.bias_matters(corrected):
+        ratio = abs(corrected["bias"]) / corrected["se"] if corrected["se"] > 0 else math.inf
         record["bias_warning"] = (
-            f"the estimated small-sample bias {corrected['bias']:.4g} is {abs(corrected['bias']) / corrected['se']:.1f} "
+            f"the estimated small-sample bias {corrected['bias']:.4g} is {ratio:.1f} "
             f"standard errors ({abs(corrected['bias']) / max(abs(record['value']), 1e-300):.0%} of the value) at "
             f"n = {record['n']}, d = {int(model.shape[1])}: this value and its interval are about this suite size, "
             "not the population distance; compare models by `bias_corrected`")
