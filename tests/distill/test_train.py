@@ -119,7 +119,8 @@ RCM = {"recipe": {"name": "rcm", "tangent_warmup": 2, "dmd": {"critic_steps": 1,
 # make test: consistency under ZeRO-3 (the exact-resume check); APT's two engines, DMD2's critic and rCM resume in
 # the slow runs (make test's budget)
 @pytest.mark.parametrize("stage,recipe", [pytest.param("zero2", "consistency", marks=pytest.mark.slow),
-                                          ("zero3", "consistency"), pytest.param("zero2", "apt", marks=pytest.mark.slow),
+                                          pytest.param("zero3", "consistency", marks=pytest.mark.slow),
+                                          pytest.param("zero2", "apt", marks=pytest.mark.slow),
                                           pytest.param("zero2", "dmd2", marks=pytest.mark.slow),  # ~2-4 min
                                           pytest.param("zero2", "rcm", marks=pytest.mark.slow)])
 def test_killed_run_resumes_with_the_same_losses(tmp_path, stage, recipe):

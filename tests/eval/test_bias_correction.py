@@ -192,8 +192,7 @@ def _result_with_pairs() -> dict:
             "env": {"device": "cpu"}}
 
 
-def test_summary_and_comparison_say_how_many_intervals_and_print_adjusted_ones():
-    from distill import compare
+def test_summary_says_how_many_intervals_and_prints_adjusted_ones():
     from distill.eval import report
 
     result = _result_with_pairs()
@@ -205,7 +204,3 @@ def test_summary_and_comparison_say_how_many_intervals_and_print_adjusted_ones()
                             __import__("re").findall(r"\[(-?[\d.]+), (-?[\d.]+)\]", row)]
     assert bonferroni[0] < marginal[0] and bonferroni[1] > marginal[1]
     assert "(resolved)" in row  # -0.5 with se 0.2 stands after Holm's correction for 3 rows
-    comp = compare.comparison(result, [], "x.yaml")
-    assert [p["family_size"] for p in comp["pairs"]] == [3, 3, 3] and comp["intervals_in_eval"] == 12
-    text = compare.comparison_markdown(comp)
-    assert "Bonferroni 95% of 3" in text and "holds 12 intervals; this table prints 3" in text

@@ -174,6 +174,7 @@ def test_kvd_refuses_bad_input():
 SMALL = Setting(n=24, d=32, prompts=8, seeds_per_prompt=3, trials=200, truth_draws=600, seed=0)
 
 
+@pytest.mark.slow  # 31 s; make test's budget (the shipped-design tables come from scripts/simulate_intervals.py)
 def test_small_coverage_simulation_is_calibrated():
     results = run(SMALL, only=("fvd", "kvd_matched", "fvd_diff", "mean_clustered"), log=lambda line: None)
     for r in results:

@@ -208,17 +208,6 @@ def test_the_registry_record_names_the_vjepa_features_and_has_an_interval(net):
 
 # --- the harness and the command line -----------------------------------------------------------------------------
 
-def test_an_absent_vjepa2_folder_is_one_line_and_exit_2_before_anything_loads(tmp_path, capsys):
-    from distill.cli import main
-
-    missing = tmp_path / "vjepa2-vitl-fpc64-256"
-    rc = main(["eval", "--suite", "toyworld-train", "--model", "teacher@2", "--out", str(tmp_path / "out"),
-               f"jedi.path={missing}"])
-    (line,) = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and "key 'jedi.path'" in line and f"V-JEPA 2 folder '{missing}' does not exist" in line
-    assert not (tmp_path / "out" / "cache").exists()  # refused before any clip was sampled
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_the_harness_reports_jedi_beside_fvd_and_leaves_a_suite_without_it_unchanged(tmp_path, folder):
