@@ -116,8 +116,9 @@ RCM = {"recipe": {"name": "rcm", "tangent_warmup": 2, "dmd": {"critic_steps": 1,
                   "sampler": {"steps": 2}}}
 
 
-# make test: consistency under ZeRO-3 (the exact-resume check); APT's two engines, DMD2's critic and rCM resume in
-# the slow runs (make test's budget)
+# All slow (make test's budget): make test keeps the exact-resume check through the second family
+# (tests/distill/test_ltx_students.py, consistency on 2 ranks killed between checkpoints); Wan under ZeRO-2/3, APT's
+# two engines, DMD2's critic and rCM resume here in the slow runs
 @pytest.mark.parametrize("stage,recipe", [pytest.param("zero2", "consistency", marks=pytest.mark.slow),
                                           pytest.param("zero3", "consistency", marks=pytest.mark.slow),
                                           pytest.param("zero2", "apt", marks=pytest.mark.slow),
