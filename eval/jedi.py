@@ -12,8 +12,8 @@ clips; JEDi reached its steady value with about 16% of FVD's samples and agreed 
 small n: a student that lost diversity gets less bias and can rank ahead of a better one. The eval therefore reports
 the same kernel and scale with the unbiased U-statistic (KID's estimator, as eval/kvd.py; rows matched by prompt and
 seed drop their paired cross terms, so identical sets give exactly 0); `jedi(..., unbiased=False)` is the paper's
-number, which agrees with it to O(1/n). The kernel is eval/kvd.py's `polynomial_kernel`; `kvd()` itself fixes the
-cubic KID kernel, so the estimator is spelled out here.
+number, which agrees with it to O(1/n). The U-statistic is eval/kvd.py's `kvd()` called with this kernel's degree
+and coef.
 
 Features: a V-JEPA 2 model (Assran et al. 2025) loaded by `transformers` from a local folder (config.json and
 safetensors weights; never a hub id, never remote code, never a pickle). A `VJEPA2Model` folder (the pretrained
@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from distill.core.config import ConfigError
 from distill.core.hashing import sha256_of_file
 from distill.core.video import check_videos
-from distill.eval.kvd import polynomial_kernel
+from distill.eval.kvd import kvd, polynomial_kernel
 
 DEGREE, COEF, SCALE = 2, 0.0, 100.0  # JEDiMetric.compute_metric: mmd_poly(degree=2, coef0=0) * 100
 DEFAULT_FRAMES = 16
@@ -76,19 +76,10 @@ def jedi(x, y, matched: bool = False, unbiased: bool = True) -> float:
     x, y = _as_features(x, "x"), _as_features(y, "y")
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"jedi: x and y have different feature dimensions, {x.shape[1]} and {y.shape[1]}")
-    m, n = x.shape[0], y.shape[0]
+    if unbiased:
+        return SCALE * kvd(x, y, matched=matched, degree=DEGREE, coef=COEF, what="jedi")
     k_xx, k_yy, k_xy = (polynomial_kernel(a, b, degree=DEGREE, coef=COEF) for a, b in ((x, x), (y, y), (x, y)))
-    if not unbiased:
-        return float(SCALE * (k_xx.mean() + k_yy.mean() - 2.0 * k_xy.mean()))
-    within_x = (k_xx.sum() - np.trace(k_xx)) / (m * (m - 1))
-    within_y = (k_yy.sum() - np.trace(k_yy)) / (n * (n - 1))
-    if matched:
-        if m != n:
-            raise ValueError(f"jedi: matched=True needs rows paired by prompt and seed, got {m} and {n} rows")
-        cross = (k_xy.sum() - np.trace(k_xy)) / (n * (n - 1))
-    else:
-        cross = k_xy.mean()
-    return float(SCALE * (within_x + within_y - 2.0 * cross))
+    return float(SCALE * (k_xx.mean() + k_yy.mean() - 2.0 * k_xy.mean()))
 
 
 # --- the feature network ------------------------------------------------------------------------------------------

@@ -48,21 +48,22 @@ def polynomial_kernel(a: np.ndarray, b: np.ndarray, degree: int = 3, coef: float
     return (a @ b.T / a.shape[1] + coef) ** degree
 
 
-def kvd(x, y, matched: bool = False) -> float:
-    """Unbiased MMD² of feature sets x [m, d] and y [n, d] under the cubic polynomial kernel (module docstring).
+def kvd(x, y, matched: bool = False, degree: int = 3, coef: float = 1.0, what: str = "kvd") -> float:
+    """Unbiased MMD² of feature sets x [m, d] and y [n, d] under the polynomial kernel (a·b/d + coef)^degree: the
+    cubic one by default (module docstring); JEDi (eval/jedi.py) calls it with its own degree and coef.
 
     `matched=True` (requires m == n) leaves out the cross pairs k(x_i, y_i) of rows from the same prompt and seed.
     """
     x, y = _as_features(x, "x"), _as_features(y, "y")
     if x.shape[1] != y.shape[1]:
-        raise ValueError(f"kvd: x and y have different feature dimensions, {x.shape[1]} and {y.shape[1]}")
+        raise ValueError(f"{what}: x and y have different feature dimensions, {x.shape[1]} and {y.shape[1]}")
     m, n = x.shape[0], y.shape[0]
-    k_xx, k_yy, k_xy = polynomial_kernel(x, x), polynomial_kernel(y, y), polynomial_kernel(x, y)
+    k_xx, k_yy, k_xy = (polynomial_kernel(a, b, degree, coef) for a, b in ((x, x), (y, y), (x, y)))
     within_x = (k_xx.sum() - np.trace(k_xx)) / (m * (m - 1))
     within_y = (k_yy.sum() - np.trace(k_yy)) / (n * (n - 1))
     if matched:
         if m != n:
-            raise ValueError(f"kvd: matched=True needs row i of x and y from the same prompt and seed, "
+            raise ValueError(f"{what}: matched=True needs row i of x and y from the same prompt and seed, "
                              f"but x has {m} rows and y has {n}")
         cross = (k_xy.sum() - np.trace(k_xy)) / (n * (n - 1))
     else:
