@@ -72,6 +72,14 @@ class SuiteConfig(Strict):
     batch_size: int = Field(8, ge=1)
 
     @model_validator(mode="after")
+    def _toyworld_still_subjects(self):
+        # a toy-world suite's still subjects ("... standing still on ...") are its static prompts
+        if self.toyworld_split and not self.static_prompts:
+            self.static_prompts = [p for p in toyworld.prompt_suite(self.toyworld_split).prompts
+                                   if toyworld.STILL in p.split()]
+        return self
+
+    @model_validator(mode="after")
     def _has_prompts(self):
         if not (self.prompts or self.toyworld_split or self.prompts_file or self.static_prompts):
             raise ValueError("a suite needs prompts: `prompts`, `toyworld_split`, `prompts_file` or "

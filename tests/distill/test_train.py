@@ -30,7 +30,7 @@ def write_config(tmp: Path, name: str = "run", **sections) -> Path:
            "data": {"size": 8, "batch_size": 2, "cache_dir": str(tmp / "cache")},
            "optim": {"lr": 3e-4},
            "deepspeed": "zero2",
-           "train": {"steps": 6, "log_every": 1, "checkpoint_every": 3, "validation_prompts": ["a red circle"],
+           "train": {"steps": 6, "log_every": 1, "checkpoint_every": 3, "validation_prompts": ["a red disc"],
                      "collective_timeout_s": 60},
            "wandb": {"mode": "disabled"},
            "out": str(tmp / name)}
