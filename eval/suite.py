@@ -71,13 +71,15 @@ class SuiteConfig(Strict):
     noise_floor: bool = True  # teacher vs teacher on other seeds: the FVD a perfect student would still get
     batch_size: int = Field(8, ge=1)
 
-    @model_validator(mode="after")
-    def _toyworld_still_subjects(self):
+    @model_validator(mode="before")
+    @classmethod
+    def _toyworld_still_subjects(cls, data):
         # a toy-world suite's still subjects ("... standing still on ...") are its static prompts
-        if self.toyworld_split and not self.static_prompts:
-            self.static_prompts = [p for p in toyworld.prompt_suite(self.toyworld_split).prompts
-                                   if toyworld.STILL in p.split()]
-        return self
+        split = data.get("toyworld_split") if isinstance(data, dict) else None
+        if split in ("train", "held_out") and not data.get("static_prompts"):
+            data = {**data, "static_prompts": [p for p in toyworld.prompt_suite(split).prompts
+                                               if toyworld.STILL in p.split()]}
+        return data
 
     @model_validator(mode="after")
     def _has_prompts(self):
