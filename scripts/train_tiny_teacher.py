@@ -22,7 +22,6 @@ Seeded and CPU-first; pass --device cuda to use a GPU.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import math
 import os
@@ -374,11 +373,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--docs", type=Path, default=Path("docs"), help="where the report stage writes")
     p.add_argument("--skip-report", action="store_true")
-    p.add_argument("--world", default="domain", choices=["domain", "v2"],
-                   help="the toy world to train on (distill.toyworld.<world>; v2: docs/toy-world-v2.md)")
     args = p.parse_args(argv)
-    global toyworld
-    toyworld = importlib.import_module(f"distill.toyworld.{args.world}")
     if args.threads:
         torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
