@@ -286,6 +286,10 @@ def test_resume_against_changed_teacher_weights_is_refused(tmp_path):
     check_compatible(folder, cfg, 2, "aaaa")  # the same weights resume
     with pytest.raises(ConfigError, match="hash aaaa, but that teacher now hashes bbbb"):
         check_compatible(folder, cfg, 2, "bbbb")
+    # a checkpoint of a retired built-in teacher is refused by that teacher's name, not only by two hashes
+    (folder / "meta.json").write_text(json.dumps({**meta, "teacher_hash": "c198cebf10ba6637"}))
+    with pytest.raises(ConfigError, match="retired builtin:tiny-wan of the first toy world"):
+        check_compatible(folder, cfg, 2, "bbbb")
 
 
 def test_an_existing_run_folder_needs_resume(tmp_path):
