@@ -32,7 +32,9 @@ class SpeedSettings(Strict):
 class StaticFilterSettings(Strict):
     """VBench's static filter for `flicker.vbench` (eval/flicker.py `static_clips`)."""
 
-    max_flow_px: float = Field(0.5, gt=0)  # fastest 5% of pixels, mean flow per frame, at the clip's resolution
+    # a pair's threshold in px per frame at the clip's resolution (fastest 2% of pixels); None: VBench's, 3 px at a
+    # 256-pixel short side, scaled (0.75 px at 64 pixels)
+    max_flow_px: float | None = Field(None, gt=0)
 
 
 class JediSettings(Strict):

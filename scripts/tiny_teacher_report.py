@@ -84,7 +84,10 @@ def write_report(teacher_ref: str, docs: Path, device: str = "cpu", seed: int = 
         static_clips(torch.from_numpy(truth[still]), flow="farneback")[0].double().mean())
     # the ceiling the VAE leaves: its round trip of the same renders
     z0 = teacher.encode_video(torch.from_numpy(truth))
-    results["VAE round trip of the renders"] = toyworld.attribute_accuracy(teacher.decode(z0).numpy(), prompts)
+    round_trip = teacher.decode(z0).numpy()
+    results["VAE round trip of the renders"] = toyworld.attribute_accuracy(round_trip, prompts)
+    results["VAE round trip of the renders"]["still_subjects_static"] = float(  # the decoder's own shimmer
+        static_clips(torch.from_numpy(round_trip[still]), flow="farneback")[0].double().mean())
     results.update(renoised(teacher, z0, prompts, seeds, cfg, batch))
     # the scale the shape lives at: the renders seen through the latent grid and through the DiT's token grid
     cell = teacher.vae_scale_spatial

@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="spatial patch of the DiT, in latent cells (tokens per clip: 5 x (16 / patch)^2)")
     p.add_argument("--dit-layers", type=int, default=spec_defaults.dit_layers)
     p.add_argument("--dit-ffn", type=int, default=spec_defaults.dit_ffn)
-    p.add_argument("--dit-steps", type=int, default=5000)
+    p.add_argument("--dit-steps", type=int, default=8000)
     p.add_argument("--dit-batch", type=int, default=16)
     p.add_argument("--dit-lr", type=float, default=1e-3)
     p.add_argument("--caption-dropout", type=float, default=0.1)
