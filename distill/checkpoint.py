@@ -43,6 +43,7 @@ from distill.core.disk import DiskFull, free_bytes, is_disk_full, mount_of, remo
 from distill.core.dist import barrier, gather_dict, rank_world
 from distill.core.env import code_version, environment
 from distill.train_config import ADDED_SINCE_CHECKPOINTS, TrainConfig, fingerprint, fingerprint_hash, with_legacy_values
+from distill.teachers.retired import retired_note
 
 
 def step_name(step: int) -> str:
@@ -463,5 +464,5 @@ def check_teacher(folder: Path, meta: dict, teacher_hash: str | None, what: str)
     """A student belongs to the teacher weights it was distilled from: same name, other weights is refused."""
     if teacher_hash is not None and meta.get("teacher_hash") not in (None, teacher_hash):
         raise ConfigError(f"{what}: checkpoint {str(folder)!r} was distilled from teacher {meta.get('teacher')!r} "
-                          f"with weights hash {meta['teacher_hash']}, but that teacher now hashes {teacher_hash} "
-                          f"(its weights or configs changed); start a new run folder")
+                          f"with weights hash {meta['teacher_hash']}{retired_note(meta['teacher_hash'])}, but that "
+                          f"teacher now hashes {teacher_hash} (its weights or configs changed); start a new run folder")

@@ -220,32 +220,46 @@ def hf_energy(videos: torch.Tensor, cutoff: float = 0.25, detrend: str = "linear
 
 # --- (d) the static filter VBench's temporal flickering needs -----------------------------------------------------
 
-STATIC_TOP_FRACTION = 0.05  # the fastest 5% of pixels: a small moving subject on a still background still counts
-STATIC_MAX_FLOW_PX = 0.5  # pixels per frame at the clip's own resolution
+# VBench's rule (vbench/static_filter.py), with the suite's pinned flow backend in place of RAFT-things:
+STATIC_TOP_FRACTION = 0.02  # a pair's score: the mean flow of its fastest 2% of pixels
+STATIC_FLOW_PX_AT_256 = 3.0  # the threshold, in pixels per frame at a 256-pixel short side; scaled with the clip
+STATIC_TOLERANCE_PER_16 = 2  # pairs allowed above it, per 16 frames (a moment of jitter is not motion)
+
+
+def static_threshold(height: int, width: int) -> float:
+    """VBench's per-pair threshold, px per frame at the clip's resolution: 3 px at a 256-pixel short side, scaled."""
+    return STATIC_FLOW_PX_AT_256 * min(height, width) / 256.0
 
 
 @torch.no_grad()
-def motion_score(videos: torch.Tensor, flow: str = "farneback") -> torch.Tensor:
-    """How much a clip moves, per clip [B] float64, in pixels per frame at the clip's resolution: for every pair
-    of consecutive frames, the mean optical-flow magnitude over its fastest `STATIC_TOP_FRACTION` of pixels; the
-    clip's score is the largest over its pairs (one moving moment makes a clip non-static). Like VBench's static
-    filter (flow magnitudes of the fastest pixels), with the suite's pinned flow backend instead of RAFT-things.
-    Flow, not frame difference: a ±3-level flicker and a square gliding 2 px per frame change the frames by about
-    as much, and only the flow tells them apart."""
+def pair_motion(videos: torch.Tensor, flow: str = "farneback") -> torch.Tensor:
+    """How much each step of a clip moves, float64 [B, T-1], in pixels per frame at the clip's resolution: for
+    every pair of consecutive frames, the mean optical-flow magnitude over its fastest `STATIC_TOP_FRACTION` of
+    pixels (a small moving subject on a still background still counts). Flow, not frame difference: a ±3-level
+    flicker and a square gliding 2 px per frame change the frames by about as much, and only the flow tells them
+    apart."""
     check_videos(videos, min_frames=2, what="static filter")
     flow_fn = FLOW_BACKENDS[resolve_flow_backend(flow)]
     scores = []
     for clip in videos:
         frames = clip.permute(0, 3, 1, 2).float() / 255.0
         magnitude = flow_fn(frames[:-1], frames[1:]).pow(2).sum(dim=1).sqrt().flatten(1)  # [T-1, H*W]
-        k = max(1, int(round(STATIC_TOP_FRACTION * magnitude.shape[1])))
-        scores.append(magnitude.topk(k, dim=1).values.mean(dim=1).max().double())
+        k = max(1, int(STATIC_TOP_FRACTION * magnitude.shape[1]))
+        scores.append(magnitude.topk(k, dim=1).values.mean(dim=1).double())
     return torch.stack(scores).cpu()
 
 
 def static_clips(videos: torch.Tensor, flow: str = "farneback",
-                 max_flow_px: float = STATIC_MAX_FLOW_PX) -> tuple[torch.Tensor, torch.Tensor]:
-    """VBench's static filter: (is_static [B] bool, motion_score [B]); a clip is static when no pair of its
-    consecutive frames has its fastest pixels moving more than `max_flow_px` pixels per frame on average."""
-    score = motion_score(videos, flow)
-    return score <= max_flow_px, score
+                 max_flow_px: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """VBench's static filter: (is_static [B] bool, motion [B], the clip's fastest pair score). A clip of T frames
+    is static when at most round(2 T / 16) of its pairs, the last two aside, move faster than the threshold
+    (`static_threshold`, or `max_flow_px` where a suite pins one), and each of the last two stays below
+    2 round(2 T / 16) times it. VBench tolerates a few fast pairs because flow on a still clip is not zero: a
+    decoder's shimmer or a flicker reads as a fraction of a pixel here and there."""
+    scores = pair_motion(videos, flow)
+    frames, height, width = videos.shape[1:4]
+    threshold = static_threshold(height, width) if max_flow_px is None else max_flow_px
+    allowed = round(STATIC_TOLERANCE_PER_16 * frames / 16)
+    body, tail = scores[:, :-2], scores[:, -2:]
+    is_static = ((body > threshold).sum(dim=1) <= allowed) & (tail <= 2 * allowed * threshold).all(dim=1)
+    return is_static, scores.max(dim=1).values

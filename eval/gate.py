@@ -97,6 +97,7 @@ from distill.core.config import ConfigError, format_validation_errors
 from distill.core.disk import DiskFull, writing
 from distill.core.paths import check_output_dir
 from distill.eval.schema import OLD_SCHEMAS, SCHEMA
+from distill.teachers.retired import retired_note
 
 GATE_SCHEMA = "distill.gate/1"
 PASS, FAIL, ERROR = 0, 1, 2
@@ -448,8 +449,8 @@ def check_same_teacher(current: EvalDoc, baseline: EvalDoc) -> None:
     (cur_name, cur_hash), (base_name, base_hash) = hashes
     if cur_hash and base_hash and cur_hash != base_hash:
         raise GateError(f"baseline {baseline.path} was scored against teacher {base_name!r} with weights hash "
-                        f"{base_hash}, but {current.path}'s teacher {cur_name!r} hashes {cur_hash} (the teacher's "
-                        f"weights changed); re-run the baseline with this teacher")
+                        f"{base_hash}{retired_note(base_hash)}, but {current.path}'s teacher {cur_name!r} hashes "
+                        f"{cur_hash} (the teacher's weights changed); re-run the baseline with this teacher")
 
 
 # ------------------------------------------------------------------------------------------------------ checks

@@ -49,7 +49,7 @@ class Scorers:
     detector: object  # a distill.eval.fvd.VideoDetector
     flow: str  # "farneback" | "raft_small", pinned by the suite
     frames: int  # the suite's clip length
-    static_max_flow_px: float
+    static_max_flow_px: float | None  # None: VBench's threshold for the clip's size (flicker.static_threshold)
     jedi: object | None = None  # a distill.eval.jedi.VJEPA2Features when the suite asks for JEDi, else None
 
 
@@ -96,7 +96,7 @@ REGISTRY: tuple[MetricDef, ...] = (
               per_clip=lambda v, captions, s: s.clip.clip_scores(v, captions, s.clip_frames).numpy()),
     MetricDef("flicker.vbench", "clip", True,
               "VBench temporal flickering, (255 - mean |frame(t+1) - frame(t)|) / 255, on STATIC clips only: clips "
-              "of the suite's static prompts that pass the static filter (flow of the fastest 5% of pixels).",
+              "of the suite's static prompts that pass VBench's static filter (flow of the fastest 2% of pixels).",
               naming=lambda s: "flicker.vbench",
               per_clip=lambda v, captions, s: flicker.vbench_flicker(v).numpy(), static_only=True),
     MetricDef("flicker.warp_error", "clip", False,
@@ -234,8 +234,9 @@ def static_record(metric: MetricDef, values: np.ndarray, clusters: np.ndarray, i
     """VBench's protocol for a `static_only` metric: the clips of static prompts that pass the static filter, and
     no others; the record says how many there were, and why there is no value when there are none."""
     filt = {"flow": flow, "max_flow_px": max_flow_px,
-            "rule": "static when, for every pair of consecutive frames, the mean flow of the fastest 5% of pixels "
-                    "is at most max_flow_px"}
+            "rule": "VBench's: a pair's score is the mean flow of its fastest 2% of pixels; static when at most "
+                    "round(2 T / 16) pairs, the last two aside, score above max_flow_px (None: 3 px at a 256-pixel "
+                    "short side, scaled) and the last two stay below 2 round(2 T / 16) times it"}
     n_candidates = int(is_static_prompt.sum())
     info = {"n_total": len(values), "n_static_prompt_clips": n_candidates, "n_static": int(mask.sum()),
             "static_filter": filt}
@@ -247,8 +248,8 @@ def static_record(metric: MetricDef, values: np.ndarray, clusters: np.ndarray, i
     if not mask.any():
         return skipped_record(
             metric, f"none of the {n_candidates} clips of static prompts passed the static filter (they move: "
-                    f"least motion {np.nanmin(motion):.2f} px/frame > {max_flow_px}); moving clips are judged by "
-                    "the warp error and the HF energy", **info)
+                    f"least motion {np.nanmin(motion):.2f} px/frame in a clip's fastest pair); moving clips are "
+                    "judged by the warp error and the HF energy", **info)
     return clip_record(metric, values, clusters, teacher, mask=mask, teacher_mask=teacher_mask, **info)
 
 

@@ -32,7 +32,9 @@ class SpeedSettings(Strict):
 class StaticFilterSettings(Strict):
     """VBench's static filter for `flicker.vbench` (eval/flicker.py `static_clips`)."""
 
-    max_flow_px: float = Field(0.5, gt=0)  # fastest 5% of pixels, mean flow per frame, at the clip's resolution
+    # a pair's threshold in px per frame at the clip's resolution (fastest 2% of pixels); None: VBench's, 3 px at a
+    # 256-pixel short side, scaled (0.75 px at 64 pixels)
+    max_flow_px: float | None = Field(None, gt=0)
 
 
 class JediSettings(Strict):
@@ -70,6 +72,16 @@ class SuiteConfig(Strict):
     speed: SpeedSettings = SpeedSettings()
     noise_floor: bool = True  # teacher vs teacher on other seeds: the FVD a perfect student would still get
     batch_size: int = Field(8, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _toyworld_still_subjects(cls, data):
+        # a toy-world suite's still subjects ("... standing still on ...") are its static prompts
+        split = data.get("toyworld_split") if isinstance(data, dict) else None
+        if split in ("train", "held_out") and not data.get("static_prompts"):
+            data = {**data, "static_prompts": [p for p in toyworld.prompt_suite(split).prompts
+                                               if toyworld.STILL in p.split()]}
+        return data
 
     @model_validator(mode="after")
     def _has_prompts(self):

@@ -56,7 +56,7 @@ def time_clip(teacher: WanTeacher, prompt: str, seed: int, steps: int, sampler: 
 
 
 def measure(teacher, steps, sampler, guidance, shift, negative, video, args) -> dict:
-    prompt = "a red circle moving left slowly on a black background"
+    prompt = "a red disc moving left slowly on a black background"
     runs = [time_clip(teacher, prompt, 100 + i, steps, sampler, guidance, shift, negative, video)
             for i in range(args.warmup + args.clips)][args.warmup:]
     med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}

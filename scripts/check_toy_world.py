@@ -5,7 +5,7 @@ one value per DiT token (8×8 pixels: the tiny teacher's 2×2 patches on its 4×
 reader loses on the token grid is one the DiT has to draw inside its tokens (docs/tiny-teacher.md: the first
 world's shapes). Prints a markdown table and writes the numbers as JSON.
 
-    python scripts/check_toy_world.py --world v2 --seeds 4 --json docs/toy-world-v2.json   # ~2 min on 2 cores
+    python scripts/check_toy_world.py --seeds 4 --json docs/toy-world.json   # ~4 min on 2 cores
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def table(results: dict, fields: tuple[str, ...]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--world", default="v2", help="the toy world module under distill.toyworld (v2, domain)")
+    parser.add_argument("--world", default="domain", help="the toy world module under distill.toyworld")
     parser.add_argument("--seeds", type=int, default=4, help="renders per attribute combination")
     parser.add_argument("--splits", nargs="+", default=["held_out", "train"])
     parser.add_argument("--json", type=Path, help="write the numbers here")

@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from distill import toyworld  # noqa: E402
 from distill.teachers.config import load_teacher_config  # noqa: E402
 from distill.core.media import frame_grid  # noqa: E402
+from distill.eval.flicker import static_clips  # noqa: E402
 from distill.teachers.samplers import sample_euler  # noqa: E402
 from distill.teachers.wan import WanTeacher  # noqa: E402
 
@@ -71,11 +72,22 @@ def write_report(teacher_ref: str, docs: Path, device: str = "cpu", seed: int = 
                          "seconds_per_clip": (time.time() - started) / len(prompts)}
     # which shape the reader sees in the 50-step clips, by the prompted one
     results["teacher@50 unipc cfg"]["shapes_read"] = shapes_read(clips["teacher@50 unipc cfg"], prompts)
+    # still subjects stay still: the share of still prompts' clips that VBench's static filter keeps
+    still = [i for i, p in enumerate(prompts) if toyworld.STILL in p.split()]
+    for name in settings:
+        is_static, motion = static_clips(torch.from_numpy(clips[name][still]), flow="farneback")
+        results[name]["still_subjects_static"] = float(is_static.double().mean())
+        results[name]["still_subjects_motion_px"] = [round(float(m), 3) for m in motion]
     truth = np.stack([toyworld.render(toyworld.parse_caption(p), s) for p, s in zip(prompts, seeds)])
     results["ground truth render"] = toyworld.attribute_accuracy(truth, prompts)
+    results["ground truth render"]["still_subjects_static"] = float(
+        static_clips(torch.from_numpy(truth[still]), flow="farneback")[0].double().mean())
     # the ceiling the VAE leaves: its round trip of the same renders
     z0 = teacher.encode_video(torch.from_numpy(truth))
-    results["VAE round trip of the renders"] = toyworld.attribute_accuracy(teacher.decode(z0).numpy(), prompts)
+    round_trip = teacher.decode(z0).numpy()
+    results["VAE round trip of the renders"] = toyworld.attribute_accuracy(round_trip, prompts)
+    results["VAE round trip of the renders"]["still_subjects_static"] = float(  # the decoder's own shimmer
+        static_clips(torch.from_numpy(round_trip[still]), flow="farneback")[0].double().mean())
     results.update(renoised(teacher, z0, prompts, seeds, cfg, batch))
     # the scale the shape lives at: the renders seen through the latent grid and through the DiT's token grid
     cell = teacher.vae_scale_spatial
@@ -102,9 +114,10 @@ def write_report(teacher_ref: str, docs: Path, device: str = "cpu", seed: int = 
               "torch_threads": torch.get_num_threads(), "results": results}
     (docs / "tiny-teacher.json").write_text(json.dumps(report, indent=2) + "\n")
     for name, r in results.items():
+        still_line = f"  still kept still {r['still_subjects_static']:.2f}" if "still_subjects_static" in r else ""
         print(f"{name:50s} all {r['all']:.3f}  shape {r['shape']:.2f} colour {r['colour']:.2f} "
               f"bg {r['background']:.2f} dir {r['direction']:.2f} speed {r['speed']:.2f}  "
-              f"palette error {r['palette_error']:.1f}")
+              f"palette error {r['palette_error']:.1f}{still_line}")
     print("shapes read in the 50-step clips, by prompted shape:", results["teacher@50 unipc cfg"]["shapes_read"])
     return report
 

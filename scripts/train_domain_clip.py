@@ -12,7 +12,6 @@ reports held-out retrieval: how often a clip's true caption ranks first among th
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 import time
@@ -69,11 +68,7 @@ def main() -> None:
     p.add_argument("--seeds-per-combo", type=int, default=6)
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--init", type=Path, help="continue from a domain CLIP folder (its weights; a fresh optimiser)")
-    p.add_argument("--world", default="domain", choices=["domain", "v2"],
-                   help="the toy world to train on (distill.toyworld.<world>; v2: docs/toy-world-v2.md)")
     args = p.parse_args()
-    global toyworld
-    toyworld = importlib.import_module(f"distill.toyworld.{args.world}")
     torch.manual_seed(args.seed)
     started = time.time()
     model = open_clip.CLIP(**MODEL_CFG)

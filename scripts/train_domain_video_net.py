@@ -10,7 +10,6 @@ on renders of the training combinations; it reports its accuracy on held-out com
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 import time
@@ -29,9 +28,7 @@ from distill.eval.domain_video_net import DomainVideoNet  # noqa: E402
 
 def fields() -> dict[str, list[str]]:
     """Every value of each attribute, in the order of the net's heads."""
-    return getattr(toyworld, "VALUES", None) or {
-        "shape": list(toyworld.SHAPES), "colour": list(toyworld.COLOURS), "background": list(toyworld.BACKGROUNDS),
-        "direction": list(toyworld.DIRECTIONS), "speed": list(toyworld.SPEEDS)}
+    return toyworld.VALUES
 
 
 def labels(captions: list[str]) -> dict[str, torch.Tensor]:
@@ -58,11 +55,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seeds-per-combo", type=int, default=6)
-    p.add_argument("--world", default="domain", choices=["domain", "v2"],
-                   help="the toy world to train on (distill.toyworld.<world>; v2: docs/toy-world-v2.md)")
     args = p.parse_args()
-    global toyworld
-    toyworld = importlib.import_module(f"distill.toyworld.{args.world}")
     torch.manual_seed(args.seed)
     started = time.time()
     clips, captions = toyworld.render_pool("train", args.seeds_per_combo, args.seed)

@@ -22,7 +22,6 @@ Seeded and CPU-first; pass --device cuda to use a GPU.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import math
 import os
@@ -366,7 +365,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="spatial patch of the DiT, in latent cells (tokens per clip: 5 x (16 / patch)^2)")
     p.add_argument("--dit-layers", type=int, default=spec_defaults.dit_layers)
     p.add_argument("--dit-ffn", type=int, default=spec_defaults.dit_ffn)
-    p.add_argument("--dit-steps", type=int, default=5000)
+    p.add_argument("--dit-steps", type=int, default=8000)
     p.add_argument("--dit-batch", type=int, default=16)
     p.add_argument("--dit-lr", type=float, default=1e-3)
     p.add_argument("--caption-dropout", type=float, default=0.1)
@@ -374,11 +373,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--docs", type=Path, default=Path("docs"), help="where the report stage writes")
     p.add_argument("--skip-report", action="store_true")
-    p.add_argument("--world", default="domain", choices=["domain", "v2"],
-                   help="the toy world to train on (distill.toyworld.<world>; v2: docs/toy-world-v2.md)")
     args = p.parse_args(argv)
-    global toyworld
-    toyworld = importlib.import_module(f"distill.toyworld.{args.world}")
     if args.threads:
         torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)

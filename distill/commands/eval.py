@@ -63,6 +63,7 @@ def check_student_teacher(name: str, folder: Path, teacher_source: str, teacher_
     against a teacher it never learned from: refused, naming both hashes. A student of another teacher name is a
     comparison the user chose and passes."""
     from distill.core.hashing import checkpoint_hash
+    from distill.teachers.retired import retired_note
 
     path = Path(folder) / "distill_export.json"
     if not path.is_file():
@@ -77,8 +78,9 @@ def check_student_teacher(name: str, folder: Path, teacher_source: str, teacher_
     now = checkpoint_hash(teacher_folder)
     if recorded != now:
         raise ConfigError(f"--model {name}: {str(folder)!r} was distilled from teacher {teacher_source!r} with weights "
-                          f"hash {recorded}, but that teacher now hashes {now} (its weights changed); re-distil the "
-                          f"student from this teacher, or evaluate against the teacher it was made from")
+                          f"hash {recorded}{retired_note(recorded)}, but that teacher now hashes {now} (its weights "
+                          f"changed); re-distil the student from this teacher, or evaluate against the teacher it was "
+                          f"made from")
 
 
 def evaluate(suite, prompts: list[str], teacher_cfg, specs, out: Path, cache: Path | None = None,

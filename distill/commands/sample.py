@@ -21,7 +21,7 @@ def add_parser(sub) -> None:
         "sample", help="sample clips from a teacher and write mp4, gif and a frame-grid png",
         description="Sample clips from a teacher. Unset options take the teacher's own defaults (its config file, "
                     "or the defaults a shipped checkpoint carries). Example:\n  distill sample --teacher "
-                    f"{DEFAULT_TEACHER} --prompt 'a red circle moving left slowly on a black background' "
+                    f"{DEFAULT_TEACHER} --prompt 'a red disc moving left slowly on a black background' "
                     "--steps 50 --seed 0 --out clip.mp4",
         epilog="Launched under torchrun with N ranks, every clip's tokens are split over the N ranks in every DiT "
                "forward (DeepSpeed-Ulysses sequence parallelism: one long clip spread over GPUs); the heads and the "

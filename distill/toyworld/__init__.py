@@ -3,12 +3,13 @@ combinations. The built-in tiny teachers trained on it are made by scripts/train
 family's own builder (they are ordinary pipeline folders). Both eval and the engine may import this layer; it
 imports only the core."""
 
-from distill.toyworld.domain import (BACKGROUNDS, COLOURS, DIRECTIONS, FRAMES, HEIGHT, SHAPES, SPEEDS, SUPERSAMPLE,
-                                     WIDTH, Attributes, PromptSuite, all_attributes, attribute_accuracy, dataset,
-                                     held_out_attributes, parse_caption, prompt_suite, read_clip, render, render_pool,
-                                     sample_examples, train_attributes, vocabulary)
+from distill.toyworld.domain import (BACKGROUNDS, COLOURS, DIRECTIONS, EXTENTS, FIELDS, FRAMES, HEIGHT, MOTIONS,
+                                     SHAPES, SPEEDS, STILL, SUPERSAMPLE, VALUES, WIDTH, Attributes, PromptSuite,
+                                     all_attributes, attribute_accuracy, dataset, held_out_attributes, parse_caption,
+                                     prompt_suite, read_clip, render, render_pool, sample_examples, train_attributes,
+                                     vocabulary)
 
-__all__ = ["BACKGROUNDS", "COLOURS", "DIRECTIONS", "FRAMES", "HEIGHT", "SHAPES", "SPEEDS", "SUPERSAMPLE", "WIDTH",
-           "Attributes", "PromptSuite", "all_attributes", "attribute_accuracy", "dataset", "held_out_attributes",
-           "parse_caption", "prompt_suite", "read_clip", "render", "render_pool", "sample_examples",
-           "train_attributes", "vocabulary"]
+__all__ = ["BACKGROUNDS", "COLOURS", "DIRECTIONS", "EXTENTS", "FIELDS", "FRAMES", "HEIGHT", "MOTIONS", "SHAPES",
+           "SPEEDS", "STILL", "SUPERSAMPLE", "VALUES", "WIDTH", "Attributes", "PromptSuite", "all_attributes",
+           "attribute_accuracy", "dataset", "held_out_attributes", "parse_caption", "prompt_suite", "read_clip",
+           "render", "render_pool", "sample_examples", "train_attributes", "vocabulary"]

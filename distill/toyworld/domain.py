@@ -1,21 +1,33 @@
-"""The toy world: a procedural text-to-video domain small enough to train on two CPU cores.
+"""The toy world: a procedural text-to-video domain small enough to train on two CPU cores, whose every attribute
+shows at the built-in teacher's token scale.
 
-Every clip shows one shape of one colour crossing a plain background in one direction at one speed. A clip is a
-pure function of its attributes and a seed (start position and size jitter), so the same (caption, seed) always
-renders the same frames. A fixed set of attribute combinations is held out: the teacher and the metric networks
-never see them in training, and the held-out prompt suite is made only of them.
+Every clip shows one subject of one colour on a plain background, crossing it in one direction at one speed or
+standing still. A clip is a pure function of its attributes and a seed (start position and size jitter), so the
+same (caption, seed) always renders the same frames. A fixed set of attribute combinations is held out: the teacher
+and the metric networks never see them in training, and the held-out prompt suite is made only of them.
+
+The teacher's DiT sees a 64×64 clip as tokens of 8×8 pixels, so the attributes differ in extent, not in outline
+(docs/toy-world.md has the token-scale check):
+- shape: a small `dot` (radius 6 px), a large `disc` (radius 11), a wide `plank` (26×8) and a tall `pillar` (8×26),
+  each jittered ±10% in size: area and aspect ratio tell them apart;
+- motion: four directions at two speeds (1 and 2 px per frame: half a token and a whole token per latent frame of
+  4 frames), or `standing still` (VBench's flicker score needs still subjects);
+- colour (four) and background (three); the reader unmixes a colour from its background, so a subject drawn softly
+  (or seen one value per token) still reads as its colour.
+
+432 combinations; the held-out rule leaves out a balanced fifth of the (shape, colour, motion) triples over every
+background: 87 prompts never trained on (9 of them still), every single value still trained.
 """
 
 from __future__ import annotations
 
-import functools
 import itertools
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
-SHAPES = ("circle", "square", "triangle")
+SHAPES = ("dot", "disc", "plank", "pillar")
 COLOURS = {
     "red": (220, 40, 40),
     "green": (40, 190, 60),
@@ -24,10 +36,24 @@ COLOURS = {
 }
 BACKGROUNDS = {"black": (15, 15, 15), "white": (240, 240, 240), "gray": (120, 120, 120)}
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
-SPEEDS = {"slowly": 1.0, "quickly": 2.0}
+SPEEDS = {"slowly": 1.0, "quickly": 2.0}  # pixels per frame at 64 px
+STILL = "still"  # the direction and the speed of a subject that stays where it is
+MOTIONS = (*((d, s) for s in SPEEDS for d in DIRECTIONS), (STILL, STILL))
 
-FRAMES, HEIGHT, WIDTH = 17, 64, 64  # 4k+1 frames for the tiny teacher VAE's 4x temporal compression
-SUPERSAMPLE = 4  # anti-aliasing: shapes are drawn at 4x and box-filtered down
+# every value an attribute takes (a still subject's direction and speed are both `still`)
+VALUES = {"shape": list(SHAPES), "colour": list(COLOURS), "background": list(BACKGROUNDS),
+          "direction": [*DIRECTIONS, STILL], "speed": [*SPEEDS, STILL]}
+
+FRAMES, HEIGHT, WIDTH = 17, 64, 64
+SUPERSAMPLE = 4
+# half-extents (x, y) in pixels at 64 px, before the ±10% size jitter
+EXTENTS = {"dot": (6.0, 6.0), "disc": (11.0, 11.0), "plank": (13.0, 4.0), "pillar": (4.0, 13.0)}
+
+# the reader's thresholds, in pixels at 64 px, each halfway (geometrically) between the values it separates
+STILL_BELOW = 0.5  # px per frame: still below, moving above
+QUICK_ABOVE = 1.45  # px per frame: slowly (1) below, quickly (2) above
+ASPECT_ABOVE = 1.4  # sqrt(var_x / var_y): a plank above, a pillar below its inverse (discs and dots ~1)
+DOT_BELOW = 220.0  # subject area in px: a dot ~113, a disc ~380
 
 
 @dataclass(frozen=True)
@@ -39,19 +65,20 @@ class Attributes:
     speed: str
 
     def caption(self) -> str:
+        if self.speed == STILL:
+            return f"a {self.colour} {self.shape} standing still on a {self.background} background"
         return f"a {self.colour} {self.shape} moving {self.direction} {self.speed} on a {self.background} background"
 
 
 def all_attributes() -> list[Attributes]:
-    combos = itertools.product(SHAPES, COLOURS, BACKGROUNDS, DIRECTIONS, SPEEDS)
-    return [Attributes(*c) for c in combos]
+    return [Attributes(s, c, b, d, v) for s, c, b, (d, v) in itertools.product(SHAPES, COLOURS, BACKGROUNDS, MOTIONS)]
 
 
 def _is_held_out(a: Attributes) -> bool:
-    # A fixed, balanced slice of (shape, colour, direction) triples: every shape, colour and direction still
-    # appears in training, only these combinations of them do not.
-    s, c, d = SHAPES.index(a.shape), list(COLOURS).index(a.colour), list(DIRECTIONS).index(a.direction)
-    return (s + c + d) % 6 == 0
+    # A balanced fifth of (shape, colour, motion) triples, over every background: each value is still trained,
+    # only these combinations of them are not.
+    s, c, m = SHAPES.index(a.shape), list(COLOURS).index(a.colour), MOTIONS.index((a.direction, a.speed))
+    return (s + c + m) % 5 == 0
 
 
 def held_out_attributes() -> list[Attributes]:
@@ -64,68 +91,73 @@ def train_attributes() -> list[Attributes]:
 
 def parse_caption(caption: str) -> Attributes:
     """The inverse of `Attributes.caption`; a caption outside the toy grammar is refused by name."""
-    words = caption.strip().split()
-    try:
-        if len(words) != 10 or [words[i] for i in (0, 3, 6, 7, 9)] != ["a", "moving", "on", "a", "background"]:
-            raise ValueError
-        attrs = Attributes(shape=words[2], colour=words[1], background=words[8], direction=words[4], speed=words[5])
-    except ValueError:
-        raise ValueError(
-            f"caption {caption!r} is not in the toy grammar "
-            f"('a <colour> <shape> moving <direction> <speed> on a <background> background')"
-        ) from None
-    for field, allowed in (("shape", SHAPES), ("colour", COLOURS), ("background", BACKGROUNDS),
-                           ("direction", DIRECTIONS), ("speed", SPEEDS)):
+    w = caption.strip().split()
+    grammar = ("'a <colour> <shape> moving <direction> <speed> on a <background> background' or "
+               "'a <colour> <shape> standing still on a <background> background'")
+    if len(w) == 9 and w[3:5] == ["standing", STILL] and [w[0], w[5], w[6], w[8]] == ["a", "on", "a", "background"]:
+        attrs = Attributes(w[2], w[1], w[7], STILL, STILL)
+    elif len(w) == 10 and [w[i] for i in (0, 3, 6, 7, 9)] == ["a", "moving", "on", "a", "background"]:
+        attrs = Attributes(w[2], w[1], w[8], w[4], w[5])
+    else:
+        raise ValueError(f"caption {caption!r} is not in the toy grammar ({grammar})")
+    for field, allowed in (("shape", SHAPES), ("colour", COLOURS), ("background", BACKGROUNDS)):
         if getattr(attrs, field) not in allowed:
             raise ValueError(f"caption {caption!r}: unknown {field} {getattr(attrs, field)!r}; one of {list(allowed)}")
+    if attrs.speed != STILL:
+        for field, allowed in (("direction", DIRECTIONS), ("speed", SPEEDS)):
+            if getattr(attrs, field) not in allowed:
+                raise ValueError(f"caption {caption!r}: unknown {field} {getattr(attrs, field)!r}; "
+                                 f"one of {list(allowed)}")
     return attrs
 
 
 def vocabulary() -> list[str]:
     """Every word any caption can contain, in a fixed order (the tiny teacher's tokenizer is built from it)."""
-    words = ["a", "moving", "on", "background", *SHAPES, *COLOURS, *BACKGROUNDS, *DIRECTIONS, *SPEEDS]
+    words = ["a", "moving", "standing", STILL, "on", "background", *SHAPES, *COLOURS, *BACKGROUNDS, *DIRECTIONS,
+             *SPEEDS]
     return list(dict.fromkeys(words))
 
 
-def _shape_mask(shape: str, cx: float, cy: float, r: float, h: int, w: int) -> np.ndarray:
+# --- drawing ----------------------------------------------------------------------------------------------------
+def _mask(shape: str, cx: float, cy: float, scale: float, h: int, w: int) -> np.ndarray:
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32) + 0.5
-    if shape == "circle":
-        return (xs - cx) ** 2 + (ys - cy) ** 2 <= r**2
-    if shape == "square":
-        return (np.abs(xs - cx) <= r * 0.85) & (np.abs(ys - cy) <= r * 0.85)
-    if shape == "triangle":  # apex up, base down
-        top, bottom = cy - r, cy + r * 0.8
-        half_width = (ys - top) / (bottom - top) * r
-        return (ys >= top) & (ys <= bottom) & (np.abs(xs - cx) <= half_width)
+    ex, ey = (e * scale for e in EXTENTS[shape])
+    if shape in ("dot", "disc"):
+        return (xs - cx) ** 2 + (ys - cy) ** 2 <= ex**2
+    if shape in ("plank", "pillar"):
+        return (np.abs(xs - cx) <= ex) & (np.abs(ys - cy) <= ey)
     raise ValueError(f"unknown shape {shape!r}; one of {SHAPES}")
 
 
 def render(attrs: Attributes, seed: int, frames: int = FRAMES, height: int = HEIGHT, width: int = WIDTH) -> np.ndarray:
-    """Render one clip as uint8 [T, H, W, 3]. The seed picks the size and the start position only."""
+    """Render one clip as uint8 [T, H, W, 3]. The seed picks the size jitter and the start position only; the whole
+    path stays inside the frame."""
     rng = random.Random(f"{attrs.caption()}|{seed}")
-    s = SUPERSAMPLE
-    radius = rng.uniform(0.12, 0.16) * min(height, width)
-    dx, dy = DIRECTIONS[attrs.direction]
-    step = SPEEDS[attrs.speed] * min(height, width) / 64.0
+    unit = min(height, width) / 64.0
+    scale = rng.uniform(0.9, 1.1) * unit
+    dx, dy = DIRECTIONS.get(attrs.direction, (0, 0))
+    step = SPEEDS.get(attrs.speed, 0.0) * unit
     travel = step * (frames - 1)
-    margin = radius + 1
-    # Choose the start so that the whole path stays inside the frame.
-    def start(extent: float, d: int) -> float:
-        lo, hi = margin, extent - margin
+
+    def start(extent: float, half: float, d: int) -> float:
+        lo, hi = half + 1, extent - half - 1
         if d > 0:
             hi -= travel
         elif d < 0:
             lo += travel
-        return rng.uniform(lo, hi) if hi > lo else extent / 2
-    x0, y0 = start(width, dx), start(height, dy)
+        if hi < lo:
+            raise AssertionError(f"{attrs.shape} moving {attrs.speed} does not fit a {extent:.0f}-pixel frame")
+        return rng.uniform(lo, hi)
 
+    ex, ey = (e * scale for e in EXTENTS[attrs.shape])
+    x0, y0 = start(width, ex, dx), start(height, ey, dy)
     colour = np.array(COLOURS[attrs.colour], np.float32)
     background = np.array(BACKGROUNDS[attrs.background], np.float32)
+    s = SUPERSAMPLE
     video = np.empty((frames, height, width, 3), np.uint8)
     for t in range(frames):
-        cx, cy = x0 + dx * step * t, y0 + dy * step * t
-        mask = _shape_mask(attrs.shape, cx * s, cy * s, radius * s, height * s, width * s)
-        coverage = mask.reshape(height, s, width, s).mean(axis=(1, 3))[..., None]
+        m = _mask(attrs.shape, (x0 + dx * step * t) * s, (y0 + dy * step * t) * s, scale * s, height * s, width * s)
+        coverage = m.reshape(height, s, width, s).mean(axis=(1, 3))[..., None]
         video[t] = np.round(coverage * colour + (1 - coverage) * background).astype(np.uint8)
     return video
 
@@ -137,13 +169,15 @@ class PromptSuite:
 
 
 def prompt_suite(split: str) -> PromptSuite:
-    """The toy world's prompt suites: `train` (combinations seen in training) and `held_out` (never seen)."""
+    """`train` (combinations seen in training), `held_out` (never seen) and `still` (the held-out still subjects)."""
     if split == "train":
         attrs = train_attributes()
     elif split == "held_out":
         attrs = held_out_attributes()
+    elif split == "still":
+        attrs = [a for a in held_out_attributes() if a.speed == STILL]
     else:
-        raise ValueError(f"unknown toy-world split {split!r}; one of ['train', 'held_out']")
+        raise ValueError(f"unknown toy-world split {split!r}; one of ['train', 'held_out', 'still']")
     return PromptSuite(name=f"toyworld/{split}", prompts=[a.caption() for a in attrs])
 
 
@@ -152,132 +186,6 @@ def sample_examples(split: str, n: int, seed: int) -> list[tuple[Attributes, int
     attrs = train_attributes() if split == "train" else held_out_attributes()
     rng = random.Random(seed)
     return [(rng.choice(attrs), rng.randrange(2**31)) for _ in range(n)]
-
-
-def dataset(split: str, n: int, seed: int = 0, frames: int = FRAMES, height: int = HEIGHT, width: int = WIDTH):
-    """The toy world as a `datasets.Dataset`: caption, attribute columns, render seed, and the uint8 video."""
-    import datasets
-
-    rows = {"caption": [], "seed": [], "video": [], **{k: [] for k in Attributes.__dataclass_fields__}}
-    for attrs, clip_seed in sample_examples(split, n, seed):
-        rows["caption"].append(attrs.caption())
-        rows["seed"].append(clip_seed)
-        rows["video"].append(render(attrs, clip_seed, frames, height, width))
-        for k, v in asdict(attrs).items():
-            rows[k].append(v)
-    features = datasets.Features({
-        "caption": datasets.Value("string"),
-        "seed": datasets.Value("int64"),
-        "video": datasets.Array4D(shape=(frames, height, width, 3), dtype="uint8"),
-        **{k: datasets.Value("string") for k in Attributes.__dataclass_fields__},
-    })
-    return datasets.Dataset.from_dict(rows, features=features).with_format("numpy")
-
-
-# --- reading a clip back -----------------------------------------------------------------------------------------
-# A fixed, network-free reader of the toy grammar: it lets anyone check whether a generated clip shows what its
-# caption asked for (shape, colour, background, direction, speed) and how clean its pixels are.
-
-def _nearest(rgb: np.ndarray, palette: dict[str, tuple]) -> str:
-    names = list(palette)
-    d = [np.abs(rgb - np.array(palette[n], np.float32)).sum() for n in names]
-    return names[int(np.argmin(d))]
-
-
-def read_clip(video: np.ndarray) -> dict:
-    """Attributes read off a uint8 clip [T, H, W, 3], plus `palette_error`: the mean distance (RGB units, 0-255)
-    of each pixel to the nearer of the clip's background and object colours (a clean render scores near 0)."""
-    v = video.astype(np.float32)
-    border = np.concatenate([v[:, 0], v[:, -1], v[:, :, 0], v[:, :, -1]], axis=1).reshape(-1, 3)
-    bg = np.median(border, axis=0)
-    dist = np.abs(v - bg).sum(-1)  # [T, H, W]
-    mask = dist > 90
-    out: dict = {"background": _nearest(bg, BACKGROUNDS)}
-    if mask.sum() < 10:
-        out.update(colour=None, shape=None, direction=None, speed=None,
-                   palette_error=float(np.abs(v - bg).mean()))
-        return out
-    obj = np.median(v[mask], axis=0)
-    out["colour"] = _nearest(obj, COLOURS)
-    err = np.minimum(np.abs(v - bg).mean(-1), np.abs(v - obj).mean(-1))
-    out["palette_error"] = float(err.mean())
-    # Centroids per frame, then the dominant axis and sign of the travel.
-    ys, xs = np.mgrid[0:v.shape[1], 0:v.shape[2]]
-    cent = []
-    for m in mask:
-        if m.sum() >= 3:
-            cent.append((xs[m].mean(), ys[m].mean()))
-    cent = np.array(cent) if cent else np.zeros((1, 2))
-    travel = cent[-1] - cent[0]
-    axis = int(np.argmax(np.abs(travel)))
-    out["direction"] = (("left", "right"), ("up", "down"))[axis][int(travel[axis] > 0)]
-    per_frame = np.abs(travel[axis]) / max(len(cent) - 1, 1) * 64.0 / min(v.shape[1], v.shape[2])
-    out["speed"] = "quickly" if per_frame > 1.5 else "slowly"
-    # objectness: how far each pixel is from the background towards the object's colour, 0..1
-    contrast = max(float(np.abs(obj - bg).sum()), 1.0)
-    objectness = np.clip(dist / contrast, 0, 1) * (dist > 30)
-    out["shape"] = _read_shape(objectness)
-    return out
-
-
-def _coverage(shape: str, cx: float, cy: float, r: float, h: int, w: int) -> np.ndarray:
-    """The shape's anti-aliased coverage [h, w] in 0..1, drawn the way `render` draws it."""
-    s = SUPERSAMPLE
-    return _shape_mask(shape, cx * s, cy * s, r * s, h * s, w * s).reshape(h, s, w, s).mean(axis=(1, 3))
-
-
-@functools.cache
-def _unit_shape(shape: str) -> tuple[float, float, float]:
-    """The shape at radius 1: its area and its centroid's offset (y, x) from its centre."""
-    ref = _coverage(shape, 40.0, 40.0, 10.0, 80, 80)  # radius 10 at (40, 40), scaled down by 10
-    ys, xs = np.mgrid[0:80, 0:80] + 0.5
-    return (float(ref.sum()) / 100.0, ((ys * ref).sum() / ref.sum() - 40.0) / 10.0,
-            ((xs * ref).sum() / ref.sum() - 40.0) / 10.0)
-
-
-def _template(shape: str, area: float, cx: float, cy: float, h: int, w: int) -> np.ndarray:
-    """The shape's coverage with the given area (in pixels), its centroid at (cx, cy)."""
-    unit_area, oy, ox = _unit_shape(shape)
-    r = np.sqrt(area / unit_area)
-    return _coverage(shape, cx - ox * r, cy - oy * r, r, h, w)
-
-
-def _read_shape(objectness: np.ndarray) -> str | None:
-    """The shape whose template (same area, same centroid) overlaps the clip's objectness best (soft IoU:
-    sum of minima over sum of maxima), summed over three frames in the middle of the clip. Overlap survives the
-    soft edges of a generated clip, where how much of its bounding box a thresholded mask fills does not (a
-    blurred triangle fills its box like a circle)."""
-    t = len(objectness)
-    frames = [o for o in (objectness[t // 4], objectness[t // 2], objectness[(3 * t) // 4]) if o.sum() >= 6]
-    if not frames:
-        return None
-    score = dict.fromkeys(SHAPES, 0.0)
-    ys, xs = np.mgrid[0:objectness.shape[1], 0:objectness.shape[2]] + 0.5
-    for o in frames:
-        area = o.sum()
-        cx, cy = (xs * o).sum() / area, (ys * o).sum() / area
-        for shape in SHAPES:
-            tpl = _template(shape, float(area), cx, cy, *o.shape)
-            score[shape] += np.minimum(o, tpl).sum() / max(np.maximum(o, tpl).sum(), 1e-6)
-    return max(score, key=score.get)
-
-
-def attribute_accuracy(videos, captions) -> dict:
-    """Share of clips whose read-off attribute matches the caption, per attribute, and mean palette error."""
-    fields = ("shape", "colour", "background", "direction", "speed")
-    hits = {f: 0 for f in fields}
-    palette = []
-    for video, caption in zip(videos, captions):
-        want = parse_caption(caption)
-        got = read_clip(np.asarray(video))
-        palette.append(got["palette_error"])
-        for f in fields:
-            hits[f] += got[f] == getattr(want, f)
-    n = max(len(palette), 1)
-    acc = {f: hits[f] / n for f in fields}
-    acc["all"] = float(np.mean([acc[f] for f in fields]))
-    acc["palette_error"] = float(np.mean(palette)) if palette else float("nan")
-    return acc
 
 
 def render_pool(split: str, seeds_per_combo: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
@@ -290,3 +198,126 @@ def render_pool(split: str, seeds_per_combo: int, seed: int = 0) -> tuple[np.nda
             clips.append(render(a, rng.randrange(2**31)))
             captions.append(a.caption())
     return np.stack(clips), captions
+
+
+def dataset(split: str, n: int, seed: int = 0, frames: int = FRAMES, height: int = HEIGHT, width: int = WIDTH):
+    """The toy world as a `datasets.Dataset`: caption, attribute columns, render seed, and the uint8 video."""
+    import datasets
+
+    fields = list(Attributes.__dataclass_fields__)
+    rows = {"caption": [], "seed": [], "video": [], **{k: [] for k in fields}}
+    for attrs, clip_seed in sample_examples(split, n, seed):
+        rows["caption"].append(attrs.caption())
+        rows["seed"].append(clip_seed)
+        rows["video"].append(render(attrs, clip_seed, frames, height, width))
+        for k in fields:
+            rows[k].append(getattr(attrs, k))
+    features = datasets.Features({
+        "caption": datasets.Value("string"),
+        "seed": datasets.Value("int64"),
+        "video": datasets.Array4D(shape=(frames, height, width, 3), dtype="uint8"),
+        **{k: datasets.Value("string") for k in fields},
+    })
+    return datasets.Dataset.from_dict(rows, features=features).with_format("numpy")
+
+
+# --- reading a clip back -----------------------------------------------------------------------------------------
+# A fixed, network-free reader. Every figure it uses is one a token-scale drawing keeps: the subject's colour
+# (unmixed from its background), its area and aspect ratio, and the straight-line fit of its centroid over frames.
+
+def _nearest(rgb: np.ndarray, palette: dict[str, tuple]) -> str:
+    names = list(palette)
+    return names[int(np.argmin([np.abs(rgb - np.array(palette[n], np.float32)).sum() for n in names]))]
+
+
+def _unmix(obj: np.ndarray, bg: np.ndarray) -> str:
+    """The palette colour c that best explains `obj` as a·c + (1−a)·bg with a in [0.25, 1]: a subject drawn softly
+    mixes with its background, which moves its colour towards the background's (red on white looks pink)."""
+    best, name = np.inf, None
+    for n, c in COLOURS.items():
+        d = np.array(c, np.float32) - bg
+        a = float(np.clip(np.dot(obj - bg, d) / max(float(np.dot(d, d)), 1e-6), 0.25, 1.0))
+        residual = float(np.abs(obj - bg - a * d).sum())
+        if residual < best:
+            best, name = residual, n
+    return name
+
+
+def _read_shape(weight: np.ndarray, unit: float) -> str | None:
+    """Area and aspect ratio of the subject (weights: its share of each pixel), averaged over three mid frames."""
+    t = len(weight)
+    frames = [o for o in (weight[t // 4], weight[t // 2], weight[(3 * t) // 4]) if o.sum() >= 6]
+    if not frames:
+        return None
+    ys, xs = np.mgrid[0:weight.shape[1], 0:weight.shape[2]] + 0.5
+    area = var_x = var_y = 0.0
+    for o in frames:
+        a = o.sum()
+        cx, cy = (xs * o).sum() / a, (ys * o).sum() / a
+        area += a / len(frames)
+        var_x += (o * (xs - cx) ** 2).sum() / a / len(frames)
+        var_y += (o * (ys - cy) ** 2).sum() / a / len(frames)
+    aspect = np.sqrt(var_x / max(var_y, 1e-6))
+    if aspect > ASPECT_ABOVE:
+        return "plank"
+    if aspect < 1 / ASPECT_ABOVE:
+        return "pillar"
+    return "dot" if area / unit**2 < DOT_BELOW else "disc"
+
+
+def read_clip(video: np.ndarray) -> dict:
+    """Attributes read off a uint8 clip [T, H, W, 3], plus `palette_error`: the mean distance (RGB units, 0-255)
+    of each pixel to the nearer of the clip's background and subject colours (a clean render scores near 0)."""
+    v = video.astype(np.float32)
+    unit = min(v.shape[1], v.shape[2]) / 64.0
+    border = np.concatenate([v[:, 0], v[:, -1], v[:, :, 0], v[:, :, -1]], axis=1).reshape(-1, 3)
+    bg = np.median(border, axis=0)
+    dist = np.abs(v - bg).sum(-1)  # [T, H, W]
+    out: dict = {"background": _nearest(bg, BACKGROUNDS)}
+    mask = dist > 90
+    if mask.sum() < 10:
+        out.update(colour=None, shape=None, direction=None, speed=None, palette_error=float(np.abs(v - bg).mean()))
+        return out
+    strong = dist >= 0.8 * np.quantile(dist[mask], 0.99)  # the subject's purest pixels: its edges mix
+    obj = np.median(v[strong], axis=0)
+    out["colour"] = _unmix(obj, bg)
+    out["palette_error"] = float(np.minimum(np.abs(v - bg).mean(-1), np.abs(v - obj).mean(-1)).mean())
+    contrast = max(float(np.abs(np.array(COLOURS[out["colour"]], np.float32) - bg).sum()), 1.0)
+    weight = dist * (dist > 30) / contrast  # the subject's share of each pixel (not clipped: area survives blur)
+
+    ys, xs = np.mgrid[0:v.shape[1], 0:v.shape[2]] + 0.5
+    seen = [i for i, o in enumerate(weight) if o.sum() >= 3]
+    if len(seen) < 2:
+        out.update(direction=None, speed=None, shape=_read_shape(weight, unit))
+        return out
+    centroids = np.array([((xs * weight[i]).sum() / weight[i].sum(), (ys * weight[i]).sum() / weight[i].sum())
+                          for i in seen])
+    slope = np.polyfit(np.array(seen, float), centroids, 1)[0]  # px per frame, (x, y)
+    per_frame = np.abs(slope) / unit
+    axis = int(np.argmax(per_frame))
+    if per_frame[axis] < STILL_BELOW:
+        out["direction"] = out["speed"] = STILL
+    else:
+        out["direction"] = (("left", "right"), ("up", "down"))[axis][int(slope[axis] > 0)]
+        out["speed"] = "quickly" if per_frame[axis] > QUICK_ABOVE else "slowly"
+    out["shape"] = _read_shape(weight, unit)
+    return out
+
+
+FIELDS = ("shape", "colour", "background", "direction", "speed")
+
+
+def attribute_accuracy(videos, captions) -> dict:
+    """Share of clips whose read-off attribute matches the caption, per attribute, and mean palette error."""
+    hits = dict.fromkeys(FIELDS, 0)
+    palette = []
+    for video, caption in zip(videos, captions):
+        want, got = parse_caption(caption), read_clip(np.asarray(video))
+        palette.append(got["palette_error"])
+        for f in FIELDS:
+            hits[f] += got[f] == getattr(want, f)
+    n = max(len(palette), 1)
+    acc = {f: hits[f] / n for f in FIELDS}
+    acc["all"] = float(np.mean([acc[f] for f in FIELDS]))
+    acc["palette_error"] = float(np.mean(palette)) if palette else float("nan")
+    return acc

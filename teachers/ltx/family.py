@@ -188,7 +188,7 @@ import torch
 from diffusers import LTXPipeline
 pipe = LTXPipeline.from_pretrained("{out_name}")
 torch.manual_seed(0)
-video = pipe("a red circle moving left slowly on a black background", num_inference_steps={steps},
+video = pipe("a red disc moving left slowly on a black background", num_inference_steps={steps},
              guidance_scale=1.0, num_frames={video.frames}, height={video.height}, width={video.width},
              max_sequence_length={max_sequence_length}, generator=torch.Generator().manual_seed(0)).frames[0]
 ```

@@ -121,7 +121,7 @@ def check_sample(report: dict, group, folder: str) -> None:
 
     teacher = WanTeacher.from_pretrained(folder, device="cpu")
     kwargs = dict(steps=4, guidance=3.0, shift=3.0, seed=[5, 6], frames=5, height=64, width=64)
-    prompts = ["a red circle", "a blue square moving left"]
+    prompts = ["a red disc", "a blue plank moving left"]
     alone = teacher.sample(prompts, **kwargs)
     teacher.shard_sequence(group)
     seen = set()

@@ -22,7 +22,7 @@ def test_help_lists_subcommands():
 
 def test_sample_writes_mp4_gif_and_png(untrained_wan, tmp_path):
     out = tmp_path / "clip.mp4"
-    rc = main(["sample", "--teacher", str(untrained_wan), "--prompt", "a red circle moving left slowly on a black "
+    rc = main(["sample", "--teacher", str(untrained_wan), "--prompt", "a red disc moving left slowly on a black "
                "background", "--steps", "3", "--frames", "9", "--height", "32", "--width", "48", "--out", str(out)])
     assert rc == 0
     frames = iio.imread(out)
@@ -36,7 +36,7 @@ def test_sample_writes_mp4_gif_and_png(untrained_wan, tmp_path):
 @pytest.mark.slow  # two torchrun launches, ~1-2 min on 2 cores
 def test_sample_under_torchrun_splits_each_clip_over_the_ranks(untrained_wan, tmp_path):
     """`distill sample` on 2 ranks (each clip's tokens split over them, Ulysses) writes the 1-rank clip."""
-    args = ["-m", "distill.cli", "sample", "--teacher", str(untrained_wan), "--prompt", "a red circle", "--steps",
+    args = ["-m", "distill.cli", "sample", "--teacher", str(untrained_wan), "--prompt", "a red disc", "--steps",
             "3", "--frames", "9", "--height", "32", "--width", "64", "--formats", "png", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one.png")], env=env, capture_output=True,
@@ -57,7 +57,7 @@ def test_sample_under_torchrun_splits_each_clip_over_the_ranks(untrained_wan, tm
 
 
 def test_several_prompts_give_numbered_clips(untrained_wan, tmp_path):
-    rc = main(["sample", "--teacher", str(untrained_wan), "--prompt", "a red circle", "--prompt", "a blue square",
+    rc = main(["sample", "--teacher", str(untrained_wan), "--prompt", "a red disc", "--prompt", "a blue plank",
                "--steps", "2", "--frames", "5", "--height", "32", "--width", "32", "--formats", "gif",
                "--out", str(tmp_path / "c.gif")])
     assert rc == 0
@@ -72,7 +72,7 @@ def test_several_prompts_give_numbered_clips(untrained_wan, tmp_path):
     (["--guidance-2", "3"], "--guidance-2 is the low-noise expert's CFG scale, and teacher"),
 ])
 def test_bad_input_is_refused_with_exit_2(untrained_wan, tmp_path, capsys, extra, message):
-    args = ["sample", "--teacher", str(untrained_wan), "--prompt", "a red circle", "--out", str(tmp_path / "c.mp4")]
+    args = ["sample", "--teacher", str(untrained_wan), "--prompt", "a red disc", "--out", str(tmp_path / "c.mp4")]
     if "--out" in extra:
         args = args[:-2]
     assert main(args + extra) == 2
@@ -158,7 +158,7 @@ def _bad_out(kind: str, tmp_path, name: str):
 def _argv(command: str, out: str, untrained_wan, tmp_path) -> list[str]:
     run = tmp_path / "no-run"
     return {
-        "sample": ["sample", "--teacher", str(untrained_wan), "--prompt", "a red circle", "--steps", "1",
+        "sample": ["sample", "--teacher", str(untrained_wan), "--prompt", "a red disc", "--steps", "1",
                    "--frames", "5", "--height", "32", "--width", "32", "--out", out],
         "train": ["train", str(REPO / "configs" / "recipes" / "consistency-tiny.yaml"), f"out={out}"],
         "export": ["export", str(run), "--out", out],
@@ -197,7 +197,7 @@ def test_a_truncated_teacher_file_is_one_line_naming_it(untrained_wan, tmp_path,
     shutil.copytree(untrained_wan, broken)
     weights = broken / "vae" / "diffusion_pytorch_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-1000])
-    assert main(["sample", "--teacher", str(broken), "--prompt", "a red circle", "--steps", "1", "--frames", "5",
+    assert main(["sample", "--teacher", str(broken), "--prompt", "a red disc", "--steps", "1", "--frames", "5",
                  "--height", "32", "--width", "32", "--out", str(tmp_path / "c.mp4")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1

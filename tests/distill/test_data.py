@@ -10,7 +10,7 @@ from distill.core.config import ConfigError
 from distill.data import TrainData, load_prompts, trim
 from distill.train_config import DataConfig
 
-PROMPTS = ["a red circle moving left", "a blue square moving up", "a green star"]
+PROMPTS = ["a red disc moving left", "a blue plank moving up", "a green star"]
 
 
 def test_prompts_from_txt_jsonl_parquet_and_a_saved_dataset(tmp_path):

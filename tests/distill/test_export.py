@@ -27,8 +27,8 @@ from distill.teachers.samplers import consistency_timesteps, sample_consistency,
 from distill.teachers.resolve import checkpoint_defaults, resolve
 from distill.teachers.wan import WanTeacher
 
-PROMPTS = ["a red circle moving left slowly on a black background",
-           "a yellow triangle moving up quickly on a gray background"]
+PROMPTS = ["a red disc moving left slowly on a black background",
+           "a yellow pillar moving up quickly on a gray background"]
 FRAMES, SIZE, MAX_LEN = 17, 64, 16
 TOL = 1e-4
 

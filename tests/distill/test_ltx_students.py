@@ -27,7 +27,7 @@ from tests.distill.test_train import (
     write_config,
 )
 
-PROMPT = "a red circle moving left slowly on a black background"
+PROMPT = "a red disc moving left slowly on a black background"
 FRAMES, SIZE, MAX_LEN = 17, 64, 16  # the toy world's clips; the tiny LTX VAE: 8x in time and space
 LATENT = (8, 3, 8, 8)  # [C, F, H, W] of a 17x64x64 clip
 TOL = 1e-4

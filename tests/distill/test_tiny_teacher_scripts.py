@@ -7,7 +7,7 @@ from scripts.bench_teacher_patch import main as bench_patch
 from scripts.tiny_teacher_report import denoise_from
 from distill.teachers.wan import WanTeacher
 
-PROMPT = "a red circle moving left slowly on a black background"
+PROMPT = "a red disc moving left slowly on a black background"
 
 
 def test_denoise_from_a_level_keeps_what_the_level_keeps(untrained_wan):

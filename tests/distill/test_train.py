@@ -30,7 +30,7 @@ def write_config(tmp: Path, name: str = "run", **sections) -> Path:
            "data": {"size": 8, "batch_size": 2, "cache_dir": str(tmp / "cache")},
            "optim": {"lr": 3e-4},
            "deepspeed": "zero2",
-           "train": {"steps": 6, "log_every": 1, "checkpoint_every": 3, "validation_prompts": ["a red circle"],
+           "train": {"steps": 6, "log_every": 1, "checkpoint_every": 3, "validation_prompts": ["a red disc"],
                      "collective_timeout_s": 60},
            "wandb": {"mode": "disabled"},
            "out": str(tmp / name)}
@@ -285,6 +285,10 @@ def test_resume_against_changed_teacher_weights_is_refused(tmp_path):
     (folder / "meta.json").write_text(json.dumps(meta))
     check_compatible(folder, cfg, 2, "aaaa")  # the same weights resume
     with pytest.raises(ConfigError, match="hash aaaa, but that teacher now hashes bbbb"):
+        check_compatible(folder, cfg, 2, "bbbb")
+    # a checkpoint of a retired built-in teacher is refused by that teacher's name, not only by two hashes
+    (folder / "meta.json").write_text(json.dumps({**meta, "teacher_hash": "c198cebf10ba6637"}))
+    with pytest.raises(ConfigError, match="retired builtin:tiny-wan of the first toy world"):
         check_compatible(folder, cfg, 2, "bbbb")
 
 

@@ -60,7 +60,7 @@ def test_no_progress_turns_every_bar_off_in_a_real_run(tmp_path):
     """One real (tiny) training step in a child process, with --no-progress: nothing draws a bar, neither ours nor
     the loaders' of diffusers and transformers."""
     overrides = ["train.steps=1", "train.checkpoint_every=1", "train.validate_every=null",
-                 "train.validation_prompts=[a red circle]", "data.size=2", "data.batch_size=2",
+                 "train.validation_prompts=[a red disc]", "data.size=2", "data.batch_size=2",
                  "recipe.sampler.steps=1", f"data.cache_dir={tmp_path / 'cache'}", "wandb.mode=disabled",
                  f"out={tmp_path / 'run'}"]
     proc = subprocess.run([sys.executable, "-m", "distill.cli", "train", str(CONFIG), *overrides, "--no-progress"],

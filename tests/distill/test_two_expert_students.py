@@ -20,8 +20,8 @@ from distill.teachers.wan import WanTeacher
 from distill.train_config import load_train_config
 from distill.teachers.samplers import student_levels
 
-PROMPTS = ["a red circle moving left slowly on a black background",
-           "a yellow triangle moving up quickly on a gray background"]
+PROMPTS = ["a red disc moving left slowly on a black background",
+           "a yellow pillar moving up quickly on a gray background"]
 
 
 def teacher_yaml(folder, path):
@@ -39,7 +39,7 @@ def run_yaml(root, teacher, name, **sections):
     """A run config of the two-expert teacher; `sections` replace the defaults (YAML flow text)."""
     cfg = {"teacher": teacher, "recipe": "{name: consistency, skip: 5, sampler: {steps: 4}}",
            "data": "{size: 4, batch_size: 2}", "deepspeed": "zero2",
-           "train": "{steps: 1, log_every: 1, checkpoint_every: 1, validation_prompts: [a red circle]}",
+           "train": "{steps: 1, log_every: 1, checkpoint_every: 1, validation_prompts: [a red disc]}",
            "wandb": "{mode: disabled}", "out": root / name, **sections}
     lines = [f"{k}: {v}" for k, v in cfg.items()]
     path = root / f"{name}.yaml"
@@ -164,7 +164,7 @@ def test_two_ranks_under_zero3_train_both_experts_and_a_killed_run_resumes_exact
     from tests.distill.test_train import BIN, REPO, env, losses, torchrun, train_cmd
 
     teacher = teacher_yaml(untrained_wan_a14b, tmp_path / "teacher.yaml")
-    train = "{steps: 6, log_every: 1, checkpoint_every: 3, validation_prompts: [a red circle], collective_timeout_s: 60}"
+    train = "{steps: 6, log_every: 1, checkpoint_every: 3, validation_prompts: [a red disc], collective_timeout_s: 60}"
     sections = dict(deepspeed="zero3", data="{size: 8, batch_size: 2}", train=train)
     whole = run_yaml(tmp_path, teacher, "whole", **sections)
     proc = torchrun(*train_cmd(whole))
@@ -201,7 +201,7 @@ def test_one_run_per_expert_trains_only_the_expert_named(untrained_wan_a14b, tmp
     teacher = teacher_yaml(untrained_wan_a14b, tmp_path / "teacher.yaml")
     config = run_yaml(tmp_path, teacher, "low", student="{experts: [transformer_2], ema_decay: null, export: online}",
                       recipe="{name: consistency, skip: 5, target: online, sampler: {steps: 4}}",
-                      train="{steps: 2, log_every: 1, checkpoint_every: 2, validation_prompts: [a red circle]}")
+                      train="{steps: 2, log_every: 1, checkpoint_every: 2, validation_prompts: [a red disc]}")
     code = f"from distill.cli import main; import sys; sys.exit(main(['train', {str(config)!r}, '--no-progress']))"
     done = subprocess.run([sys.executable, "-c", code], check=False, cwd=REPO_ROOT, capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})

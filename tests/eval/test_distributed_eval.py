@@ -82,10 +82,10 @@ def test_a_sequence_degree_that_does_not_divide_the_ranks_is_refused(tmp_path):
 def test_a_sequence_degree_the_dit_or_clip_cannot_take_is_refused(tmp_path):
     suite, _ = load_suite("toyworld-held-out", [])
     family, folder = open_teacher("builtin:tiny-wan")  # 4 heads; 17x64x64 is 320 tokens
-    harness = Harness(suite, load_teacher_config("tiny-wan"), ["a red circle"], tmp_path, sequence=3)
+    harness = Harness(suite, load_teacher_config("tiny-wan"), ["a red disc"], tmp_path, sequence=3)
     with pytest.raises(ConfigError, match=r"clip 17x64x64: --sequence=3 does not divide the DiT's 4 attention heads"):
         harness._check_split(family, folder)
     odd, _ = load_suite("toyworld-held-out", ["height=24", "width=40", "frames=1"])  # 15 tokens
-    harness = Harness(odd, load_teacher_config("tiny-wan"), ["a red circle"], tmp_path, sequence=2)
+    harness = Harness(odd, load_teacher_config("tiny-wan"), ["a red disc"], tmp_path, sequence=2)
     with pytest.raises(ConfigError, match=r"15 tokens does not split evenly over --sequence=2"):
         harness._check_split(family, folder)

@@ -37,8 +37,8 @@ def test_wrong_caption_lowers_clip_score(clip, held_out):
     videos, captions = held_out
     right = clip.clip_scores(videos[:24], captions[:24]).mean()
     wrong_captions = [c.replace("left", "TMP").replace("right", "left").replace("TMP", "right")
-                      .replace("red", "blue") if "red" in c else c.replace("circle", "square").replace("triangle",
-                      "circle") for c in captions[:24]]
+                      .replace("red", "blue") if "red" in c else c.replace("disc", "plank").replace("pillar",
+                      "disc") for c in captions[:24]]
     assert wrong_captions != captions[:24]
     assert clip.clip_scores(videos[:24], wrong_captions).mean() < right - 1.0
     assert metrics.REGISTRY[0].name(metrics.Scorers(clip, 8, None, "farneback", 17, 0.5)) == "clipsim[domain-clip]"

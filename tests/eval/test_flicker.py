@@ -9,7 +9,7 @@ import torch
 
 import distill.eval.flicker as flicker
 from distill.eval import metrics
-from distill.eval.flicker import hf_energy, static_clips, vbench_flicker, warp_error
+from distill.eval.flicker import hf_energy, static_clips, static_threshold, vbench_flicker, warp_error
 
 FRAMES, SIZE = 9, 32
 
@@ -180,6 +180,26 @@ def test_static_filter_passes_the_flickering_still_and_refuses_the_moving_clip(m
     is_static, motion = static_clips(moving_and_flickering, flow="farneback")
     assert is_static.tolist() == [False, True]
     assert motion[0] > 1.0 and motion[1] < 0.5  # ~2 px/frame for the square, ~0 for the flicker
+
+
+def test_static_filter_is_vbench_rule_a_few_fast_pairs_are_tolerated():
+    """VBench's rule at 17 frames: up to round(2 * 17 / 16) = 2 pairs (the last two aside) may move faster than
+    3 px * 64 / 256 = 0.75 px per frame; a third fast pair, or a large jump between the last frames, makes it move."""
+    still = soft_square_clip(speed=0)
+
+    def jumping(at: list[int]) -> np.ndarray:
+        clip = still.copy()
+        for t in at:  # the square jumps 4 px right at frame t and back at t + 1
+            clip[t] = np.roll(still[t], 4, axis=1)
+        return clip
+
+    videos = as_videos(jumping([3]), jumping([3, 9]), jumping([3, 7, 11]), jumping([16]))
+    is_static, motion = static_clips(videos, flow="farneback")
+    assert static_threshold(S, S) == pytest.approx(0.75)
+    # one jump = two fast pairs (there and back): tolerated; two jumps are four; between the last two frames the
+    # bound is 2 * 2 * 0.75 = 3 px, and a 4 px jump there is motion
+    assert is_static.tolist() == [True, False, False, False]
+    assert float(motion.min()) > 0.75  # every clip has a fast pair: the tolerance, not the threshold, decides
 
 
 def _vbench_record(videos, static_prompt):

@@ -35,10 +35,10 @@ def tokenizer(untrained_wan):
 
 
 def test_a_long_prompt_says_how_many_tokens_were_cut(tokenizer):
-    long = " ".join(["a red circle moving left"] * 1000)  # 5,000 words
+    long = " ".join(["a red disc moving left"] * 1000)  # 5,000 words
     (problem,) = prompt_problems(tokenizer, long, 16)
     assert "is 5001 tokens long but the text encoder reads 16: 4985 tokens were cut" in problem
-    assert prompt_problems(tokenizer, "a red circle moving left slowly", 16) == []
+    assert prompt_problems(tokenizer, "a red disc moving left slowly", 16) == []
 
 
 def test_unknown_words_are_named(tokenizer):
@@ -48,7 +48,7 @@ def test_unknown_words_are_named(tokenizer):
 
 def test_the_teacher_warns_once_per_prompt(untrained_wan):
     teacher = WanTeacher.from_pretrained(str(untrained_wan), device="cpu", max_sequence_length=16)
-    prompts = ["a red circle moving left slowly", "a glorp " * 20]
+    prompts = ["a red disc moving left slowly", "a glorp " * 20]
     with pytest.warns(PromptWarning) as caught:
         teacher.encode(prompts, negative="")
     messages = sorted(str(w.message) for w in caught if w.category is PromptWarning)

@@ -9,7 +9,7 @@ from distill.teachers import registry, samplers
 from distill.teachers.base import Cond, FamilyError, VideoFactors
 from distill.teachers.ltx import LTXFamily, text_mask
 
-PROMPTS = ["a red circle moving left", "a blue square moving up slowly on a white background"]
+PROMPTS = ["a red disc moving left", "a blue plank moving up slowly on a white background"]
 SEEDS = [3, 11]
 CLIP = {"frames": 9, "height": 32, "width": 32}
 MAX_LEN = 16
@@ -190,7 +190,7 @@ def test_other_bad_inputs_are_refused(teacher):
     with pytest.raises(ValueError, match="guidance_2"):
         teacher.velocity(teacher.noise(1, **CLIP, seed=0), 0.5, teacher.encode(PROMPTS[:1]), 2.0, guidance_2=3.0)
     with pytest.raises(ValueError, match=r"positions \[1\]"):
-        teacher.encode(["a red circle", "  "])
+        teacher.encode(["a red disc", "  "])
     assert teacher.shard_sequence(None) is teacher
 
 

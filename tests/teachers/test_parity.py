@@ -9,8 +9,8 @@ from distill.teachers.config import load_teacher_config
 from distill.teachers.resolve import resolve
 from distill.teachers.wan import WanTeacher
 
-PROMPTS = ["a red circle moving left slowly on a black background",
-           "a yellow triangle moving up quickly on a gray background"]
+PROMPTS = ["a red disc moving left slowly on a black background",
+           "a yellow pillar moving up quickly on a gray background"]
 SEEDS = [11, 12]
 
 

@@ -11,8 +11,8 @@ from distill.teachers.base import FamilyError
 from distill.teachers.resolve import TeacherNotFound, open_teacher
 from distill.teachers.wan import WanExperts, WanTeacher
 
-PROMPTS = ["a red circle moving left slowly on a black background",
-           "a yellow triangle moving up quickly on a gray background"]
+PROMPTS = ["a red disc moving left slowly on a black background",
+           "a yellow pillar moving up quickly on a gray background"]
 SEEDS = [11, 12]
 
 

@@ -4,7 +4,7 @@ import torch
 from distill.teachers.schedule import flow_sigmas, shift_sigmas
 from distill.teachers.wan import WanTeacher, seed_list
 
-PROMPT = "a blue square moving right quickly on a white background"
+PROMPT = "a blue plank moving right quickly on a white background"
 
 
 @pytest.fixture(scope="module")
@@ -33,11 +33,11 @@ def test_empty_prompts_are_refused(teacher):
     with pytest.raises(ValueError, match="empty prompt list"):
         teacher.encode([])
     with pytest.raises(ValueError, match=r"positions \[1\]"):
-        teacher.encode(["a red circle", "  "])
+        teacher.encode(["a red disc", "  "])
 
 
 def test_cfg_runs_both_halves_in_one_forward_and_equals_the_two_pass_formula(teacher):
-    cond = teacher.encode([PROMPT, "a red circle"], negative="")
+    cond = teacher.encode([PROMPT, "a red disc"], negative="")
     x = teacher.noise(2, 17, 64, 64, seed=0)
     t = torch.tensor([0.7, 0.3], dtype=torch.float64)
     batches = []
@@ -54,9 +54,9 @@ def test_cfg_runs_both_halves_in_one_forward_and_equals_the_two_pass_formula(tea
 
 
 def test_each_clip_depends_only_on_its_own_seed(teacher):
-    both = teacher.sample([PROMPT, "a red circle moving up slowly on a gray background"], steps=3, guidance=3.0,
+    both = teacher.sample([PROMPT, "a red disc moving up slowly on a gray background"], steps=3, guidance=3.0,
                           seed=[5, 9], sampler="euler", frames=5, height=32, width=32)
-    alone = teacher.sample(["a red circle moving up slowly on a gray background"], steps=3, guidance=3.0, seed=9,
+    alone = teacher.sample(["a red disc moving up slowly on a gray background"], steps=3, guidance=3.0, seed=9,
                            sampler="euler", frames=5, height=32, width=32)
     torch.testing.assert_close(both[1:], alone, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(both[0], both[1])

@@ -80,7 +80,7 @@ def test_diffusers_reads_the_wan_file_back_to_the_same_adapter(lora_folder, untr
 def _clip(pipe, lora_folder=None, weight_name=None):
     if lora_folder is not None:
         pipe.load_lora_weights(str(lora_folder), weight_name=weight_name, adapter_name="student")
-    clip = pipe(prompt="a red circle moving left slowly on a black background", num_inference_steps=2,
+    clip = pipe(prompt="a red disc moving left slowly on a black background", num_inference_steps=2,
                 guidance_scale=1.0, num_frames=5, height=32, width=32, max_sequence_length=16, output_type="np",
                 generator=torch.Generator().manual_seed(0)).frames[0]
     if lora_folder is not None:
