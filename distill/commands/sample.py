@@ -105,9 +105,9 @@ def run(args) -> int:
     for stem in stems:  # first: a bad path fails in a second, not after the teacher has loaded and sampled
         for suffix in dict.fromkeys([args.out.suffix, *formats]):
             check_output_file(stem.with_suffix(suffix))
-    cond_folder = None if args.no_cond_cache else (args.cond_cache or default_cond_cache())
     if args.cond_cache is not None and args.no_cond_cache:
         raise ConfigError("--cond-cache and --no-cond-cache contradict each other; give one")
+    cond_folder = None if args.no_cond_cache else (args.cond_cache or default_cond_cache())
     if cond_folder is not None:
         check_output_dir(cond_folder, "--cond-cache")
 

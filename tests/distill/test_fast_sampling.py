@@ -30,7 +30,7 @@ def _count_embeds(folder, monkeypatch) -> list[list[str]]:
 
 def test_a_second_sample_call_reads_its_embeddings_from_the_cache(untrained_wan, tmp_path, monkeypatch):
     calls = _count_embeds(untrained_wan, monkeypatch)
-    args = ["sample", "--teacher", str(untrained_wan), "--prompt", PROMPT, "--prompt", PROMPT, "--steps", "2",
+    args = ["sample", "--teacher", str(untrained_wan), "--prompt", PROMPT, "--prompt", PROMPT, "--steps", "1",
             "--frames", "5", "--height", "32", "--width", "32", "--formats", "png", "--no-progress",
             "--cond-cache", str(tmp_path / "cond")]
     assert main([*args, "--out", str(tmp_path / "one.png")]) == 0

@@ -20,8 +20,8 @@ def test_suppressed_dynamo_errors_are_refused_not_run_eager(monkeypatch):
     import torch._dynamo
 
     monkeypatch.setattr(compiling, "_checked", {})
-    monkeypatch.setattr(torch._dynamo.config, "suppress_errors", True)
-    with pytest.raises(CompileUnavailable, match="suppress_errors is set"):
+    with torch._dynamo.config.patch(suppress_errors=True), pytest.raises(CompileUnavailable,
+                                                                         match="suppress_errors is set"):
         check_compile("cpu")
 
 
