@@ -25,7 +25,7 @@ def test_suppressed_dynamo_errors_are_refused_not_run_eager(monkeypatch):
         check_compile("cpu")
 
 
-@pytest.mark.slow  # compiles the tiny DiT with inductor: a minute on 2 idle cores, over 10 under a training job
+@pytest.mark.slow  # compiles the tiny DiT with inductor: 15 s on 2 idle cores, over 10 min beside a training job
 @pytest.mark.timeout(1800)
 def test_a_compiled_dit_samples_the_eager_clip(untrained_wan):
     family = registry.family_of(untrained_wan)
