@@ -33,6 +33,7 @@ from distill.eval.schema import SCHEMA
 from distill.eval.suite import ModelSpec, SuiteConfig
 from distill.teachers.parallel import Layout, make_layout
 from distill.teachers.base import DTYPES, Teacher, pick_device
+from distill.teachers.conditioning import CondCache
 from distill.teachers.resolve import checkpoint_defaults, open_teacher
 from distill.teachers.samplers import LEGACY_GRID
 
@@ -52,6 +53,7 @@ class Candidate:
     negative: str
     ckpt_hash: str
     grid: object = None  # the consistency sampler's levels (a rule or explicit levels); None: the legacy grid
+    conditioning: CondCache | None = None  # shared by every model of an eval; None: each clip's text encoded
 
     @property
     def nfe(self) -> int:
@@ -68,13 +70,19 @@ class Candidate:
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
     def sample(self, prompts: list[str], seeds: list[int], frames: int, height: int, width: int,
-               timing: dict | None = None, decode: bool = True) -> np.ndarray | None:
+               timing: dict | None = None, decode: bool = True, cached_text: bool = True) -> np.ndarray | None:
         """uint8 clips [B, T, H, W, 3]; `timing` (if given) receives text/denoise/decode seconds, synchronised.
-        `decode=False` stops after denoising (the other ranks of a sequence-parallel group) and returns None."""
+        `decode=False` stops after denoising (the other ranks of a sequence-parallel group) and returns None.
+        `cached_text=False` runs the text encoder even where the conditioning cache holds the prompts (a timed
+        clip of a new prompt)."""
         t = self.teacher
         sync = torch.cuda.synchronize if t.device.type == "cuda" else (lambda: None)
         t0 = time.perf_counter()
-        cond = t.encode(prompts, self.negative if self.guidance > 1 else None)
+        negative = self.negative if self.guidance > 1 else None
+        if cached_text and self.conditioning is not None:
+            cond = self.conditioning.encode(t, prompts, negative)
+        else:
+            cond = t.encode(prompts, negative)
         sync()
         t1 = time.perf_counter()
         latents = t.sample(prompts, steps=self.steps, guidance=self.guidance, shift=self.shift, seed=seeds,
@@ -129,6 +137,8 @@ class Harness:
         self.suite, self.teacher_cfg, self.prompts = suite, teacher_cfg, prompts
         self.out_dir = Path(out_dir)
         self.cache_dir = Path(cache_dir) if cache_dir else self.out_dir / "cache"
+        # every model and seed of a prompt reads one embedding per text encoder; kept beside the clips for reruns
+        self.conditioning = CondCache(self.cache_dir / "conditioning")
         self.real_clips = real_clips
         self.progress = progress
         self._loaded: dict[str, Teacher] = {}
@@ -167,6 +177,10 @@ class Harness:
             guidance_2 = c.sampler.guidance_2 if source == c.source else None
             model = family.load(folder, DTYPES[c.dtype], pick_device(c.device), c.max_sequence_length, guidance_2)
             self._loaded[source] = model.shard_sequence(self.layout.group)  # a no-op without a group
+            if self.suite.compile:  # preflight checked that this device compiles
+                from distill.teachers.compiling import compile_dit
+
+                compile_dit(model)
             self._hashes[source] = checkpoint_hash(folder)
         return self._loaded[source]
 
@@ -188,7 +202,7 @@ class Harness:
                               f"{list(grid)}; evaluate it @{len(grid)}, not @{spec.steps}")
         teacher = self._load(source)
         return Candidate(spec, teacher, spec.steps, sampler, guidance, shift, c.negative_prompt,
-                         self._hashes[source], grid)
+                         self._hashes[source], grid, self.conditioning)
 
     def reference(self) -> ModelSpec:
         s = self.teacher_cfg.sampler
@@ -246,15 +260,18 @@ class Harness:
         return None
 
     def time_model(self, cand: Candidate) -> dict:
-        """One clip at a time: `warmup` untimed clips, then the median of `clips` timed clips."""
+        """One clip at a time: `warmup` untimed clips, then the median of `clips` timed clips. A compiled DiT
+        takes at least one warm-up clip: its first batch-1 forward compiles."""
         s = self.suite
-        prompts = [self.prompts[i % len(self.prompts)] for i in range(s.speed.warmup + s.speed.clips)]
+        warmup = max(s.speed.warmup, 1) if s.compile else s.speed.warmup
+        prompts = [self.prompts[i % len(self.prompts)] for i in range(warmup + s.speed.clips)]
         leader = self.layout.leader  # the other ranks of a sequence-parallel group only join the denoising
         runs = []
         for i, prompt in enumerate(prompts):
             timing: dict = {}
-            cand.sample([prompt], [10_000 + i], s.frames, s.height, s.width, timing, decode=leader)
-            if i >= s.speed.warmup:
+            cand.sample([prompt], [10_000 + i], s.frames, s.height, s.width, timing, decode=leader,
+                        cached_text=s.speed.text == "cached")
+            if i >= warmup:
                 runs.append(timing)
         if not leader:
             return {}
@@ -288,6 +305,13 @@ class Harness:
         # model is loaded
         self._check_suite_size()
         layout = self.layout  # a --sequence the job cannot take is refused here
+        if s.compile:  # before any model loads: a device that cannot compile is refused, never run eager
+            from distill.teachers.compiling import CompileUnavailable, check_compile
+
+            try:
+                check_compile(pick_device(self.teacher_cfg.device))
+            except CompileUnavailable as err:
+                raise ConfigError(f"suite {s.name!r} key 'compile' (--compile): {err}; run without it") from None
         candidates = {}
         for spec in specs:
             source = self.teacher_cfg.source if spec.source == "teacher" else spec.source
@@ -557,7 +581,7 @@ class Harness:
                 "clip_backend": scorers.clip.name, "ranks_per_clip": self.sequence,
                 "speed_protocol": SPEED_PROTOCOL + (f" Each clip was split over {self.sequence} ranks (sequence "
                                                     f"parallelism), timed clips included." if self.sequence > 1
-                                                    else ""),
+                                                    else "") + speed_notes(s),
                 "metric_definitions": {m.family: {"level": m.level, "higher_is_better": m.higher_is_better,
                                                   "how": m.how} for m in computed}}
 
@@ -567,6 +591,18 @@ PER_CLIP_ABOUT = (
     "prompt_of_clip[j]. Per-clip metrics: `values`, each clip's value (null where a clip is not scored). Set "
     "metrics (FVD, KVD): `leave_one_out`, the statistic with clip j left out of both sets, so that two evals of the "
     "same prompts and seeds can be compared clip by clip.")
+
+
+def speed_notes(s: SuiteConfig) -> str:
+    """What this suite changes in the speed protocol: cached text, a compiled DiT."""
+    notes = ""
+    if s.speed.text == "cached":
+        notes += (" Text: each timed clip read its prompt's embeddings from the conditioning cache (a prompt seen "
+                  "before), so text_s is that lookup, not the encoder.")
+    if s.compile:
+        notes += (" Every model's DiT ran under torch.compile (inductor); its compile time fell in the untimed "
+                  "warm-up clips (at least one).")
+    return notes
 
 
 def leave_one_out(statistic, a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -27,6 +27,9 @@ class DiversitySettings(Strict):
 class SpeedSettings(Strict):
     clips: int = Field(3, ge=1)  # timed one clip at a time; reported as min/median/max, no interval
     warmup: int = Field(1, ge=0)
+    # "encode": each timed clip runs the text encoder (a prompt never seen before); "cached": it reads its prompt's
+    # embeddings from the conditioning cache (a prompt seen before), so latency is denoising + decode
+    text: Literal["encode", "cached"] = "encode"
 
 
 class StaticFilterSettings(Strict):
@@ -72,6 +75,7 @@ class SuiteConfig(Strict):
     speed: SpeedSettings = SpeedSettings()
     noise_floor: bool = True  # teacher vs teacher on other seeds: the FVD a perfect student would still get
     batch_size: int = Field(8, ge=1)
+    compile: bool = False  # every model's DiT under torch.compile (refused where the device cannot compile)
 
     @model_validator(mode="before")
     @classmethod

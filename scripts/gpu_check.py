@@ -18,6 +18,11 @@ Parts, in order (each skipped with a note when fewer than its budget's seconds a
             prediction for the same config on this GPU. A recipe the planner says cannot fit is not started.
   eval      clips per second of the domain CLIP score and the domain video net features on 64 toy-world clips
             (scripts/bench_eval.py's stages) on this device.
+  latency-compiled
+            the latency part's DiT and rows under torch.compile as `--compile` compiles it (inductor, Triton on
+            CUDA; teachers/compiling.py), with the compile time of each graph (CFG's batch 2, the student's batch 1)
+            reported apart from the timed runs, and the eager latencies of the latency part beside it. Last, and
+            skipped when the deadline leaves too little: `--parts latency latency-compiled` runs it on its own.
 --dry-run: the same code on CPU in fp32 with the tiny teacher's DiT config, 17x64x64 clips, 8 eval clips.
 """
 
@@ -37,7 +42,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 GIB = 1 << 30
-PARTS = ("latency", "train-consistency", "train-apt", "eval")
+PARTS = ("latency", "train-consistency", "train-apt", "eval", "latency-compiled")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -70,12 +75,20 @@ class Report:
 def markdown(d: dict) -> str:
     lines = [f"gpu_check on {d['device']} ({'dry run, tiny shapes' if d['dry_run'] else d['shape']}); "
              f"torch {d['torch']}", ""]
-    lat = d["parts"].get("latency")
-    if lat:
+    for part in ("latency", "latency-compiled"):
+        lat = d["parts"].get(part)
+        if not lat:
+            continue
+        if "error" in lat:
+            lines += [f"{part}: {lat['error']}", ""]
+            continue
+        if part == "latency-compiled":
+            lines.append(f"compiled ({lat['backend']}); compile s: "
+                         + ", ".join(f"{k} {v:.1f}" for k, v in lat["compile_s"].items()))
         lines += ["| sampler | steps | NFE | latency s | teacher / this | NFE bound |", "|---|---|---|---|---|---|"]
         for r in lat["rows"]:
-            lines.append(f"| {r['name']} | {r['steps']} | {r['nfe']} | {r['seconds']:.3f} | {r['speedup']:.1f}x | "
-                         f"{r['nfe_bound']:.0f}x |")
+            lines.append(f"| {r['name']}{' (compiled)' if part == 'latency-compiled' else ''} | {r['steps']} | "
+                         f"{r['nfe']} | {r['seconds']:.3f} | {r['speedup']:.1f}x | {r['nfe_bound']:.0f}x |")
         lines.append("")
     for recipe in ("consistency", "apt"):
         r = d["parts"].get(f"train-{recipe}")
@@ -119,7 +132,7 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def latency(device, dtype, dry: bool) -> dict:
+def latency(device, dtype, dry: bool, compiled: bool = False) -> dict:
     import torch
     from diffusers import WanTransformer3DModel
 
@@ -127,6 +140,12 @@ def latency(device, dtype, dry: bool) -> dict:
     torch.manual_seed(0)
     with torch.device(device):
         model = WanTransformer3DModel(**cfg).to(dtype).eval()
+    compile_s = {}
+    if compiled:
+        from distill.teachers.compiling import BACKEND, check_compile
+
+        check_compile(device)  # CompileUnavailable says why; the part records it as its error
+        model.compile(backend=BACKEND)  # in place, as teachers/compiling.py compiles a teacher's DiT
     latent = (cfg["in_channels"], 5, 16, 16) if dry else (16, 21, 60, 104)
     text = torch.randn(2, 16 if dry else 512, cfg["text_dim"], device=device, dtype=dtype)
 
@@ -149,7 +168,12 @@ def latency(device, dtype, dry: bool) -> dict:
         sync(device)
         return time.perf_counter() - t0
 
-    sample(1, 6.0)  # warm-up (kernels, allocator)
+    for name, cfg_scale in (("cfg_batch2", 6.0), ("student_batch1", None)):  # warm-up (kernels, allocator)
+        t0 = time.perf_counter()
+        sample(1, cfg_scale)
+        compile_s[name] = time.perf_counter() - t0  # with compile: the graph's compile plus one step
+    if compiled:
+        sample(1, 6.0), sample(1, None)  # graphs compiled: a second warm-up as the eager part has
     rows = []
     for name, steps, guidance in (("teacher (CFG)", 50, 6.0), ("student", 4, None), ("student", 1, None)):
         rows.append({"name": name, "steps": steps, "nfe": steps * (2 if guidance else 1),
@@ -158,7 +182,10 @@ def latency(device, dtype, dry: bool) -> dict:
     for r in rows:
         r["speedup"] = teacher["seconds"] / r["seconds"]
         r["nfe_bound"] = teacher["nfe"] / r["nfe"]
-    return {"dit": cfg, "latent": list(latent), "dtype": str(dtype), "rows": rows}
+    out = {"dit": cfg, "latent": list(latent), "dtype": str(dtype), "rows": rows}
+    if compiled:
+        out.update(backend=BACKEND, compile_s=compile_s)
+    return out
 
 
 # --- one training step per recipe --------------------------------------------------------------------------------
@@ -272,7 +299,7 @@ def main(argv=None) -> int:
     report = Report(args.out.resolve(), {"device": name, "dry_run": args.dry_run, "torch": torch.__version__,
                                          "shape": "Wan 2.1 1.3B config, 81x480x832, bf16"})
     # (part, seconds it may need at worst on one H100: a part is started only with that much time left)
-    budget = {"latency": 150, "train-consistency": 120, "train-apt": 120, "eval": 40}
+    budget = {"latency": 150, "train-consistency": 120, "train-apt": 120, "eval": 40, "latency-compiled": 300}
     budget = {part: need for part, need in budget.items() if part in args.parts}
     with tempfile.TemporaryDirectory(prefix="gpu_check-") as tmp:
         for part, need in budget.items():
@@ -282,8 +309,8 @@ def main(argv=None) -> int:
                 continue
             t0 = time.perf_counter()
             try:
-                if part == "latency":
-                    result = latency(device, dtype, args.dry_run)
+                if part in ("latency", "latency-compiled"):
+                    result = latency(device, dtype, args.dry_run, compiled=part == "latency-compiled")
                 elif part.startswith("train-"):
                     result = train_step(part.removeprefix("train-"), Path(tmp), args.dry_run, device)
                 else:

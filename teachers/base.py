@@ -207,6 +207,9 @@ class Family(ABC):
     # The classes model_index.json may name for each component (others: not checked); diffusers' own message for a
     # wrong one is a shape mismatch deep in its loader that names neither the file nor the class.
     component_classes: ClassVar[dict[str, tuple[str, ...]]] = {}
+    # The components that turn text into embeddings: what a conditioning cache keys on (teachers/conditioning.py),
+    # so a student export that kept its teacher's encoder shares the teacher's cached embeddings.
+    text_components: ClassVar[tuple[str, ...]] = ("text_encoder", "tokenizer")
 
     # --- a folder's configs, no weights ---------------------------------------------------------------------------
     def check_folder(self, folder: Path, name: str) -> None:
@@ -227,6 +230,19 @@ class Family(ABC):
                                   f"family {self.name!r} loads {' or '.join(allowed)} there")
             if isinstance(entry, list) and len(entry) == 2 and entry[0] == "diffusers":
                 check_config_types(folder / component / "config.json", entry[1], name)
+
+    def encoder_hash(self, folder: Path) -> str:
+        """The identity of a folder's text encoder (`text_components`, configs and weights as `checkpoint_hash`
+        reads them): equal for two folders whose embeddings are the same, whatever their DiTs."""
+        import hashlib
+
+        from distill.core.hashing import checkpoint_hash
+
+        h = hashlib.sha256(self.name.encode())
+        for component in self.text_components:
+            sub = Path(folder) / component
+            h.update(f"|{component}:{checkpoint_hash(sub) if sub.is_dir() else 'absent'}".encode())
+        return h.hexdigest()[:16]
 
     def experts(self, folder: Path) -> tuple[str, ...]:
         """The DiT components, highest noise first: ("transformer",), or two for a two-expert checkpoint."""

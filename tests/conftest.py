@@ -6,6 +6,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `distill sample` keeps prompt embeddings in the user's cache by default: the tests' go to a folder of their own.
+if "DISTILL_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["DISTILL_CACHE"] = tempfile.mkdtemp(prefix="distill-test-cache-")
 
 import pytest  # noqa: E402
 
@@ -39,3 +44,22 @@ def untrained_wan_a14b(tmp_path_factory):
     folder = tmp_path_factory.mktemp("untrained-wan-a14b")
     WanPipeline(**parts, transformer_2=low, boundary_ratio=0.875).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture
+def no_compiler(monkeypatch):
+    """torch.compile as it fails without a C++ compiler: inductor's InvalidCxxCompiler inside dynamo's wrapper."""
+    import torch
+    from torch._inductor.exc import InvalidCxxCompiler
+
+    from distill.teachers import compiling
+
+    def compile_fails(fn, **kwargs):
+        def run(*args):
+            try:
+                raise InvalidCxxCompiler()
+            except InvalidCxxCompiler as err:
+                raise RuntimeError("backend='inductor' raised:\nInvalidCxxCompiler: ...") from err
+        return run
+    monkeypatch.setattr(compiling, "_checked", {})
+    monkeypatch.setattr(torch, "compile", compile_fails)

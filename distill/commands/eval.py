@@ -26,12 +26,17 @@ def add_parser(sub) -> None:
     p.add_argument("--teacher", default=DEFAULT_TEACHER, help="teacher config, name, folder or builtin:NAME")
     p.add_argument("--model", action="append", default=[], help="a model to score (repeatable)")
     p.add_argument("--out", type=Path, required=True, help="run folder for eval.json, summary.md, report.html")
-    p.add_argument("--cache", type=Path, help="clip cache (default OUT/cache); shareable between runs")
+    p.add_argument("--cache", type=Path, help="clip cache (default OUT/cache), with the prompt embeddings in CACHE/conditioning; "
+                                                 "shareable between runs")
     p.add_argument("--sequence", type=int, default=1, metavar="N",
                    help="under torchrun: split each clip's tokens over N ranks in every DiT forward (DeepSpeed-"
                         "Ulysses sequence parallelism, for clips too long for one GPU); N must divide the rank count, "
                         "every DiT's heads and the clip's tokens. Default 1: each rank samples whole clips")
-    p.add_argument("overrides", nargs="*", help="suite overrides key=value, e.g. seeds_per_prompt=2")
+    p.add_argument("--compile", action="store_true",
+                   help="run every model's DiT under torch.compile (the suite key compile=true); refused, saying why, "
+                        "where this device cannot compile. Compile time falls in the untimed warm-up clips")
+    p.add_argument("overrides", nargs="*", help="suite overrides key=value, e.g. seeds_per_prompt=2 or "
+                                                "speed.text=cached (timed clips read cached prompt embeddings)")
     p.set_defaults(func=run)
 
 
@@ -48,7 +53,7 @@ def run(args) -> int:
     check_output_dir(args.out)
     if args.cache is not None:
         check_output_dir(args.cache, "--cache")
-    suite, path = load_suite(args.suite, args.overrides)
+    suite, path = load_suite(args.suite, [*args.overrides, *(["compile=true"] if args.compile else [])])
     prompts = suite_prompts(suite, path)
     teacher_cfg = load_teacher_config(args.teacher)
     try:

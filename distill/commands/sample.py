@@ -8,12 +8,23 @@ import sys
 from pathlib import Path
 
 from distill.commands import no_progress_bars
-from distill.core.paths import check_output_file
+from distill.core.paths import check_output_dir, check_output_file
 from distill.core.config import ConfigError
 from distill.core.text import read_lines
 
 from distill.teachers.resolve import DEFAULT_BUILTIN as DEFAULT_TEACHER
 from distill.teachers.samplers import GRIDS
+
+DEFAULT_COND_CACHE_TEXT = "$DISTILL_CACHE/conditioning, else $XDG_CACHE_HOME/distill/conditioning or " \
+                          "~/.cache/distill/conditioning"
+
+
+def default_cond_cache() -> Path:
+    """The user's conditioning cache: shared by every `distill sample` call of this user, whatever its --out."""
+    if os.environ.get("DISTILL_CACHE"):
+        return Path(os.environ["DISTILL_CACHE"]).expanduser() / "conditioning"
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "distill" / "conditioning"
 
 
 def add_parser(sub) -> None:
@@ -51,6 +62,14 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="clips sampled together")
     p.add_argument("--formats", default="mp4,gif,png",
                    help="comma-separated formats written next to --out (default mp4,gif,png)")
+    p.add_argument("--compile", action="store_true",
+                   help="run the DiT under torch.compile (inductor); refused, saying why, where this device cannot "
+                        "compile. The first batch pays the compile time")
+    p.add_argument("--cond-cache", type=Path, default=None, metavar="DIR",
+                   help="where prompt embeddings are kept between calls, one file per text and text encoder "
+                        f"(default {DEFAULT_COND_CACHE_TEXT})")
+    p.add_argument("--no-cond-cache", action="store_true",
+                   help="keep prompt embeddings in memory for this call only (nothing read or written on disk)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--out", type=Path, required=True,
                    help="output path (clip.mp4); several prompts give clip-0.mp4, clip-1.mp4, ...")
@@ -86,6 +105,11 @@ def run(args) -> int:
     for stem in stems:  # first: a bad path fails in a second, not after the teacher has loaded and sampled
         for suffix in dict.fromkeys([args.out.suffix, *formats]):
             check_output_file(stem.with_suffix(suffix))
+    if args.cond_cache is not None and args.no_cond_cache:
+        raise ConfigError("--cond-cache and --no-cond-cache contradict each other; give one")
+    cond_folder = None if args.no_cond_cache else (args.cond_cache or default_cond_cache())
+    if cond_folder is not None:
+        check_output_dir(cond_folder, "--cond-cache")
 
     from distill.teachers.config import load_teacher, load_teacher_config, open_config
 
@@ -107,6 +131,8 @@ def run(args) -> int:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:  # before any weights load: the split must be possible
         cfg = _check_sequence_split(cfg, family, folder, world)
+    if args.compile:  # before any weights load: a device that cannot compile is refused, never run eager
+        _check_compile(cfg.device)
 
     from tqdm.auto import tqdm
 
@@ -119,20 +145,29 @@ def run(args) -> int:
         import torch.distributed as dist
 
         teacher.shard_sequence(dist.group.WORLD)
+    if args.compile:
+        from distill.teachers.compiling import compile_dit
+
+        compile_dit(teacher)
+    from distill.teachers.conditioning import CondCache
+
+    conditioning = CondCache(cond_folder)
     if rank == 0:
         print(f"teacher {cfg.source} on {teacher.device}: {len(prompts)} clip(s), {v.frames}x{v.height}x{v.width}, "
               f"{s.name} {s.steps} steps, guidance {s.guidance}, shift {s.shift}"
               + (f", grid {s.grid}" if s.name == "consistency" and s.grid is not None else "")
-              + (f", each clip split over {world} ranks" if world > 1 else ""), file=sys.stderr)
+              + (f", each clip split over {world} ranks" if world > 1 else "")
+              + (", DiT compiled (the first batch pays the compile)" if args.compile else ""), file=sys.stderr)
     seeds = [args.seed + i for i in range(len(prompts))]
     written = []
     for i in tqdm(range(0, len(prompts), args.batch_size), desc="clips", unit="batch",
                   disable=args.no_progress or rank != 0):
         chunk = prompts[i:i + args.batch_size]
+        cond = conditioning.encode(teacher, chunk, cfg.negative_prompt if s.guidance > 1.0 else None)
         latents = teacher.sample(chunk, steps=s.steps, guidance=s.guidance, shift=s.shift,
                                  seed=seeds[i:i + args.batch_size], sampler=s.name, negative=cfg.negative_prompt,
                                  frames=v.frames, height=v.height, width=v.width, guidance_2=s.guidance_2,
-                                 progress=not args.no_progress and rank == 0, grid=s.grid)
+                                 progress=not args.no_progress and rank == 0, grid=s.grid, cond=cond)
         if rank != 0:  # every rank computed the same clips; one writes them
             continue
         for j, video in enumerate(teacher.decode(latents).numpy()):
@@ -141,6 +176,16 @@ def run(args) -> int:
     for path in written:
         print(path)
     return 0
+
+
+def _check_compile(device: str) -> None:
+    from distill.teachers.base import pick_device
+    from distill.teachers.compiling import CompileUnavailable, check_compile
+
+    try:
+        check_compile(pick_device(device))
+    except CompileUnavailable as err:
+        raise ConfigError(f"--compile: {err}; run without --compile") from None
 
 
 def _check_sequence_split(cfg, family, folder: Path, world: int):

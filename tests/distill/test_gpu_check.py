@@ -45,8 +45,11 @@ def test_dry_run_writes_every_part(gpu_check, tmp_path, monkeypatch):
     data = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     assert data["dry_run"] and not data["skipped"]
     parts = data["parts"]
-    assert set(parts) == {"latency", "train-consistency", "train-apt", "eval"}
+    assert set(parts) == {"latency", "train-consistency", "train-apt", "eval", "latency-compiled"}
     assert not [p for p, r in parts.items() if "error" in r], parts
+    compiled = {(r["name"], r["steps"]): r for r in parts["latency-compiled"]["rows"]}
+    assert compiled.keys() == {("teacher (CFG)", 50), ("student", 4), ("student", 1)}
+    assert set(parts["latency-compiled"]["compile_s"]) == {"cfg_batch2", "student_batch1"}
     rows = {(r["name"], r["steps"]): r for r in parts["latency"]["rows"]}
     assert rows[("teacher (CFG)", 50)]["nfe"] == 100 and rows[("student", 4)]["nfe_bound"] == 25
     assert all(r["seconds"] > 0 for r in rows.values())
@@ -56,11 +59,13 @@ def test_dry_run_writes_every_part(gpu_check, tmp_path, monkeypatch):
     assert all(v["clips_per_s"] > 0 for v in parts["eval"]["stages"].values())
     md = (tmp_path / "out" / "gpu_check.md").read_text()
     assert "| teacher (CFG) | 50 | 100 |" in md and "train consistency: step" in md and "clip_score" in md
+    assert "| teacher (CFG) (compiled) | 50 | 100 |" in md
 
 
 def test_a_deadline_skips_parts_with_a_note(gpu_check, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert gpu_check.main(["--out", str(tmp_path / "out"), "--dry-run", "--deadline-s", "0"]) == 0
     data = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
-    assert not data["parts"] and set(data["skipped"]) == {"latency", "train-consistency", "train-apt", "eval"}
+    assert not data["parts"] and set(data["skipped"]) == {"latency", "train-consistency", "train-apt", "eval",
+                                                          "latency-compiled"}
     assert "--deadline-s" in (tmp_path / "out" / "gpu_check.md").read_text()
