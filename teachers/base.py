@@ -48,6 +48,17 @@ def seed_list(seed: int | list[int], n: int) -> list[int]:
     return list(seed)
 
 
+
+def prompt_list(prompts: str | list[str]) -> list[str]:
+    """The prompts as a list, refused when there are none or one is empty (every family's `encode` takes this)."""
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompts:
+        raise ValueError("empty prompt list: give at least one prompt")
+    empty = [i for i, p in enumerate(prompts) if not isinstance(p, str) or not p.strip()]
+    if empty:
+        raise ValueError(f"prompts at positions {empty} are empty; every prompt needs text")
+    return prompts
+
 # --- what a folder's configs say -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class VideoFactors:

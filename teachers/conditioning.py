@@ -32,7 +32,7 @@ import torch
 
 from distill.core.disk import writing
 from distill.core.dist import rank_world
-from distill.teachers.base import Cond, Teacher
+from distill.teachers.base import Cond, Teacher, prompt_list
 
 SCHEMA = "distill.cond/1"
 EMBED_BATCH = 32  # texts per encoder forward when several are missing (bounds a large encoder's activations)
@@ -50,12 +50,7 @@ class CondCache:
     # --- the contract's encode, cached ----------------------------------------------------------------------------
     def encode(self, teacher: Teacher, prompts: list[str], negative: str | list[str] | None = "") -> Cond:
         """`teacher.encode(prompts, negative)`, each distinct text embedded at most once per encoder."""
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        if not prompts:
-            raise ValueError("empty prompt list: give at least one prompt")
-        empty = [i for i, p in enumerate(prompts) if not isinstance(p, str) or not p.strip()]
-        if empty:
-            raise ValueError(f"prompts at positions {empty} are empty; every prompt needs text")
+        prompts = prompt_list(prompts)
         negatives = None if negative is None else [negative] * len(prompts) if isinstance(negative, str) \
             else list(negative)
         if negatives is not None and len(negatives) != len(prompts):

@@ -28,7 +28,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler, LTXPipeline
 from diffusers.pipelines.ltx.pipeline_ltx import calculate_shift
 from diffusers.utils.torch_utils import randn_tensor
 from distill.teachers import samplers
-from distill.teachers.base import DTYPES, Cond, pick_device, seed_list
+from distill.teachers.base import DTYPES, Cond, pick_device, prompt_list, seed_list
 from distill.teachers.resolve import check_weight_files, resolve
 from distill.teachers.schedule import NUM_TRAIN_TIMESTEPS
 
@@ -174,12 +174,7 @@ class LTXTeacher:
     @torch.no_grad()
     def encode(self, prompts: list[str], negative: str | list[str] | None = "") -> Cond:
         """T5 embeddings of the prompts and, unless `negative` is None, of the negative prompt(s)."""
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        if not prompts:
-            raise ValueError("empty prompt list: give at least one prompt")
-        empty = [i for i, p in enumerate(prompts) if not isinstance(p, str) or not p.strip()]
-        if empty:
-            raise ValueError(f"prompts at positions {empty} are empty; every prompt needs text")
+        prompts = prompt_list(prompts)
         if negative is None:
             return Cond(self.embed(prompts), None)
         negatives = [negative] * len(prompts) if isinstance(negative, str) else list(negative)

@@ -12,7 +12,7 @@ from diffusers import WanPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
 from distill.teachers import samplers
-from distill.teachers.base import DTYPES, Cond, pick_device, seed_list  # noqa: F401
+from distill.teachers.base import DTYPES, Cond, pick_device, prompt_list, seed_list  # noqa: F401
 from distill.teachers.parallel import check_sequence_split, token_count
 from distill.teachers.resolve import check_weight_files, resolve
 from distill.teachers.schedule import NUM_TRAIN_TIMESTEPS
@@ -187,12 +187,7 @@ class WanTeacher:
     @torch.no_grad()
     def encode(self, prompts: list[str], negative: str | list[str] | None = "") -> Cond:
         """UMT5 embeddings of the prompts and, unless `negative` is None, of the negative prompt(s)."""
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        if not prompts:
-            raise ValueError("empty prompt list: give at least one prompt")
-        empty = [i for i, p in enumerate(prompts) if not isinstance(p, str) or not p.strip()]
-        if empty:
-            raise ValueError(f"prompts at positions {empty} are empty; every prompt needs text")
+        prompts = prompt_list(prompts)
         self.check_prompts([*prompts, *([negative] if isinstance(negative, str) else negative or [])])
         pos, neg = self.pipe.encode_prompt(
             prompt=prompts, negative_prompt=negative, do_classifier_free_guidance=negative is not None,
