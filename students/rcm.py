@@ -174,12 +174,6 @@ class RCM(RecipeBase):
             critic_lora=d.critic_lora, guidance=self.guidance, t_range=d.t_range, t_shift=d.t_shift,
             backward_simulation=d.backward_simulation, gan_weight=0.0, sampler=cfg.sampler), ctx)
 
-    @classmethod
-    def check_run(cls, run_cfg) -> None:
-        if run_cfg.parallel.sequence > 1:
-            raise ValueError(f"parallel.sequence={run_cfg.parallel.sequence}: rCM's JVP has no forward-mode rule "
-                             f"through the sequence-parallel all-to-all; set parallel.sequence=1")
-
     def networks(self) -> list[NetworkSpec]:
         return self.dmd.networks() if self.dmd else []
 

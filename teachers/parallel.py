@@ -2,12 +2,14 @@
 
     patch embedding (every rank, whole clip) ─► keep my 1/N of the tokens (and of the rotary embedding)
     every block: self-attention  q, k, v of my tokens, all heads ─ all-to-all ─► all tokens, my H/N heads
-                                 attention ─ all-to-all ─► my tokens, all heads     (DistributedAttention)
+                                 attention ─ all-to-all ─► my tokens, all heads     (Ulysses)
                  cross-attention, feed-forward, norms: per token, on my tokens only
     output projection ─► all-gather the tokens: every rank of the group holds the whole output
 
-The all-to-all exchanges are DeepSpeed's `deepspeed.sequence.layer.DistributedAttention` (differentiable; its
-backward is the transposed exchange). The final all-gather's backward sums the gradient over the group before each
+The all-to-all exchanges are DeepSpeed's `single_all_to_all` (what its `DistributedAttention` runs), wrapped here
+with both derivative rules: the exchange is linear, so its backward is the transposed exchange and its forward-mode
+rule (the JVP of rCM's student) is the same exchange of the tangent. DeepSpeed's own autograd function has no
+forward-mode rule. The final all-gather's backward sums the gradient over the group before each
 rank keeps its own tokens' share (a reduce-scatter). Every
 rank of a group computes the same loss from the same gathered output, so each weight's gradient, summed over the
 group's ranks, is N times that of the one-rank forward; the data-parallel mean over all ranks (what DeepSpeed
@@ -122,6 +124,12 @@ class _Gather(torch.autograd.Function):
         dist.all_reduce(grad, group=ctx.group)
         return _local(grad, ctx.group, ctx.dim).contiguous(), None, None
 
+    @staticmethod
+    def jvp(ctx, tangent: torch.Tensor, *_):
+        parts = [torch.empty_like(tangent) for _ in range(dist.get_world_size(ctx.group))]
+        dist.all_gather(parts, tangent.contiguous(), group=ctx.group)  # linear: the tangent is gathered alike
+        return torch.cat(parts, dim=ctx.dim)
+
 
 def _gathered(x: torch.Tensor, group, dim: int = 1) -> torch.Tensor:
     """Every rank's share concatenated along `dim`, in rank order; backward: sum over the group, keep my share."""
@@ -146,15 +154,47 @@ def _local_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     return dispatch_attention_fn(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False)
 
 
-class UlyssesWanAttnProcessor:
-    """Wan self-attention over sequence-sharded tokens: diffusers' WanAttnProcessor with DeepSpeed's
-    DistributedAttention around the attention itself."""
+class _AllToAll(torch.autograd.Function):
+    """DeepSpeed's all-to-all over `group` (split dim `scatter` over the ranks, concatenate their parts along
+    `gather`; dim 0 is the batch), with a backward (the exchange with the two dims swapped) and a forward-mode rule
+    (the same exchange of the tangent)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group, scatter: int, gather: int) -> torch.Tensor:
+        from deepspeed.sequence.layer import single_all_to_all
+
+        ctx.group, ctx.scatter, ctx.gather = group, scatter, gather
+        return single_all_to_all(x.contiguous(), scatter, gather, 0, group)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return _AllToAll.apply(grad, ctx.group, ctx.gather, ctx.scatter), None, None, None
+
+    @staticmethod
+    def jvp(ctx, tangent: torch.Tensor, *_):
+        from deepspeed.sequence.layer import single_all_to_all
+
+        return single_all_to_all(tangent.contiguous(), ctx.scatter, ctx.gather, 0, ctx.group)
+
+
+class UlyssesAttention:
+    """Attention over sequence-sharded q, k, v [B, S/N, H, D]: all-to-all to [B, S, H/N, D] (scatter heads, gather
+    tokens), full-sequence attention over this rank's heads, all-to-all back (DeepSpeed-Ulysses)."""
 
     def __init__(self, group):
-        from deepspeed.sequence.layer import DistributedAttention
+        self.group = group
 
-        # [B, S/N, H, D] -> all-to-all (scatter heads, dim 2; gather tokens, dim 1) -> [B, S, H/N, D] and back.
-        self.attention = DistributedAttention(_local_attention, group, scatter_idx=2, gather_idx=1)
+    def __call__(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        q, k, v = (_AllToAll.apply(x, self.group, 2, 1) for x in (query, key, value))
+        return _AllToAll.apply(_local_attention(q, k, v), self.group, 1, 2)
+
+
+class UlyssesWanAttnProcessor:
+    """Wan self-attention over sequence-sharded tokens: diffusers' WanAttnProcessor with Ulysses' exchanges around
+    the attention itself."""
+
+    def __init__(self, group):
+        self.attention = UlyssesAttention(group)
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, rotary_emb=None) -> torch.Tensor:
@@ -169,7 +209,7 @@ class UlyssesWanAttnProcessor:
         query, key, value = (x.unflatten(2, (attn.heads, -1)) for x in (query, key, value))
         if rotary_emb is not None:  # already sliced to this rank's tokens (the hook on `rope`)
             query, key = _rotary(query, *rotary_emb), _rotary(key, *rotary_emb)
-        out = self.attention(query, key, value, batch_dim_idx=0)
+        out = self.attention(query, key, value)
         out = out.flatten(2, 3).type_as(query)
         return attn.to_out[1](attn.to_out[0](out))
 
@@ -191,7 +231,7 @@ class _Sharding:
 
 
 def _ensure_deepspeed_comm() -> None:
-    """DistributedAttention talks through deepspeed.comm, which wraps torch.distributed's existing process group."""
+    """DeepSpeed's all-to-all talks through deepspeed.comm, which wraps torch.distributed's existing process group."""
     import deepspeed.comm
 
     if not deepspeed.comm.is_initialized():

@@ -100,6 +100,26 @@ def check_dit(report: dict, group) -> None:
     report["discriminator"] = {"output": float((logits - ref_logits).abs().max()),
                                "grad": max_diff(data_parallel_mean(grads), ref_grads), "n_grads": len(grads)}
 
+    # rCM's JVP (forward-mode AD along x and t) through the sharded DiT: the all-to-alls and the gather carry
+    # tangents; attention runs on the math path in chunks of 16 of the 48 queries.
+    from distill.students.rcm import jvp
+
+    dit = tiny_dit()
+    x, t, text, _ = inputs()
+    g = torch.Generator().manual_seed(2)
+    tangents = (torch.randn(x.shape, generator=g), torch.randn(t.shape, generator=g) * 10)
+
+    def velocity(x_, t_):
+        return dit(hidden_states=x_, timestep=t_, encoder_hidden_states=text, return_dict=False)[0]
+
+    ref_out, ref_tangent = jvp(velocity, (x, t), tangents, chunk=16)
+    shard_sequence(dit, group)
+    seen = []
+    dit.blocks[-1].register_forward_hook(lambda m, a, o: seen.append(o.shape[1]))
+    out, tangent = jvp(velocity, (x, t), tangents, chunk=16)
+    report["jvp"] = {"output": float((out - ref_out).abs().max()), "tangent": float((tangent - ref_tangent).abs().max()),
+                     "tangent_scale": float(ref_tangent.abs().max()), "block_tokens": seen[0]}
+
     # A head count the group does not divide is refused by name.
     try:
         shard_sequence(tiny_dit(heads=3), group)

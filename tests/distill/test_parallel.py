@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from distill.core.config import ConfigError
 from distill.train_config import fingerprint, load_train_config
-from tests.distill.test_train import APT, DMD2, losses, torchrun, train_cmd, write_config
+from tests.distill.test_train import APT, DMD2, RCM, losses, torchrun, train_cmd, write_config
 
 WORKER = __import__("pathlib").Path(__file__).with_name("parallel_worker.py")
 
@@ -27,6 +27,9 @@ def test_dit_forward_and_gradients_over_two_ranks_equal_one_rank(tmp_path):
             # fp32 sums in another order: within 1e-5 of the gradients' own scale (about 30 here)
             assert r["grad"] <= 1e-5 * r["grad_scale"], (case, r)
             assert r["n_grads"] == 69  # every weight of the 2-layer DiT got a gradient
+        j = rank["jvp"]  # rCM's JVP through the sequence-sharded DiT equals the one-rank JVP
+        assert j["block_tokens"] == 24 and j["output"] <= 1e-5, j
+        assert 0 < j["tangent_scale"] and j["tangent"] <= 1e-5 * j["tangent_scale"], j
         d = rank["discriminator"]
         assert d["output"] <= 1e-5 and d["grad"] <= 1e-5, d
         assert "does not divide the DiT's 3 attention heads" in rank["refused_heads"]
@@ -108,16 +111,18 @@ def logged(run) -> dict[int, dict]:
 
 # Every figure a recipe logs from its networks' forwards: the loss, and the second network's own.
 FIGURES = {"consistency": ("loss",), "apt": ("loss", "discriminator", "d_real", "d_fake"),
-           "dmd2": ("loss", "critic", "dmd_grad_rms")}
+           "dmd2": ("loss", "critic", "dmd_grad_rms"), "rcm": ("loss", "scm_g_norm")}
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-@pytest.mark.parametrize("stage,recipe", [("zero3", "consistency"), ("zero2", "apt"), ("zero2", "dmd2")])
+@pytest.mark.parametrize("stage,recipe", [("zero3", "consistency"), ("zero2", "apt"), ("zero2", "dmd2"),
+                                          ("zero2", "rcm")])
 def test_every_recipe_with_two_sequence_ranks_matches_one_rank(tmp_path, stage, recipe):
     """The teacher, student, EMA target and the recipe's own network (APT's discriminator with its pooled heads,
-    DMD2's critic) all split their tokens over the group; ZeRO-3 partitions them as well."""
-    sections = {"apt": {**APT, "recipe": {**APT["recipe"], "alarms": {"every": 100}}}, "dmd2": DMD2}.get(recipe, {})
+    DMD2's critic, rCM's JVP) all split their tokens over the group; ZeRO-3 partitions them as well."""
+    sections = {"apt": {**APT, "recipe": {**APT["recipe"], "alarms": {"every": 100}}}, "dmd2": DMD2,
+                "rcm": RCM}.get(recipe, {})
     steps = {"steps": 4, "checkpoint_every": 4}
     one = write_config(tmp_path, "one", deepspeed=stage, train=steps, **sections)
     two = write_config(tmp_path, "two", deepspeed=stage, train=steps, parallel={"sequence": 2}, **sections)

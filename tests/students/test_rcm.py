@@ -207,13 +207,6 @@ def test_student_loss_adds_the_dmd_term_after_the_warmup():
     assert nets["student"].mu.grad.abs().sum() > 0
 
 
-def test_sequence_parallel_is_refused_naming_the_key():
-    from types import SimpleNamespace
-
-    with pytest.raises(ValueError, match="parallel.sequence=2"):
-        RCM.check_run(SimpleNamespace(parallel=SimpleNamespace(sequence=2)))
-
-
 def test_registry_finds_rcm_and_its_sampler_is_the_consistency_one():
     assert registry.get("rcm") is RCM
     spec = recipe(sampler={"steps": 2}).sampler()
