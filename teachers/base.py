@@ -9,8 +9,10 @@ family of a folder (or of a teacher config's `family:`) and talks to the two obj
              factors, the experts and their boundary, the DiT's shape), and how the family's networks and files
              are made (student backbones, the planner's meta-device DiT, LoRA files in diffusers and native key
              names, the exported stock-pipeline folder)
-    Teacher  a loaded checkpoint: conditioning (batched, cacheable), the guided velocity (conditional and
-             unconditional halves in one forward; per-expert guidance), sampling, decode/encode, sequence sharding
+    Teacher  a loaded checkpoint: conditioning (text, batched and cacheable; and a first / last image for an
+             image-to-video checkpoint: `Family.image_input` says which take one), the guided velocity (conditional
+             and unconditional halves in one forward; guidance over text, the image in both halves; per-expert
+             guidance), sampling, decode/encode, sequence sharding
 
 A family with experts (Wan 2.2 A14B: a high-noise and a low-noise DiT switching at `boundary_ratio`) gives the
 engine ONE network, `Teacher.dit`, that routes each sample to its expert by timestep; a student built from it has
@@ -58,6 +60,12 @@ def prompt_list(prompts: str | list[str]) -> list[str]:
     if empty:
         raise ValueError(f"prompts at positions {empty} are empty; every prompt needs text")
     return prompts
+
+def refuse_images(what: str, *images) -> None:
+    """A text-to-video teacher's answer to image conditioning: ValueError naming it (`what`), when any is given."""
+    if any(i is not None for i in images):
+        raise ValueError(f"{what} is a text-to-video checkpoint; it takes no image")
+
 
 # --- what a folder's configs say -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
