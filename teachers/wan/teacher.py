@@ -213,6 +213,7 @@ class WanTeacher:
         (one per prompt or one for all; and `last_images`), their conditioning for clips of `size` (frames,
         height, width), as `encode_images`."""
         prompts = prompt_list(prompts)
+        self.check_image_input(images, last_images)  # before any text or image is read
         self.check_prompts([*prompts, *([negative] if isinstance(negative, str) else negative or [])])
         pos, neg = self.pipe.encode_prompt(
             prompt=prompts, negative_prompt=negative, do_classifier_free_guidance=negative is not None,
