@@ -9,8 +9,10 @@ family of a folder (or of a teacher config's `family:`) and talks to the two obj
              factors, the experts and their boundary, the DiT's shape), and how the family's networks and files
              are made (student backbones, the planner's meta-device DiT, LoRA files in diffusers and native key
              names, the exported stock-pipeline folder)
-    Teacher  a loaded checkpoint: conditioning (batched, cacheable), the guided velocity (conditional and
-             unconditional halves in one forward; per-expert guidance), sampling, decode/encode, sequence sharding
+    Teacher  a loaded checkpoint: conditioning (text, batched and cacheable; and a first / last image for an
+             image-to-video checkpoint: `Family.image_input` says which take one), the guided velocity (conditional
+             and unconditional halves in one forward; guidance over text, the image in both halves; per-expert
+             guidance), sampling, decode/encode, sequence sharding
 
 A family with experts (Wan 2.2 A14B: a high-noise and a low-noise DiT switching at `boundary_ratio`) gives the
 engine ONE network, `Teacher.dit`, that routes each sample to its expert by timestep; a student built from it has
@@ -59,6 +61,12 @@ def prompt_list(prompts: str | list[str]) -> list[str]:
         raise ValueError(f"prompts at positions {empty} are empty; every prompt needs text")
     return prompts
 
+def refuse_images(what: str, *images) -> None:
+    """A text-to-video teacher's answer to image conditioning: ValueError naming it (`what`), when any is given."""
+    if any(i is not None for i in images):
+        raise ValueError(f"{what} is a text-to-video checkpoint; it takes no image")
+
+
 # --- what a folder's configs say -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class VideoFactors:
@@ -79,18 +87,80 @@ class VideoFactors:
 
 @dataclass
 class Cond:
-    """The conditioning of a batch: per-prompt text embeddings, and those of the negative prompt (for CFG)."""
+    """The conditioning of a batch: per-prompt text embeddings, those of the negative prompt (for CFG), and, for an
+    image-to-video teacher, what its images give (None for text-only conditioning):
+
+        image_latents  [B, C, F, h, w] the latents the DiT reads beside the noisy ones: for Wan 2.1 / 2.2 A14B I2V
+                       the frame mask and the encoded first (and last) frame, concatenated on channels; for Wan 2.2
+                       TI2V the clean first-frame latent [B, z, 1, h, w] that replaces frame 0
+        image_embeds   [B, N, D] the image encoder's tokens for the DiT's image cross-attention (Wan 2.1 I2V)
+
+    Guidance is over text only: the unconditional half keeps the image, as the stock I2V pipelines do."""
 
     prompt_embeds: torch.Tensor  # [B, L, D]
     negative_embeds: torch.Tensor | None  # [B, L, D]
+    image_latents: torch.Tensor | None = None
+    image_embeds: torch.Tensor | None = None
+
+    @property
+    def has_image(self) -> bool:
+        return self.image_latents is not None
+
+    def with_image(self, image_latents: torch.Tensor, image_embeds: torch.Tensor | None) -> "Cond":
+        """This text conditioning with an image's: the batch sizes must agree."""
+        n = self.prompt_embeds.shape[0]
+        for what, value in (("image_latents", image_latents), ("image_embeds", image_embeds)):
+            if value is not None and value.shape[0] != n:
+                raise ValueError(f"{what} holds {value.shape[0]} images for {n} prompts; give one per prompt")
+        return Cond(self.prompt_embeds, self.negative_embeds, image_latents, image_embeds)
 
     def to(self, device) -> "Cond":
-        neg = None if self.negative_embeds is None else self.negative_embeds.to(device)
-        return Cond(self.prompt_embeds.to(device), neg)
+        move = lambda x: None if x is None else x.to(device)  # noqa: E731
+        return Cond(self.prompt_embeds.to(device), move(self.negative_embeds), move(self.image_latents),
+                    move(self.image_embeds))
 
     def __getitem__(self, index) -> "Cond":
-        neg = None if self.negative_embeds is None else self.negative_embeds[index]
-        return Cond(self.prompt_embeds[index], neg)
+        pick = lambda x: None if x is None else x[index]  # noqa: E731
+        return Cond(self.prompt_embeds[index], pick(self.negative_embeds), pick(self.image_latents),
+                    pick(self.image_embeds))
+
+
+ImageLike = Any  # a path (str or Path) to an image file, or a PIL image
+
+
+def load_image(image: ImageLike, what: str = "image"):
+    """An RGB PIL image from a path or a PIL image; ValueError naming the file when it is missing or not an image."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if not isinstance(image, (str, Path)):
+        raise ValueError(f"{what}: expected an image file path or a PIL image, got {type(image).__name__}")
+    path = Path(image).expanduser()
+    if not path.is_file():
+        raise ValueError(f"{what} {str(path)!r} does not exist" if not path.exists()
+                         else f"{what} {str(path)!r} is not a file")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise ValueError(f"{what} {str(path)!r} is not a readable image ({type(err).__name__}: {err})") from None
+
+
+def image_list(images: ImageLike | list | None, n: int, what: str = "image") -> list | None:
+    """One RGB PIL image per prompt: a single image (or path) is used for all `n` prompts, a list must hold `n`.
+    None stays None."""
+    if images is None:
+        return None
+    images = list(images) if isinstance(images, (list, tuple)) else [images] * n
+    if len(images) != n:
+        raise ValueError(f"got {len(images)} {what}s for {n} prompts; give one, or one per prompt")
+    loaded: dict[int, Any] = {}  # the same object given for several prompts is read once
+    for img in images:
+        if id(img) not in loaded:
+            loaded[id(img)] = load_image(img, what)
+    return [loaded[id(img)] for img in images]
 
 
 class FamilyError(ValueError):
@@ -179,11 +249,25 @@ class Teacher(Protocol):
     dit: nn.Module | None  # the velocity network (the experts behind one router where there are experts)
     guidance_2: float | None  # the low-noise expert's own guidance (None: the same as the high-noise one)
 
-    def encode(self, prompts: list[str], negative: str | list[str] | None = "") -> Cond: ...
+    # What a teacher takes besides text: "none" (text-to-video), "optional" (a text-and-image-to-video checkpoint
+    # such as Wan 2.2 TI2V-5B) or "required" (an image-to-video checkpoint); `takes_last_image`: a last frame too.
+    image_input: str
+    takes_last_image: bool
+
+    def encode(self, prompts: list[str], negative: str | list[str] | None = "", images=None, last_images=None,
+               size: tuple[int, int, int] | None = None) -> Cond: ...
+    # `images` (and `last_images`): one image per prompt, or one for all (paths or PIL images, `image_list`); the
+    # image conditioning depends on the clip's (frames, height, width) `size`, which it then needs. Without images
+    # the Cond is text-only (what `encode_images` adds is None).
+    def encode_images(self, images, size: tuple[int, int, int], last_images=None
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]: ...  # (image_latents, image_embeds) of Cond
     def embed(self, texts: list[str]) -> torch.Tensor: ...  # [B, L, D]; padding rows exactly zero (a
     # cache trims and re-pads them; a family whose DiT takes a text mask rebuilds it from them)
-    def forward(self, model, x: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor: ...
-    def forward_all(self, model, x: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor, **kwargs) -> tuple: ...
+    # `image`: a Cond whose image fields the forward reads (None or a text-only Cond: text-to-video)
+    def forward(self, model, x: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor, image: Cond | None = None
+                ) -> torch.Tensor: ...
+    def forward_all(self, model, x: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor, image: Cond | None = None,
+                    **kwargs) -> tuple: ...
     def guided(self, model, x, t, cond: Cond, guidance: float, guidance_2: float | None = None) -> torch.Tensor: ...
     def velocity(self, x_t, t, cond: Cond, guidance: float = 1.0, guidance_2: float | None = None
                  ) -> torch.Tensor: ...
@@ -191,7 +275,7 @@ class Teacher(Protocol):
     def sample(self, prompts: list[str], steps: int = 50, guidance: float = 5.0, shift: float = 3.0,
                seed: int | list[int] = 0, sampler: str = "unipc", negative: str = "", frames: int = 81,
                height: int = 480, width: int = 832, progress: bool = False, cond: Cond | None = None,
-               guidance_2: float | None = None, grid=None) -> torch.Tensor: ...
+               guidance_2: float | None = None, grid=None, images=None, last_images=None) -> torch.Tensor: ...
     def decode(self, latents: torch.Tensor) -> torch.Tensor: ...  # -> uint8 [B, T, H, W, 3]
     def encode_video(self, video: torch.Tensor, sample: bool = False, generator=None) -> torch.Tensor: ...
     def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, ...]: ...
@@ -254,6 +338,15 @@ class Family(ABC):
             sub = Path(folder) / component
             h.update(f"|{component}:{checkpoint_hash(sub) if sub.is_dir() else 'absent'}".encode())
         return h.hexdigest()[:16]
+
+    def image_input(self, folder: Path) -> str:
+        """What a folder's checkpoint does with a conditioning image: "none" (text-to-video), "optional" (text- or
+        image-to-video) or "required" (image-to-video)."""
+        return "none"
+
+    def takes_last_image(self, folder: Path) -> bool:
+        """Whether the checkpoint also takes a last frame (first-and-last-frame-to-video)."""
+        return False
 
     def experts(self, folder: Path) -> tuple[str, ...]:
         """The DiT components, highest noise first: ("transformer",), or two for a two-expert checkpoint."""

@@ -43,6 +43,11 @@ def add_parser(sub) -> None:
                         f"or builtin:NAME (default {DEFAULT_TEACHER})")
     p.add_argument("--prompt", action="append", default=[], help="a prompt; repeat for several clips")
     p.add_argument("--prompts-file", type=Path, help="a text file with one prompt per line")
+    p.add_argument("--image", action="append", type=Path, default=[], metavar="PATH",
+                   help="the first frame for an image-to-video teacher: one for every clip, or repeat once per "
+                        "prompt (required by image-to-video checkpoints, refused by text-to-video ones)")
+    p.add_argument("--last-image", action="append", type=Path, default=[], metavar="PATH",
+                   help="the last frame, for a teacher that takes one (first-and-last-frame-to-video): as --image")
     p.add_argument("--negative-prompt", help="negative prompt for CFG (default: the teacher's)")
     p.add_argument("--steps", type=int, help="denoising steps (default: the teacher's, 50)")
     p.add_argument("--guidance", type=float, help="CFG scale; <= 1 turns CFG off")
@@ -127,6 +132,7 @@ def run(args) -> int:
     family, folder = open_config(cfg)
     if args.guidance_2 is not None and len(family.experts(folder)) < 2:
         raise ConfigError(f"--guidance-2 is the low-noise expert's CFG scale, and teacher {cfg.source!r} has one DiT")
+    images, last_images = read_images(args.image, args.last_image, prompts, family, folder, cfg.source)
     family.check_video_size(v.frames, v.height, v.width, family.video_factors(folder))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:  # before any weights load: the split must be possible
@@ -164,10 +170,13 @@ def run(args) -> int:
                   disable=args.no_progress or rank != 0):
         chunk = prompts[i:i + args.batch_size]
         cond = conditioning.encode(teacher, chunk, cfg.negative_prompt if s.guidance > 1.0 else None)
+        chunk_images = None if images is None else images[i:i + args.batch_size]
+        chunk_last = None if last_images is None else last_images[i:i + args.batch_size]
         latents = teacher.sample(chunk, steps=s.steps, guidance=s.guidance, shift=s.shift,
                                  seed=seeds[i:i + args.batch_size], sampler=s.name, negative=cfg.negative_prompt,
                                  frames=v.frames, height=v.height, width=v.width, guidance_2=s.guidance_2,
-                                 progress=not args.no_progress and rank == 0, grid=s.grid, cond=cond)
+                                 progress=not args.no_progress and rank == 0, grid=s.grid, cond=cond,
+                                 images=chunk_images, last_images=chunk_last)
         if rank != 0:  # every rank computed the same clips; one writes them
             continue
         for j, video in enumerate(teacher.decode(latents).numpy()):
@@ -176,6 +185,42 @@ def run(args) -> int:
     for path in written:
         print(path)
     return 0
+
+
+def read_images(image: list[Path], last_image: list[Path], prompts: list[str], family, folder: Path,
+                source: str) -> tuple[list | None, list | None]:
+    """The first (and last) frame of each clip as RGB images, checked against what the teacher takes before any
+    weights load: an image refused for a text-to-video teacher, required by an image-to-video one, a last image
+    refused where the checkpoint takes none, and a missing or unreadable file named."""
+    from distill.teachers.base import image_list
+
+    takes = family.image_input(folder)
+    what = f"teacher {source!r} ({folder / 'model_index.json'} names {_pipeline_class(folder)!r})"
+    if image and takes == "none":
+        raise ConfigError(f"--image: {what} is a text-to-video checkpoint; it takes no image")
+    if not image and takes == "required":
+        raise ConfigError(f"{what} is an image-to-video checkpoint: give the first frame with --image PATH")
+    if last_image and not image:
+        raise ConfigError("--last-image needs --image (the first frame) as well")
+    if last_image and not family.takes_last_image(folder):
+        raise ConfigError(f"--last-image: {what} takes a first image only")
+    loaded = []
+    for flag, paths in (("--image", image), ("--last-image", last_image)):
+        if paths and len(paths) not in (1, len(prompts)):
+            raise ConfigError(f"{flag} given {len(paths)} times for {len(prompts)} prompts; give it once (every clip) "
+                              f"or once per prompt")
+        try:
+            loaded.append(image_list([str(p) for p in paths] if len(paths) > 1 else str(paths[0]), len(prompts),
+                                     flag) if paths else None)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    return loaded[0], loaded[1]
+
+
+def _pipeline_class(folder: Path) -> str | None:
+    from distill.teachers.base import pipeline_class
+
+    return pipeline_class(folder)
 
 
 def _check_compile(device: str) -> None:

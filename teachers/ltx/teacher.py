@@ -28,7 +28,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler, LTXPipeline
 from diffusers.pipelines.ltx.pipeline_ltx import calculate_shift
 from diffusers.utils.torch_utils import randn_tensor
 from distill.teachers import samplers
-from distill.teachers.base import DTYPES, Cond, pick_device, prompt_list, seed_list
+from distill.teachers.base import DTYPES, Cond, pick_device, prompt_list, refuse_images, seed_list
 from distill.teachers.resolve import check_weight_files, resolve
 from distill.teachers.schedule import NUM_TRAIN_TIMESTEPS
 
@@ -80,6 +80,9 @@ def _param_dtype(model) -> torch.dtype:
 
 class LTXTeacher:
     """A flow-matching spacetime DiT teacher loaded from a diffusers LTX-Video (`LTXPipeline`) folder."""
+
+    image_input = "none"  # LTXPipeline is text-to-video (LTXImageToVideoPipeline is not served)
+    takes_last_image = False
 
     def __init__(self, pipe: LTXPipeline, folder: Path, device: torch.device, max_sequence_length: int = 128,
                  guidance_2: float | None = None, frame_rate: float = DEFAULT_FRAME_RATE):
@@ -172,8 +175,11 @@ class LTXTeacher:
         return (embeds * mask[..., None].to(embeds.dtype)).to(self.dtype)
 
     @torch.no_grad()
-    def encode(self, prompts: list[str], negative: str | list[str] | None = "") -> Cond:
-        """T5 embeddings of the prompts and, unless `negative` is None, of the negative prompt(s)."""
+    def encode(self, prompts: list[str], negative: str | list[str] | None = "", images=None, last_images=None,
+               size=None) -> Cond:
+        """T5 embeddings of the prompts and, unless `negative` is None, of the negative prompt(s). LTXPipeline is
+        text-to-video: images are refused."""
+        refuse_images(self._what(), images, last_images)
         prompts = prompt_list(prompts)
         if negative is None:
             return Cond(self.embed(prompts), None)
@@ -184,6 +190,13 @@ class LTXTeacher:
         both = self.embed(prompts + negatives)  # one encoder batch, as the pipeline's two calls give the same rows
         return Cond(both[:len(prompts)], both[len(prompts):])
 
+    def encode_images(self, images, size, last_images=None):
+        refuse_images(self._what(), images, last_images)
+        raise ValueError("encode_images: no images given")
+
+    def _what(self) -> str:
+        return f"teacher {str(self.folder)!r} ({type(self.pipe).__name__})"
+
     # --- the velocity field -------------------------------------------------------------------------------------
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """[B, C, F, H, W] -> LTX tokens [B, F·H·W, C], in the stock pipeline's order."""
@@ -192,15 +205,18 @@ class LTXTeacher:
     def unpack(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         return LTXPipeline._unpack_latents(tokens, *grid, self.patch[1], self.patch[0])
 
-    def forward(self, model, x: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
+    def forward(self, model, x: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor, image: Cond | None = None
+                ) -> torch.Tensor:
         """One DiT forward at noise levels t ∈ [0, 1] ([B], float64) on unpacked latents x [B, C, F, H, W]; the
         velocity comes back unpacked. `model` is this teacher's DiT or any network of its shape (a student, its EMA
         copy, or a DeepSpeed engine around one)."""
-        return self.forward_all(model, x, t, embeds)[0]
+        return self.forward_all(model, x, t, embeds, image)[0]
 
-    def forward_all(self, model, x: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor, **kwargs) -> tuple:
+    def forward_all(self, model, x: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor, image: Cond | None = None,
+                    **kwargs) -> tuple:
         """`forward`, returning every output of the network (a headed critic gives velocity and logits; only the
         first, the velocity, is unpacked), with `kwargs` passed on to it."""
+        refuse_images(self._what(), image.image_latents if image is not None else None)
         dtype = _param_dtype(model)
         grid = tuple(x.shape[2:])
         # As LTXPipeline: the latent grid (not divided by the patch, which is 1) and the RoPE scale (temporal VAE
@@ -289,7 +305,7 @@ class LTXTeacher:
     def sample(self, prompts: list[str], steps: int = 50, guidance: float = 3.0, shift: float | None = None,
                seed: int | list[int] = 0, sampler: str = "euler", negative: str = "", frames: int = 161,
                height: int = 512, width: int = 704, progress: bool = False, cond: Cond | None = None,
-               guidance_2: float | None = None, grid=None) -> torch.Tensor:
+               guidance_2: float | None = None, grid=None, images=None, last_images=None) -> torch.Tensor:
         """Normalised latents [B, C, F, H, W] of the prompts. "euler" is stock LTXPipeline's sampler: its grid for
         this clip size (`schedule`; `shift` None keeps the folder's resolution-dependent shift). "consistency" is
         the project's few-step sampler on `student_levels(steps, shift, grid)`, re-noising from the per-clip
@@ -297,6 +313,7 @@ class LTXTeacher:
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler {sampler!r} is not available for LTX-Video teachers; one of {list(SAMPLERS)} "
                              f"(stock LTXPipeline ships FlowMatchEulerDiscreteScheduler only)")
+        refuse_images(self._what(), images, last_images, None if cond is None else cond.image_latents)
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         cond = cond if cond is not None else self.encode(prompts, negative if guidance > 1.0 else None)
         gens = [torch.Generator(self.device).manual_seed(s) for s in seed_list(seed, len(prompts))]

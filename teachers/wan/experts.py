@@ -20,6 +20,14 @@ from torch import nn
 NUM_TRAIN_TIMESTEPS = 1000
 
 
+# Per-sample keyword inputs a split batch must split alike (the image tokens a CLIP-reading expert attends to).
+PER_SAMPLE_KWARGS = ("encoder_hidden_states_image",)
+
+
+def _rows(kwargs: dict, take: torch.Tensor) -> dict:
+    return {k: v[take] if k in PER_SAMPLE_KWARGS and v is not None else v for k, v in kwargs.items()}
+
+
 class WanExperts(nn.Module):
     def __init__(self, high: nn.Module, low: nn.Module, boundary_ratio: float):
         super().__init__()
@@ -57,7 +65,8 @@ class WanExperts(nn.Module):
                 continue
             take = idx if len(idx) else torch.zeros(1, dtype=torch.long, device=hidden_states.device)
             out = expert(hidden_states=hidden_states[take], timestep=timestep[take],
-                         encoder_hidden_states=encoder_hidden_states[take], return_dict=False, **kwargs)[0]
+                         encoder_hidden_states=encoder_hidden_states[take], return_dict=False,
+                         **_rows(kwargs, take))[0]
             if result is None:
                 result = out.new_zeros((hidden_states.shape[0], *out.shape[1:]))
             result = result.index_copy(0, idx, out) if len(idx) else result + 0.0 * out.sum()

@@ -1,6 +1,7 @@
-"""The Wan family plug-in: Wan 2.1 and 2.2 text-to-video checkpoints in diffusers' `WanPipeline` layout, with one
-DiT (`transformer`) or two experts (Wan 2.2 A14B: `transformer` for the high-noise steps, `transformer_2` for the
-low-noise ones, switching at `boundary_ratio`)."""
+"""The Wan family plug-in: Wan 2.1 and 2.2 checkpoints in diffusers' `WanPipeline` (text-to-video; Wan 2.2 TI2V-5B's
+also takes an image) and `WanImageToVideoPipeline` layouts (Wan 2.1 I2V, Wan 2.2 I2V A14B: teachers/wan/i2v.py),
+with one DiT (`transformer`) or two experts (Wan 2.2 A14B: `transformer` for the high-noise steps, `transformer_2`
+for the low-noise ones, switching at `boundary_ratio`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from torch import nn
 
 from distill.teachers.base import Family, FamilyError, VideoFactors, dit_folder, read_json
 from distill.teachers.registry import register
-from distill.teachers.wan import lora_format
+from distill.teachers.wan import i2v, lora_format
 from distill.teachers.wan.experts import WanExperts
 
 EXPERTS = ("transformer", "transformer_2")
@@ -22,8 +23,9 @@ LORA_FILE = "pytorch_lora_weights.safetensors"
 @register
 class WanFamily(Family):
     name = "wan"
-    description = "Wan 2.1 / 2.2 text-to-video (WanPipeline), one DiT or two experts (A14B)"
-    pipeline_classes = ("WanPipeline",)
+    description = ("Wan 2.1 / 2.2 text-to-video (WanPipeline; TI2V-5B also from an image) and image-to-video "
+                   "(WanImageToVideoPipeline: 2.1 I2V, 2.2 I2V A14B), one DiT or two experts (A14B)")
+    pipeline_classes = ("WanPipeline", i2v.I2V_PIPELINE)
     components = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
     dit_classes = ("WanTransformer3DModel", "WanExperts")
     shape_keys = ("in_channels", "out_channels", "patch_size", "text_dim", "freq_dim")
@@ -38,6 +40,12 @@ class WanFamily(Family):
         second = index.get("transformer_2")
         two = isinstance(second, list) and bool(second) and second[0] is not None
         return EXPERTS if two else EXPERTS[:1]
+
+    def image_input(self, folder: Path) -> str:
+        return i2v.image_input(read_json(Path(folder) / "model_index.json"))
+
+    def takes_last_image(self, folder: Path) -> bool:
+        return i2v.takes_last_image(read_json(Path(folder) / "model_index.json"), self.dit_config(folder))
 
     def boundary(self, folder: Path) -> float | None:
         if len(self.experts(folder)) == 1:
@@ -57,6 +65,7 @@ class WanFamily(Family):
                     if a.get(k) != b.get(k)]
             if diff:
                 raise FamilyError(f"teacher {name!r}: its experts differ in {diff}; both must have one shape")
+        i2v.check_folder(Path(folder), name, read_json(folder / "model_index.json"), experts)
 
     def video_factors(self, folder: Path) -> VideoFactors:
         from distill.teachers.wan.teacher import video_factors
@@ -116,8 +125,13 @@ class WanFamily(Family):
 
     def dit_inputs(self, dit_config: dict, x: torch.Tensor, text_tokens: int) -> dict[str, torch.Tensor]:
         text = torch.empty(x.shape[0], text_tokens, dit_config.get("text_dim", 4096), device=x.device, dtype=x.dtype)
-        return {"hidden_states": x, "timestep": torch.empty(x.shape[0], device=x.device),
-                "encoder_hidden_states": text}
+        inputs = {"hidden_states": x, "timestep": torch.empty(x.shape[0], device=x.device),
+                  "encoder_hidden_states": text}
+        if i2v.reads_image_tokens(dit_config):  # Wan 2.1 I2V: CLIP ViT-H/14's 257 tokens (the pairs' for FLF2V)
+            tokens = dit_config.get("pos_embed_seq_len") or 257
+            inputs["encoder_hidden_states_image"] = torch.empty(x.shape[0], tokens, dit_config["image_dim"],
+                                                                device=x.device, dtype=x.dtype)
+        return inputs
 
     def dit_blocks(self, dit: nn.Module) -> nn.ModuleList:
         if isinstance(dit, WanExperts):

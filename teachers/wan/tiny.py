@@ -69,3 +69,52 @@ def build_components(spec: TinyWanSpec, words: list[str], seed: int = 0) -> dict
                                         num_train_timesteps=1000, flow_shift=spec.flow_shift)
     return {"tokenizer": tokenizer, "text_encoder": text_encoder, "vae": vae, "transformer": transformer,
             "scheduler": scheduler}
+
+
+# Wan's image-to-video shapes (teachers/wan/i2v.py), tiny: what the parity tests build, and where an image-conditioned
+# tiny teacher starts from.
+I2V_SHAPES = ("wan2.1-i2v", "wan2.2-ti2v", "wan2.2-i2v-a14b")
+
+
+def tiny_clip(seed: int = 0, image_size: int = 32, hidden: int = 24) -> dict:
+    """A tiny seeded `CLIPVisionModel` (image_size/8 squared patches + 1 class token) and its `CLIPImageProcessor`."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(seed)
+    encoder = CLIPVisionModel(CLIPVisionConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                                               num_attention_heads=2, image_size=image_size, patch_size=8))
+    processor = CLIPImageProcessor(size={"shortest_edge": image_size},
+                                   crop_size={"height": image_size, "width": image_size})
+    return {"image_encoder": encoder, "image_processor": processor}
+
+
+def build_i2v_pipeline(shape: str, spec: TinyWanSpec, words: list[str], seed: int = 0, pairs: bool = False):
+    """A fresh tiny pipeline of one of Wan's image-to-video shapes (I2V_SHAPES), seeded: 2.1 I2V (a CLIP image
+    encoder and image cross-attention; `pairs`: first-and-last-frame, FLF2V), 2.2 TI2V (a `WanPipeline` with
+    expand_timesteps) or 2.2 I2V A14B (two experts, their seeds differ, boundary 0.9)."""
+    from diffusers import WanImageToVideoPipeline, WanPipeline
+
+    if shape not in I2V_SHAPES:
+        raise ValueError(f"unknown image-to-video shape {shape!r}; one of {list(I2V_SHAPES)}")
+    parts = build_components(spec, words, seed)
+    if shape == "wan2.2-ti2v":
+        return WanPipeline(**parts, expand_timesteps=True)
+    z, temporal = spec.vae_z_dim, 2 ** sum(spec.vae_temporal_downsample)
+
+    def dit(seed: int, image_dim: int | None, tokens: int | None) -> WanTransformer3DModel:
+        torch.manual_seed(seed)
+        inner = spec.dit_heads * spec.dit_head_dim
+        return WanTransformer3DModel(
+            patch_size=tuple(spec.dit_patch), num_attention_heads=spec.dit_heads,
+            attention_head_dim=spec.dit_head_dim, in_channels=2 * z + temporal, out_channels=z,
+            text_dim=spec.text_dim, freq_dim=64, ffn_dim=spec.dit_ffn, num_layers=spec.dit_layers,
+            cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
+            image_dim=image_dim, added_kv_proj_dim=None if image_dim is None else inner, pos_embed_seq_len=tokens)
+
+    if shape == "wan2.1-i2v":
+        clip = tiny_clip(seed)
+        hidden, tokens = clip["image_encoder"].config.hidden_size, (32 // 8) ** 2 + 1
+        parts["transformer"] = dit(seed + 100, hidden, 2 * tokens if pairs else None)
+        return WanImageToVideoPipeline(**parts, **clip)
+    parts["transformer"] = dit(seed + 100, None, None)
+    return WanImageToVideoPipeline(**parts, transformer_2=dit(seed + 101, None, None), boundary_ratio=0.9)
