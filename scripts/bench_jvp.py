@@ -57,7 +57,7 @@ def timed(fn) -> float:
 def main(argv=None) -> int:
     args = parse_args(argv)
     teacher = load_teacher(load_teacher_config(args.teacher), device="cpu")
-    dit = teacher.dit.float()
+    dit = teacher.dit.float().requires_grad_(True)  # as a trained student: fwd+bwd computes weight gradients
     g = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch, *teacher.latent_shape(args.frames, args.height, args.width), generator=g)
     t = torch.rand(args.batch, generator=g, dtype=torch.float64)
