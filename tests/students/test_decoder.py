@@ -106,18 +106,18 @@ def test_a_few_steps_against_the_tiny_teachers_vae_lower_the_loss():
         video = vae.decode(z, return_dict=False)[0]
         return ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1)
 
-    r = recipe(feature_weight=0.1)
+    r = recipe(feature_weight=0.1, feature_width=8)
     torch.manual_seed(0)
     decoder = r.networks()[0].make(None)
-    opt = torch.optim.Adam(decoder.parameters(), lr=3e-3)
+    opt = torch.optim.Adam(decoder.parameters(), lr=1e-2)
     x0 = torch.randn(2, 8, 2, 4, 4)
     target = vae_decode(x0)
     nets = {"vae": lambda z: target, "decoder": decoder}
     losses = []
-    for _ in range(25):
+    for _ in range(15):
         out = r.loss("decoder", nets, x0)
         opt.zero_grad()
         out["decoder"].backward()
         opt.step()
         losses.append(out["decoder"].item())
-    assert losses[-1] < 0.5 * losses[0], losses
+    assert losses[-1] < 0.6 * losses[0], losses
