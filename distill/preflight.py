@@ -61,7 +61,9 @@ def preflight(cfg: TrainConfig) -> Checked:
     if "optimizer" in ds and any(spec.optim for spec in recipe.networks()):
         raise ConfigError(f"{cfg.deepspeed}: an 'optimizer' section sets one optimizer for every network, but recipe "
                           f"{cfg.recipe.name!r} gives some of its networks their own settings; remove the section")
-    if torch.cuda.is_available():  # refuse a run that cannot fit (distill/plan.py); on CPU there is nothing to plan
+    # refuse a run that cannot fit (distill/plan.py); on CPU there is nothing to plan, and the planner counts DiT
+    # passes only (a recipe that trains no student has none to count)
+    if torch.cuda.is_available() and getattr(recipe, "trains_student", True):
         from distill.plan import plan, refusal
 
         local = int(os.environ.get("LOCAL_RANK", 0))

@@ -75,3 +75,12 @@ def test_two_ranks_train_checkpoint_resume_and_export_a_decoder(tmp_path):
     assert "VideoDecoder.from_pretrained" in (out / "README.md").read_text()
     z = torch.randn(1, decoder.config.latent_channels, 2, 4, 4)
     assert decoder.decode(z).shape == (1, 5, 16, 16, 3)
+
+
+def test_the_planner_says_it_has_no_plan_for_a_run_without_a_student():
+    """The planner counts DiT passes; rather than a wrong plan (a DiT student's states and activations that this run
+    never builds) it says so, and preflight does not refuse such a run on a GPU by a plan."""
+    from distill.plan import shapes
+
+    with pytest.raises(ConfigError, match="recipe 'decoder' trains no student DiT.*no plan"):
+        shapes(load_train_config("configs/recipes/decoder-wan2.1-1.3b.yaml"))
