@@ -1,10 +1,12 @@
 """The networks of one run, built from the recipe's declarations, each trainable one in its own DeepSpeed engine.
 
-    student     always: a copy of the teacher's DiT (or student.init), full or LoRA; its engine
+    student     unless the recipe trains none (`trains_student`): a copy of the teacher's DiT (or student.init),
+                full or LoRA; its engine
     ema         when student.ema_decay is set: the student's EMA, in the student's layout
     teacher     when the recipe reads it: the frozen teacher DiT (partitioned under ZeRO-3); otherwise freed
-    <recipe's>  one per `NetworkSpec` (a discriminator, a critic): made from a copy of a DiT, trained in
-                its own engine with its own optimizer overrides, or frozen
+    vae         when the recipe reads it: the teacher's decode (latents -> uint8 clips)
+    <recipe's>  one per `NetworkSpec` (a discriminator, a critic): made from a copy of a DiT, or from nothing
+                (init FRESH: `make(None)`), trained in its own engine with its own optimizer overrides, or frozen
 
 `RunNetworks.handles(embeds, phase)` gives the recipe its networks as `Handle`s for one batch's text: velocity
 with per-call guidance, features at blocks, and heads. The engine knows no recipe: everything recipe-specific
@@ -24,7 +26,7 @@ from distill.core.config import ConfigError
 from distill.core.dist import broadcast_from_first
 from distill.networks import (EMA, build_backbone, build_student, full_state_dict, load_full_state_dict,
                               lora_settings, partition_frozen, place_partitioned, trainable, zero_stage)
-from distill.students.base import NetworkSpec
+from distill.students.base import FRESH, NetworkSpec
 from distill.teachers.base import Cond, Teacher
 
 
@@ -147,6 +149,8 @@ class RunNetworks:
 
     def _recipe_network(self, spec: NetworkSpec, host: bool = False) -> torch.nn.Module:
         """`host`: the partitioned build (ZeRO-3): built on the host and placed as partitions when it will be."""
+        if spec.init == FRESH:
+            return self._fresh_network(spec, host)
         ckpt = self.cfg.student.gradient_checkpointing if spec.gradient_checkpointing is None \
             else spec.gradient_checkpointing
         dit = build_backbone(self.teacher.family, spec.init, self.teacher, ckpt, spec.lora)
@@ -162,6 +166,18 @@ class RunNetworks:
             self.layout.gather_inputs(*spec.pooled(net))  # each pooling head reads every token of the clip
         return net
 
+    def _fresh_network(self, spec: NetworkSpec, host: bool) -> torch.nn.Module:
+        """A network the recipe builds from nothing (no DiT copy, no LoRA, whole on every rank of a sequence
+        group: it is not sequence-sharded)."""
+        if spec.make is None:
+            raise ConfigError(f"recipe {self.cfg.recipe.name!r}: network {spec.name!r} is fresh but has no `make`")
+        net = spec.make(None).to(torch.float32)
+        if not spec.trains:
+            net.requires_grad_(False).eval()
+        if host and (spec.trains or spec.partitioned):
+            return place_partitioned(net, self.ds, self.device, train=spec.trains)
+        return net.to(self.device)
+
     def _build(self) -> None:
         """The networks, whole on the device before their engines partition them (ZeRO-0/1/2), or built one at a
         time on the host and placed as partitions (ZeRO-3): `_build_students` says how."""
@@ -170,8 +186,10 @@ class RunNetworks:
         host = zero_stage(self.ds) == 3
         if host:
             self.teacher.dit = self.teacher.dit.to("cpu")
-        student, ema_module = self._build_students(host)
-        self.layout.shard(student, ema_module)
+        trains_student = getattr(self.recipe, "trains_student", True)
+        student, ema_module = self._build_students(host) if trains_student else (None, None)
+        if student is not None:
+            self.layout.shard(student, ema_module)
         self.engines, self.schedulers, self.frozen = {}, {}, {}
         for name, spec in self.specs.items():
             net = self._recipe_network(spec, host)
@@ -187,8 +205,13 @@ class RunNetworks:
             self.teacher.dit = partition_frozen(self.teacher.dit, self.ds)
         else:  # a recipe that never runs the teacher's DiT: free it (its VAE stays, for real clips and monitors)
             self.teacher.drop_dit()
-        self.engines["student"], self.schedulers["student"] = self._engine(student)
-        self.engine = self.engines["student"]
+        if student is not None:
+            self.engines["student"], self.schedulers["student"] = self._engine(student)
+        # the network whose loss is the run's `loss` and whose weights a checkpoint is for: the student, or (a
+        # recipe that trains none) its first trained fresh network
+        self.main = "student" if student is not None else next(
+            name for name, spec in self.specs.items() if spec.init == FRESH and spec.trains)
+        self.engine = self.engines[self.main]
         self.ema_module = self.ema = None
         if ema_module is not None:
             self.ema_module = partition_frozen(ema_module, self.ds)
@@ -230,12 +253,18 @@ class RunNetworks:
         def handle(module, **kw):
             return DiTHandle(self.teacher, module, embeds, self.negative, counter=self.counter, **kw)
 
-        nets = {"student": handle(self.engine)}
+        def fresh(name):  # a fresh network is called as the module it is (students/base.py)
+            return self.specs.get(name) is not None and self.specs[name].init == FRESH
+
+        nets = {"student": handle(self.engine)} if self.main == "student" else {}
         for name, engine in self.engines.items():
             if name != "student":
-                nets[name] = handle(engine if name == phase else engine.module)
+                module = engine if name == phase else engine.module
+                nets[name] = module if fresh(name) else handle(module)
         for name, module in self.frozen.items():
-            nets[name] = handle(module)
+            nets[name] = module if fresh(name) else handle(module)
+        if "vae" in self.recipe.reads:
+            nets["vae"] = self.teacher.decode
         if "teacher" in self.recipe.reads:
             nets["teacher"] = handle(self.teacher.dit, default_guidance=self.teacher_guidance, is_teacher=True)
         if "ema" in self.recipe.reads:
@@ -243,8 +272,21 @@ class RunNetworks:
         return nets
 
     # weights ----------------------------------------------------------------------------------------------------
+    def fresh_trained(self) -> list[str]:
+        """The fresh networks that train: what a checkpoint writes as `<name>/` folders."""
+        return [name for name, spec in self.specs.items() if spec.init == FRESH and spec.trains]
+
     def write_weights(self, folder, rank: int) -> None:
-        """The student (student/ or lora/) and its EMA into a checkpoint folder (a collective under ZeRO-3)."""
+        """The student (student/ or lora/) and its EMA into a checkpoint folder (a collective under ZeRO-3), and
+        each trained fresh network as a diffusers folder `<name>/` (config.json + safetensors)."""
+        for name in self.fresh_trained():
+            weights = full_state_dict(self.engines[name])
+            if rank == 0:
+                module = self.engines[name].module
+                module.save_config(folder / name)
+                save_file(weights, folder / name / "diffusion_pytorch_model.safetensors")
+        if self.main != "student":
+            return
         cfg = self.cfg
         export = self.ema_module if cfg.student.export == "ema" else self.engine
         lora = cfg.student.lora is not None

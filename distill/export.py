@@ -200,6 +200,84 @@ def _check_out(out: Path, checkpoint: Path, overwrite: bool) -> None:
                           f"distill_export.json); choose another --out or empty it yourself")
 
 
+# --- a run that trained no student (students/base.py `trains_student`): its fresh networks ----------------------
+def _trains_no_student(folder: Path) -> bool:
+    try:
+        return json.loads((folder / "meta.json").read_text()).get("student") is False
+    except (OSError, json.JSONDecodeError):
+        return False  # _read_checkpoint names the problem
+
+
+def _networks_readme(out_name: str, networks: dict[str, str], meta: dict, folder: Path) -> str:
+    loads = []
+    for name, qualified in networks.items():
+        module, cls = qualified.rsplit(".", 1)
+        loads.append(f"from {module} import {cls}\n{name} = {cls}.from_pretrained(\"{out_name}/{name}\")")
+    names = ", ".join(f"`{n}/`" for n in networks)
+    return f"""# {out_name}: {names} trained against `{meta['teacher']}`
+
+Exported by `distill export` from `{folder}` (step {meta.get('step')}, recipe `{meta.get('recipe')}`). The run trained
+no student DiT; it trained the network(s) here, each a diffusers `ModelMixin` folder (config.json + safetensors).
+
+```python
+{chr(10).join(loads)}
+```
+
+A video decoder takes what the teacher's VAE decode takes, the pipeline's normalised latents, and gives uint8 video
+[B, T, H, W, 3]; beside a stock diffusers pipeline of the teacher (or of a distilled student):
+
+```python
+import torch
+from diffusers import DiffusionPipeline
+pipe = DiffusionPipeline.from_pretrained("TEACHER_OR_STUDENT_FOLDER")
+latents = pipe("a prompt", output_type="latent").frames   # skips the pipeline's VAE decode
+video = decoder.decode(latents)                            # uint8 [B, T, H, W, 3]
+for frames in decoder.decode_stream(latents):              # or frame by frame as latent frames arrive
+    ...
+```
+"""
+
+
+def _export_networks(folder: Path, out: Path, overwrite: bool) -> Path:
+    """OUT/<name>/ for each fresh network the checkpoint holds, README.md, distill_export.json."""
+    meta = json.loads((folder / "meta.json").read_text())
+    networks = meta.get("networks") or {}
+    if not networks:
+        raise ConfigError(f"export: checkpoint {str(folder)!r} trained no student and names no networks in its "
+                          f"meta.json; nothing to export")
+    missing = [n for n in networks if not (folder / n / "config.json").is_file()]
+    if missing:
+        raise ConfigError(f"export: checkpoint {str(folder)!r} lacks the network folders {missing} (config.json); "
+                          f"the checkpoint is incomplete")
+    _check_weights(folder, {n: folder / n for n in networks}, lora=False)
+    out = out.expanduser().absolute()
+    _check_out(out, folder, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        for name in networks:
+            _copy_tree(folder / name, tmp / name)
+        provenance = {"schema": "distill.export/1", "checkpoint": str(folder.resolve()), "step": meta.get("step"),
+                      "teacher": meta["teacher"], "teacher_hash": meta.get("teacher_hash"),
+                      "recipe": meta.get("recipe"), "student": None, "networks": networks,
+                      "code_version": meta.get("code_version"), "fingerprint": meta.get("fingerprint")}
+        (tmp / "distill_export.json").write_text(json.dumps(provenance, indent=1) + "\n")
+        (tmp / "README.md").write_text(_networks_readme(out.name, networks, meta, folder))
+        if out.exists():
+            old = out.parent / f".old-{out.name}-{os.getpid()}"
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
 def export(run: str | Path, out: Path, checkpoint: str = "latest", steps: int | None = None,
            overwrite: bool = False) -> Path:
     """Write the student of a run (its latest checkpoint, or `checkpoint`) as a diffusers folder at `out` that the
@@ -210,6 +288,8 @@ def export(run: str | Path, out: Path, checkpoint: str = "latest", steps: int | 
         folder = find(run, checkpoint)
     except ConfigError as err:
         raise ConfigError(f"export: {err}") from None
+    if _trains_no_student(folder):
+        return _export_networks(folder, Path(out), overwrite)
     meta, config = _read_checkpoint(folder)
     lora = bool((config.get("student") or {}).get("lora"))
     sampler = dict(meta["sampler"])

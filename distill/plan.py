@@ -47,6 +47,7 @@ from distill.core.config import CONFIG_DIR, ConfigError
 from distill.recipes import make_recipe
 from distill.students.base import DitShape, RecipePlan
 from distill.teachers import registry
+from distill.teachers.base import VideoFactors
 from distill.teachers.config import load_teacher_config
 from distill.train_config import TrainConfig, deepspeed_path
 
@@ -152,7 +153,11 @@ def shapes(cfg: TrainConfig, teacher: TeacherShape | None = None, lora_rank: int
         lora_rank = lora_cfg.rank if lora_cfg is not None else None
     targets = list((lora_cfg.target_modules if lora_cfg is not None else None) or family.lora_targets)
     lora = experts * lora_params(model, lora_rank, targets) if lora_rank is not None else 0
-    recipe = make_recipe(cfg, tcfg, family, dit, experts)
+    recipe = make_recipe(cfg, tcfg, family, dit, experts, VideoFactors(*teacher.factors, family.patch(dit)))
+    if not getattr(recipe, "trains_student", True):
+        raise ConfigError(f"recipe {cfg.recipe.name!r} trains no student DiT, only fresh networks of its own "
+                          f"(students/base.py trains_student), and the planner counts DiT passes only: it has no "
+                          f"plan for this run (its memory is the fresh network's and the teacher VAE's decode)")
     output = sum(p.numel() if isinstance(p, torch.nn.Parameter) else sum(q.numel() for q in p.parameters())
                  for p in family.dit_output(model))
     recipe_plan = recipe.plan(DitShape(params=params, block_params=block, depth=len(layers), dim=family.width(dit),

@@ -15,6 +15,7 @@ from distill.data import cheap_size, check_batch_fits
 from distill.networks import check_student_source, deepspeed_config
 from distill.parallel import check_sequence_parallel
 from distill.recipes import make_recipe
+from distill.students.base import FRESH
 from distill.teachers.base import Family
 from distill.teachers.config import TeacherConfig, load_teacher_config, open_config
 from distill.teachers.resolve import TeacherNotFound
@@ -37,8 +38,11 @@ def preflight(cfg: TrainConfig) -> Checked:
         family, folder = open_config(tcfg)
     except TeacherNotFound as err:
         raise ConfigError(f"teacher {cfg.teacher!r}: {err}") from None
-    recipe = make_recipe(cfg, tcfg, family, family.dit_config(folder), len(family.experts(folder)))
-    inits = [(spec.init_key or f"recipe network {spec.name!r}", spec.init) for spec in recipe.networks()]
+    recipe = make_recipe(cfg, tcfg, family, family.dit_config(folder), len(family.experts(folder)),
+                         family.video_factors(folder))
+    inits = [(spec.init_key or f"recipe network {spec.name!r}", spec.init) for spec in recipe.networks()
+             if spec.init != FRESH]  # a fresh network copies no DiT
+    check_no_student(cfg, recipe)
     check_student_source(cfg, family, folder, inits)
     if cfg.data.source != "toyworld" and not Path(cfg.data.source).exists():
         raise ConfigError(f"data.source: {cfg.data.source!r} does not exist (give 'toyworld', a .txt, .jsonl or "
@@ -57,7 +61,9 @@ def preflight(cfg: TrainConfig) -> Checked:
     if "optimizer" in ds and any(spec.optim for spec in recipe.networks()):
         raise ConfigError(f"{cfg.deepspeed}: an 'optimizer' section sets one optimizer for every network, but recipe "
                           f"{cfg.recipe.name!r} gives some of its networks their own settings; remove the section")
-    if torch.cuda.is_available():  # refuse a run that cannot fit (distill/plan.py); on CPU there is nothing to plan
+    # refuse a run that cannot fit (distill/plan.py); on CPU there is nothing to plan, and the planner counts DiT
+    # passes only (a recipe that trains no student has none to count)
+    if torch.cuda.is_available() and getattr(recipe, "trains_student", True):
         from distill.plan import plan, refusal
 
         local = int(os.environ.get("LOCAL_RANK", 0))
@@ -67,3 +73,18 @@ def preflight(cfg: TrainConfig) -> Checked:
             raise ConfigError(f"memory: {refusal(predicted)} (details: `distill plan CONFIG --gpus N --gpu-memory "
                               f"GiB`)")
     return Checked(tcfg, folder, family, ds, recipe)
+
+
+def check_no_student(cfg: TrainConfig, recipe) -> None:
+    """A recipe that trains no student (students/base.py `trains_student`) trains at least one fresh network, and
+    the student settings that would describe a DiT it does not build are refused by key."""
+    if getattr(recipe, "trains_student", True):
+        return
+    if not any(spec.init == FRESH and spec.trains for spec in recipe.networks()):
+        raise ConfigError(f"recipe {cfg.recipe.name!r} trains no student and declares no fresh network that trains")
+    s = cfg.student
+    for key, value, default in (("ema_decay", s.ema_decay, None), ("lora", s.lora, None), ("init", s.init, "teacher"),
+                                ("experts", s.experts, None)):
+        if value != default:
+            raise ConfigError(f"student.{key}: {value!r}, but recipe {cfg.recipe.name!r} trains no student (the "
+                              f"teacher's DiT is not trained); set it to {default!r}")

@@ -227,8 +227,9 @@ class Run:
         reduced = torch.tensor([totals[k] for k in sorted(totals)], dtype=torch.float64, device=self.device)
         dist.all_reduce(reduced)
         out = {k: float(v) / self.world for k, v in zip(sorted(totals), reduced.cpu())}
-        out["loss"] = out.pop("student")
-        out["lr"] = self.networks.schedulers["student"].get_last_lr()[0]
+        main = self.networks.main  # the student, or the fresh network a recipe trains instead (students/base.py)
+        out["loss"] = out.pop(main)
+        out["lr"] = self.networks.schedulers[main].get_last_lr()[0]
         out["passes"] = self.networks.counter.passes  # DiT forwards per step, in batches (CFG counts 2)
         return out
 
@@ -291,7 +292,11 @@ class Run:
                 "teacher": self.tcfg.source, "teacher_revision": self.tcfg.revision,
                 "teacher_hash": self.teacher_hash, "recipe": self.cfg.recipe.name, "guard": self.guard.state(),
                 "monitors": {m.name: m.state() for m in self.monitors},
-                "sampler": self.recipe.sampler().as_dict()}
+                "sampler": self.recipe.sampler().as_dict(),
+                "networks": {name: f"{type(self.networks.engines[name].module).__module__}."
+                                   f"{type(self.networks.engines[name].module).__qualname__}"
+                             for name in self.networks.fresh_trained()},  # fresh networks' folders: their classes
+                "student": self.networks.main == "student"}
         checkpoint.save(self.out, step, self.cfg, self.networks.engines, self.generator,
                         lambda folder: self.networks.write_weights(folder, self.rank), meta,
                         self.cfg.train.keep_checkpoints)
@@ -316,12 +321,15 @@ class Run:
 
     def validate(self, step: int, monitor: Monitor) -> None:
         """Every rank samples the same clips (ZeRO-3 needs every rank in every forward); rank 0 writes them."""
-        prompts = self.validation_prompts
-        latents = self.student_latents(prompts)
-        if self.rank != 0:
+        if self.networks.main == "student":
+            prompts = self.validation_prompts
+            latents = self.student_latents(prompts)
+            videos = self.teacher.decode(latents).numpy() if self.rank == 0 else None
+        else:  # a recipe that trains no student: its clips of the first few training latents
+            prompts, videos = self.recipe_clips()
+        if self.rank != 0 or videos is None:
             return
         v = self.tcfg.video
-        videos = self.teacher.decode(latents).numpy()
         folder = self.out / "validation" / checkpoint.step_name(step)
         folder.mkdir(parents=True, exist_ok=True)
         paths = []
@@ -329,6 +337,20 @@ class Run:
             paths.append(folder / f"{i:02d}.mp4")
             write_mp4(paths[-1], video, v.fps)
         monitor.videos(step, paths, prompts, v.fps)
+
+
+    @torch.no_grad()
+    def recipe_clips(self, n: int = 4) -> tuple[list[str], object]:
+        """(prompts, uint8 clips as numpy, or None) of the recipe's `validation_clips` for the first n training
+        examples' latents; every rank calls it."""
+        n = min(n, len(self.data))
+        prompts = [self.data.prompts[i] for i in range(n)]
+        engine = self.networks.engine
+        engine.eval()
+        nets = self.handles(self.data.embed(prompts).to(self.device), phase="")
+        clips = self.recipe.validation_clips(nets, self.data.x0[:n].to(self.device))
+        engine.train()
+        return prompts, None if clips is None else clips.numpy()
 
 
 def refuse_restart(out: Path) -> None:

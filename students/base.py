@@ -16,6 +16,20 @@ engine (distill/) finds it by the config's `recipe.name` and never names it. The
     monitors()  checks on the run's state it wants every few steps (each may ask the engine to keep a checkpoint)
     plan(...)   its networks and passes for the memory planner (distill/plan.py)
 
+A recipe that trains a network other than the DiT (a distilled VAE decoder: students/decoder.py) uses two small
+extensions, both generic:
+
+    NetworkSpec(init=FRESH, make=lambda _: Net(...))   a network built from nothing (`make(None)`), sized from the
+                `Context` (latent channels, the family's `VideoFactors`): no DiT copy, no LoRA, no sequence sharding.
+                It is a diffusers `ModelMixin`/`ConfigMixin`; a checkpoint writes each trained one as `<name>/`
+                (config.json + safetensors, loadable with `from_pretrained`), and `distill export` copies it out.
+                Its loss's handle is the module itself (its DeepSpeed engine in its own phase).
+    trains_student = False   the DiT is not trained: the engine builds no student copy and no EMA
+                (student.ema_decay must be null), the run's `loss` is the first trained fresh network's loss,
+                checkpoints hold the fresh networks instead of student/, and validation writes
+                `validation_clips(nets, x0)` of a few training latents.
+    reads "vae"  nets["vae"] is the teacher's `decode` (normalised latents -> uint8 [B, T, H, W, 3]).
+
 `Handle` is what a loss calls: velocity with guidance per call (classifier-free, both halves in one forward), and
 features at named blocks.
 """
@@ -30,6 +44,7 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from distill.core.config import Strict
+from distill.teachers.base import VideoFactors
 from distill.teachers.samplers import DEFAULT_GRID, LEGACY_GRID, Grid, check_grid, student_levels
 
 
@@ -69,6 +84,8 @@ class Context:
     dim: int  # hidden size (heads x head dim)
     heads: int
     experts: int = 1  # expert DiTs behind the teacher's velocity (2 for a high-/low-noise pair), each a copy of this shape
+    latent_channels: int | None = None  # the latent's channels (the DiT's input), for sizing a fresh network
+    factors: VideoFactors | None = None  # the family's VAE compression and DiT patch, for sizing a fresh network
 
 
 @dataclass(frozen=True)
@@ -90,12 +107,17 @@ class SamplerSpec:
         return student_levels(self.steps, self.shift, self.grid)
 
 
+FRESH = "fresh"  # NetworkSpec.init of a network built from nothing by `make(None)` (no DiT copy)
+
+
 @dataclass(frozen=True)
 class NetworkSpec:
     """A network a recipe adds beside the student."""
 
     name: str
-    init: str = "teacher"  # its DiT weights: "teacher" (a copy of the teacher's), or a same-shaped diffusers folder
+    # its DiT weights: "teacher" (a copy of the teacher's), or a same-shaped diffusers folder; FRESH: no DiT, `make(None)`
+    # builds the whole network (a diffusers ModelMixin/ConfigMixin)
+    init: str = "teacher"
     init_key: str = ""  # the config key that chose `init`, for error messages ("recipe.discriminator_init")
     make: Callable[[nn.Module], nn.Module] | None = None  # builds the network around the fp32 DiT copy (heads)
     trains: bool = True
@@ -226,6 +248,7 @@ class RecipeBase:
     """Defaults for the optional parts of the contract."""
 
     reads: tuple[str, ...] = ()
+    trains_student = True  # False: the DiT is not trained, only the recipe's FRESH networks (see the module docstring)
     fresh_batches = False  # True: the engine hands each phase of a step its own batch (the next in data order)
     sampler_name = "consistency"  # multistep consistency sampling: predict x0, re-noise to the next level
 
@@ -249,3 +272,8 @@ class RecipeBase:
 
     def monitors(self, ctx: MonitorContext) -> list[Monitor]:
         return []
+
+    def validation_clips(self, nets: Nets, x0: torch.Tensor) -> torch.Tensor | None:
+        """A recipe that trains no student: the uint8 clips [B, T, H, W, 3] its validation writes for a few
+        training latents x0 (None: none)."""
+        return None
