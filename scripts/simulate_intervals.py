@@ -29,9 +29,10 @@ Scenarios (one seed per prompt unless named "clustered"; the default method, "ba
                   the fully second-order corrected one (too small), which bracket the default (not checks)
   bootstrap_old   the old independent percentile bootstrap of FVD (bootstrap_set_statistic; not a check)
   *_shipped       fvd, kvd_matched, fvd_diff, kvd_diff and mean_clustered in the shipped suite's clustered design
-                  (`--shipped-prompts` x `--shipped-seeds`, 42 x 4; delete-one-prompt jackknife)
+                  (`--shipped-prompts` x `--shipped-seeds`, 87 x 2; delete-one-prompt jackknife)
 
-The ranking world (`--ranking`, `RankingWorld`): the review's set-up of issue 23. 42 prompts x 4 seeds, d = 128;
+The ranking world (`--ranking`, `RankingWorld`): the review's set-up of issue 23 (its 42 x 4 design), in the shipped
+suite's design (87 prompts x 2 seeds; `--shipped-prompts 42 --shipped-seeds 4` is the review's own), d = 128;
 a clip's features are a prompt effect (a third of the variance), a seed effect shared by every model sampled from
 that prompt and noise (a third) and the model's own noise (a third). Student A is the teacher's distribution
 shifted (population Fréchet distance 0.20); student B lost diversity, the teacher's distribution shrunk towards
@@ -91,8 +92,8 @@ class Setting:
     truth_draws: int = 2000
     bootstrap_trials: int = 40  # the old bootstrap is slow and only shown for comparison
     seed: int = 0
-    shipped_prompts: int = 42   # the shipped held-out suite: 42 prompts x 4 seeds
-    shipped_seeds: int = 4
+    shipped_prompts: int = 87   # the shipped held-out suite (toy world v2): 87 prompts x 2 seeds
+    shipped_seeds: int = 2
     ranking_trials: int = 200   # trials of the ranking world (issue 23's review set-up)
 
 

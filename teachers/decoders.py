@@ -159,3 +159,43 @@ def decoder_for(latent_channels: int, temporal: int, spatial: int, **sizes) -> V
     """A fresh decoder for a family's latents (`Family.video_factors(folder)`: temporal, spatial; the DiT's
     `in_channels`), `sizes` its width, depth and min_width."""
     return VideoDecoder(latent_channels=latent_channels, temporal=temporal, spatial=spatial, **sizes)
+
+
+def decoder_folder(path) -> "Path":
+    """The decoder's folder: `path` itself (config.json of a VideoDecoder) or its `decoder/` (a decoder run's
+    `distill export`)."""
+    from pathlib import Path
+
+    path = Path(path)
+    return path / "decoder" if (path / "decoder" / "config.json").is_file() else path
+
+
+def check_decoder(path, latent_channels: int, temporal: int, spatial: int, what: str = "--decoder") -> "Path":
+    """Refuse (ValueError naming `what`, the file and the key) a decoder folder that is missing, is not a
+    VideoDecoder or was made for other latents than a teacher's; returns its folder. Reads configs only."""
+    import json
+
+    folder = decoder_folder(path)
+    config = folder / "config.json"
+    if not config.is_file():
+        raise ValueError(f"{what} {str(path)!r}: no config.json there or in its decoder/ (give a decoder folder or "
+                         f"the export of a decoder run)")
+    try:
+        cfg = json.loads(config.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{what}: {str(config)!r} is not valid JSON ({err})") from None
+    if cfg.get("_class_name") != VideoDecoder.__name__:
+        raise ValueError(f"{what}: {str(config)!r} is a {cfg.get('_class_name')!r}, not a {VideoDecoder.__name__}")
+    want = {"latent_channels": latent_channels, "temporal": temporal, "spatial": spatial}
+    diff = {k: (cfg.get(k), v) for k, v in want.items() if cfg.get(k) != v}
+    if diff:
+        raise ValueError(f"{what}: {str(config)!r} was made for other latents than the teacher's: "
+                         + ", ".join(f"{k} is {a!r}, the teacher's {b!r}" for k, (a, b) in diff.items()))
+    if not any(folder.glob("*.safetensors")):
+        raise ValueError(f"{what}: {str(folder)!r} holds no safetensors weights")
+    return folder
+
+
+def load_decoder(folder, device="cpu") -> VideoDecoder:
+    """A checked decoder folder (`check_decoder`), loaded from safetensors for inference."""
+    return VideoDecoder.from_pretrained(folder, use_safetensors=True).to(device).eval()

@@ -67,6 +67,9 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="clips sampled together")
     p.add_argument("--formats", default="mp4,gif,png",
                    help="comma-separated formats written next to --out (default mp4,gif,png)")
+    p.add_argument("--decoder", type=Path, metavar="PATH",
+                   help="decode with a distilled video decoder (a decoder folder, or the export of a decoder run: "
+                        "docs/recipes/decoder.md) instead of the teacher's VAE")
     p.add_argument("--compile", action="store_true",
                    help="run the DiT under torch.compile (inductor); refused, saying why, where this device cannot "
                         "compile. The first batch pays the compile time")
@@ -134,6 +137,13 @@ def run(args) -> int:
         raise ConfigError(f"--guidance-2 is the low-noise expert's CFG scale, and teacher {cfg.source!r} has one DiT")
     images, last_images = read_images(args.image, args.last_image, prompts, family, folder, cfg.source)
     family.check_video_size(v.frames, v.height, v.width, family.video_factors(folder))
+    decoder_folder = None
+    if args.decoder is not None:  # before any weights load: a decoder made for other latents is refused
+        from distill.teachers.decoders import check_decoder
+
+        factors = family.video_factors(folder)
+        decoder_folder = check_decoder(args.decoder, family.latent_channels(family.dit_config(folder)),
+                                       factors.temporal, factors.spatial)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:  # before any weights load: the split must be possible
         cfg = _check_sequence_split(cfg, family, folder, world)
@@ -155,6 +165,11 @@ def run(args) -> int:
         from distill.teachers.compiling import compile_dit
 
         compile_dit(teacher)
+    decode = teacher.decode
+    if decoder_folder is not None:
+        from distill.teachers.decoders import load_decoder
+
+        decode = load_decoder(decoder_folder, teacher.device).decode
     from distill.teachers.conditioning import CondCache
 
     conditioning = CondCache(cond_folder)
@@ -163,7 +178,8 @@ def run(args) -> int:
               f"{s.name} {s.steps} steps, guidance {s.guidance}, shift {s.shift}"
               + (f", grid {s.grid}" if s.name == "consistency" and s.grid is not None else "")
               + (f", each clip split over {world} ranks" if world > 1 else "")
-              + (", DiT compiled (the first batch pays the compile)" if args.compile else ""), file=sys.stderr)
+              + (", DiT compiled (the first batch pays the compile)" if args.compile else "")
+              + (f", decoded by {decoder_folder}" if decoder_folder is not None else ""), file=sys.stderr)
     seeds = [args.seed + i for i in range(len(prompts))]
     written = []
     for i in tqdm(range(0, len(prompts), args.batch_size), desc="clips", unit="batch",
@@ -179,7 +195,7 @@ def run(args) -> int:
                                  images=chunk_images, last_images=chunk_last)
         if rank != 0:  # every rank computed the same clips; one writes them
             continue
-        for j, video in enumerate(teacher.decode(latents).numpy()):
+        for j, video in enumerate(decode(latents).numpy()):
             for suffix in dict.fromkeys([args.out.suffix, *formats]):
                 written += write_clip(stems[i + j].with_suffix(suffix), video, fps=v.fps)
     for path in written:
