@@ -133,7 +133,7 @@ class ClipBackend:
         return (x - mean) / std
 
     @torch.no_grad()
-    def image_features(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    def image_features(self, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
         """L2-normalised image embeddings [N, D] (float64) of uint8 images [N, H, W, 3], each read as a RAW image
         whatever the backend's frame mode (a motion-history frame is about a clip, not one image): the image-level
         features of the first-frame and subject-consistency metrics."""
