@@ -19,11 +19,15 @@ from distill.eval.gate import EvalDoc, Policy, evaluate, load_policy
 from distill.eval.suite import SuiteConfig, clip_seed, first_images_for, load_suite, real_clips_for
 from distill.toyworld import Attributes
 
-SUBJECTS = [Attributes("disc", "red", "black", "right", "slowly"), Attributes("plank", "yellow", "gray", "up", "quickly"),
-            Attributes("pillar", "green", "white", "still", "still"), Attributes("dot", "blue", "gray", "left", "slowly")]
+SUBJECTS = [Attributes("disc", "red", "black", "right", "slowly"),
+            Attributes("plank", "yellow", "gray", "up", "quickly"),
+            Attributes("pillar", "green", "white", "still", "still"),
+            Attributes("dot", "blue", "gray", "left", "slowly")]
 # the same motion and background, another shape and colour: what a subject that loses its identity turns into
-OTHERS = [Attributes("plank", "blue", "black", "right", "slowly"), Attributes("disc", "green", "gray", "up", "quickly"),
-          Attributes("dot", "red", "white", "still", "still"), Attributes("pillar", "yellow", "gray", "left", "slowly")]
+OTHERS = [Attributes("plank", "blue", "black", "right", "slowly"),
+          Attributes("disc", "green", "gray", "up", "quickly"),
+          Attributes("dot", "red", "white", "still", "still"),
+          Attributes("pillar", "yellow", "gray", "left", "slowly")]
 PSNR, DIST, SUBJ = "first_frame.psnr", "first_frame.feature_dist[domain-clip]", "subject_consistency[domain-clip]"
 I2V_POLICY = CONFIG_DIR / "eval" / "gates" / "toyworld-i2v.yaml"
 
