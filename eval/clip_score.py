@@ -117,6 +117,10 @@ class ClipBackend:
             frames = torch.stack([motion_history(v, int(i)) for i in motion_history_indices(len(v), k)])
         else:
             frames = v[uniform_frame_indices(len(v), min(k, len(v)))]
+        return self._preprocess(frames)
+
+    def _preprocess(self, frames: torch.Tensor) -> torch.Tensor:
+        """float frames [N, H, W, 3] in [0, 1] -> [N, 3, S, S]: resize the shorter side, centre crop, normalise."""
         x = frames.permute(0, 3, 1, 2)
         h, w = x.shape[-2:]
         scale = self.image_size / min(h, w)
@@ -127,6 +131,19 @@ class ClipBackend:
         mean = torch.tensor(self.mean).view(1, 3, 1, 1)
         std = torch.tensor(self.std).view(1, 3, 1, 1)
         return (x - mean) / std
+
+    @torch.no_grad()
+    def image_features(self, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+        """L2-normalised image embeddings [N, D] (float64) of uint8 images [N, H, W, 3], each read as a RAW image
+        whatever the backend's frame mode (a motion-history frame is about a clip, not one image): the image-level
+        features of the first-frame and subject-consistency metrics."""
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"images must be uint8 [N, H, W, 3], got {images.dtype} {tuple(images.shape)}")
+        out = []
+        for start in range(0, len(images), batch_size):
+            x = self._preprocess(images[start:start + batch_size].float() / 255.0).to(self.device)
+            out.append(F.normalize(self.model.encode_image(x).float(), dim=-1))
+        return torch.cat(out).double().cpu()
 
     @torch.no_grad()
     def text_features(self, texts: list[str]) -> torch.Tensor:

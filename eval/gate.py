@@ -389,11 +389,13 @@ def load_eval(path: str | Path, what: str = "eval.json") -> EvalDoc:
     return EvalDoc(str(path), models, suite, per_clip)
 
 
-# What makes two evals' numbers comparable: the clips (prompts, seeds, size, length, fps), what scores them (the
+# What makes two evals' numbers comparable: the clips (prompts, seeds, size, length, fps, the first images of an
+# image-to-video suite, by their pixels' hash), what scores them (the
 # detector and its frame protocol, the CLIP backend, the flow backend, the static filter) and how diversity is
 # sampled. Keys of the harness's `suite` record; a difference in any of them makes a baseline another experiment.
 SUITE_KEYS = ("prompts", "seeds", "n_clips", "frames", "height", "width", "fps", "real", "detector", "clip_backend",
-              "clip", "flow", "static_prompts", "static_filter", "diversity", "noise_floor", "ranks_per_clip", "jedi")
+              "clip", "flow", "static_prompts", "static_filter", "diversity", "noise_floor", "ranks_per_clip", "jedi",
+              "first_images")
 
 
 def _short(value) -> str:

@@ -30,7 +30,7 @@ from distill.core.paths import check_output_dir
 from distill.eval import flicker, metrics, stats
 from distill.eval.diversity import pairwise_diversity
 from distill.eval.schema import SCHEMA
-from distill.eval.suite import ModelSpec, SuiteConfig
+from distill.eval.suite import ModelSpec, SuiteConfig, clip_seed, first_images_for
 from distill.teachers.parallel import Layout, make_layout
 from distill.teachers.base import DTYPES, Teacher, pick_device
 from distill.teachers.conditioning import CondCache
@@ -143,12 +143,14 @@ class Harness:
         self.progress = progress
         self._loaded: dict[str, Teacher] = {}
         self._hashes: dict[str, str] = {}
-        self.items = [(p, suite.seed + 1000 * i + k) for i, p in enumerate(prompts)
+        self.items = [(p, clip_seed(suite, i, k)) for i, p in enumerate(prompts)
                       for k in range(suite.seeds_per_prompt)]
         # the prompt of each clip: seeds of one prompt share its effect, so intervals resample prompts
         self.clusters = np.repeat(np.arange(len(prompts)), suite.seeds_per_prompt)
         self.slots = np.tile(np.arange(suite.seeds_per_prompt), len(prompts))  # each clip's seed within its prompt
         self._prepared: Prepared | None = None
+        # each prompt's first image, uint8 [P, H, W, 3] (image-to-video suites; None otherwise): read in preflight
+        self.first_images: np.ndarray | None = None
         self.sequence = sequence
         self._layout: Layout | None = None
 
@@ -324,6 +326,7 @@ class Harness:
             except (ConfigError, ValueError, OSError) as err:
                 raise ConfigError(f"model {spec.name!r} ({source}): {err}") from None
         scorers = self._scorers(flow)
+        self.first_images = first_images_for(s, self.prompts)  # a missing or misfit image is refused by name
         if self.real_clips is not None:
             prompt, seed = self.items[0]
             try:
@@ -476,10 +479,12 @@ class Harness:
             return {net_name: features(v, net) for net_name, net in networks.items()}
 
         is_static_prompt = np.array([p in set(s.static_prompts) for p in captions], dtype=bool)
+        # clip j's conditioning image is its prompt's: every seed of a prompt starts from the same image
+        clip_images = None if self.first_images is None else self.first_images[self.clusters]
         scored = Scored(roles={m.name: ("teacher" if m.name == ref else m.role) for m in prep.specs},
                         values={}, static={}, feats={}, div={}, timings=timings, is_static_prompt=is_static_prompt)
         for name in tqdm(names, desc="metrics", disable=not self.progress):
-            scored.values[name] = metrics.clip_values(videos[name], captions, scorers)
+            scored.values[name] = metrics.clip_values(videos[name], captions, scorers, clip_images)
             scored.static[name] = metrics.static_mask(videos[name], is_static_prompt, scorers)
             scored.feats[name] = every(videos[name])
             if name in div_videos:
@@ -503,7 +508,7 @@ class Harness:
         is_ref = name == ref
         clusters = self.clusters
         out: dict[str, dict] = {}
-        for m in metrics.by_level("clip"):
+        for m in metrics.clip_metrics(self.first_images is not None):
             key = m.name(scorers)
             mine, teacher = sc.values[name][key], None if is_ref else sc.values[ref][key]
             per_clip[key] = {"values": mine if not m.static_only else np.where(sc.static[name][0], mine, np.nan)}
@@ -568,12 +573,19 @@ class Harness:
     def _suite_record(self, scorers: metrics.Scorers) -> dict:
         s = self.suite
         suite = s.model_dump()
+        if self.first_images is None:
+            suite.pop("first_images")  # a text-to-video suite records what it recorded before the option existed
+        else:  # the pixels scored against, not file paths: the same images anywhere compare equal in the gate
+            suite["first_images"] = {"source": "toyworld" if s.first_images == "toyworld" else "files",
+                                     "n": len(self.first_images),
+                                     "sha256": hashlib.sha256(np.ascontiguousarray(self.first_images)).hexdigest()}
         if scorers.jedi is None:
             suite.pop("jedi")  # a suite without JEDi records what it recorded before the option existed
         else:
             suite["jedi"].update(name=scorers.jedi.name, dim=scorers.jedi.feature_dim,
                                  protocol=scorers.jedi.protocol(s.frames))
-        computed = [m for m in metrics.REGISTRY if m.level != "set" or m in metrics.set_metrics(scorers)]
+        computed = [m for m in metrics.REGISTRY if (m.level != "set" or m in metrics.set_metrics(scorers))
+                    and (m.level != "clip" or m in metrics.clip_metrics(self.first_images is not None))]
         return {**suite, "prompts": self.prompts, "n_clips": len(self.items),
                 "seeds": [seed for _, seed in self.items], "teacher": self.teacher_cfg.source,
                 "detector": {"name": scorers.detector.name, "dim": scorers.detector.feature_dim,

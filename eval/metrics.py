@@ -8,6 +8,10 @@ networks and settings that produced it (backbone, detector, frame protocol, flow
 stand-in network or a non-standard protocol never carries a standard name. Adding a metric is one entry here plus
 its tests; the harness, the report and the gate read the records, never a list of names.
 
+A per-clip metric reads the clips and, beside them, what each clip was conditioned on (`conditioning`): its caption,
+or its first image (image-to-video suites). A first-image metric is computed only where the suite carries images
+(`suite.first_images`); on a text-to-video suite it is absent from eval.json, never scored against a stand-in.
+
 Records (schema distill.eval/2, eval/schema.py) come from the builders at the bottom: every record has `value`,
 `ci95` (null where no interval is claimed, with the reason), `n` and `higher_is_better`; intervals come from
 `distill.eval.stats` (clustered by prompt for per-clip means and their paired differences; jointly resampled
@@ -26,7 +30,7 @@ from typing import Callable, Literal
 import numpy as np
 import torch
 
-from distill.eval import flicker, stats
+from distill.eval import first_frame, flicker, stats
 from distill.eval.frechet import frechet_distance_of_features
 from distill.eval.jedi import jedi
 from distill.eval.kvd import kvd
@@ -60,7 +64,10 @@ class MetricDef:
     higher_is_better: bool
     how: str  # how it is computed, in one or two sentences (docs/eval.md carries the long form)
     naming: Callable[[Scorers], str]
-    per_clip: Callable[[torch.Tensor, list[str], Scorers], np.ndarray] | None = None  # level "clip"
+    # level "clip": per_clip(videos, conditioning, scorers), the conditioning as `conditioning` says: the clips'
+    # captions (list[str]), or their first images (uint8 tensor [N, H, W, 3])
+    per_clip: Callable[[torch.Tensor, object, Scorers], np.ndarray] | None = None
+    conditioning: Literal["caption", "first_image"] = "caption"
     statistic: Callable[[np.ndarray, np.ndarray], float] | None = None  # level "set": statistic(model, reference)
     references: tuple[str, ...] = ()  # level "set"
     ratio_to_teacher: bool = False  # a ratio has a meaning (the metric has a true zero)
@@ -109,6 +116,24 @@ REGISTRY: tuple[MetricDef, ...] = (
               "energy-weighted over pixels.",
               naming=lambda s: "flicker.hf_energy",
               per_clip=lambda v, captions, s: flicker.hf_energy(v).numpy(), ratio_to_teacher=True),
+    MetricDef("first_frame.psnr", "clip", True,
+              "the conditioning image against frame 0 of the decoded clip: 10 log10(255^2 / MSE) over pixels and "
+              "channels, in dB (100 dB for an exact copy). Only on suites that carry first images.",
+              naming=lambda s: "first_frame.psnr",
+              per_clip=lambda v, images, s: first_frame.first_frame_psnr(v, images).numpy(),
+              conditioning="first_image"),
+    MetricDef("first_frame.feature_dist", "clip", False,
+              "1 - cos(f(conditioning image), f(frame 0)) with the suite's CLIP image tower f (raw frames). Only on "
+              "suites that carry first images.",
+              naming=lambda s: f"first_frame.feature_dist[{s.clip.name}]",
+              per_clip=lambda v, images, s: first_frame.first_frame_feature_distance(
+                  v, images, s.clip.image_features).numpy(),
+              conditioning="first_image"),
+    MetricDef("subject_consistency", "clip", True,
+              "VBench's subject-consistency rule with the suite's CLIP image tower in place of DINO: mean over "
+              "frames t >= 1 of (max(0, cos(f_t, f_t-1)) + max(0, cos(f_t, f_0))) / 2, every frame read.",
+              naming=lambda s: f"subject_consistency[{s.clip.name}]",
+              per_clip=lambda v, captions, s: first_frame.subject_consistency(v, s.clip.image_features).numpy()),
     MetricDef("fvd", "set", False,
               "Frechet distance between Gaussians fitted to detector features of the two clip sets (float64).",
               naming=lambda s: s.detector.metric_name("fvd", s.frames), statistic=_fvd,
@@ -167,11 +192,20 @@ def family_of(name: str) -> MetricDef | None:
 
 # --- per-clip values ----------------------------------------------------------------------------------------------
 
-def clip_values(videos: np.ndarray, captions: list[str], scorers: Scorers) -> dict[str, np.ndarray]:
-    """Every per-clip metric of one model's clips, by eval.json name: float64 [N] each."""
+def clip_metrics(has_first_images: bool) -> list[MetricDef]:
+    """The per-clip metrics an eval computes: the first-image ones only where its suite carries first images."""
+    return [m for m in by_level("clip") if m.conditioning != "first_image" or has_first_images]
+
+
+def clip_values(videos: np.ndarray, captions: list[str], scorers: Scorers,
+                first_images: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Every per-clip metric of one model's clips, by eval.json name: float64 [N] each. `first_images`: uint8
+    [N, H, W, 3], clip j's conditioning image (None on a text-to-video suite: the first-image metrics are left
+    out)."""
     v = torch.from_numpy(videos)
-    return {m.name(scorers): np.asarray(m.per_clip(v, captions, scorers), dtype=np.float64)
-            for m in by_level("clip")}
+    given = {"caption": captions, "first_image": None if first_images is None else torch.from_numpy(first_images)}
+    return {m.name(scorers): np.asarray(m.per_clip(v, given[m.conditioning], scorers), dtype=np.float64)
+            for m in clip_metrics(first_images is not None)}
 
 
 def static_mask(videos: np.ndarray, is_static_prompt: np.ndarray, scorers: Scorers) -> tuple[np.ndarray, np.ndarray]:

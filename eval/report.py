@@ -89,7 +89,7 @@ def vs_teacher_lines(result: dict) -> list[str]:
             v = r["metrics"][k]
             d = v.get("paired_diff_vs_teacher")
             if d and d.get("value") is not None and not k.startswith("speed"):
-                unit = " points" if k.startswith("clipsim") else ""
+                unit = " points" if k.startswith("clipsim") else " dB" if k == "first_frame.psnr" else ""
                 parts.append(f"{k} {d['value']:+.3g}{unit}{_ci(d.get('ci95'))}")
             if v.get("ratio_to_teacher") is not None and not k.startswith("speed"):
                 parts.append(f"{k} {_fmt(v['ratio_to_teacher'])}×")
@@ -178,6 +178,15 @@ def static_flicker_lines(result: dict) -> list[str]:
     return lines
 
 
+def first_images_line(suite: dict) -> str:
+    """Where an image-to-video suite's conditioning images came from (the first-frame metrics score against them)."""
+    fi = suite["first_images"]
+    source = ("frame 0 of the toy world's render of each prompt at its first clip's seed" if fi["source"] == "toyworld"
+              else "the suite's image files")
+    return (f"First images: {fi['n']}, one per prompt, {source} (pixels sha256 {fi['sha256'][:12]}); "
+            "`first_frame.*` compares each clip's frame 0 with its prompt's image.")
+
+
 def summary_markdown(result: dict) -> str:
     suite = result["suite"]
     env = result["env"]
@@ -212,6 +221,7 @@ def summary_markdown(result: dict) -> str:
         "## Protocol",
         "",
         f"Detector `{det.get('name', '?')}` ({det.get('dim', '?')}-d): {det.get('protocol', '?')}.",
+        *([first_images_line(suite)] if suite.get("first_images") else []),
         "FVD/KVD intervals: a jackknife over prompts with the model and reference sets deleted jointly. Each "
         "record says its target: the plain FVD/KVD row covers the statistic's expected value at this n (FVD's "
         "small-sample bias included; KVD has none), the bias-corrected row (jackknife bias correction) and every "

@@ -15,6 +15,11 @@ prompts like these and fresh seeds" (per-clip means and their paired differences
 `target` predates these additions: its intervals all target the expected value at this n, its model-vs-model rows
 are plain (uncorrected) differences.
 
+Additions within /2 (issue 26; additive likewise): per-clip `subject_consistency[<clip backend>]` on every suite, and,
+on a suite that carries first images (image-to-video), per-clip `first_frame.psnr` and
+`first_frame.feature_dist[<clip backend>]` and the suite record's `first_images` ({source, n, sha256 of the images'
+pixels}); a text-to-video suite has neither the first-frame records nor the `first_images` key.
+
 distill.eval/1 is refused by the gate, by name: its FVD intervals came from independent resampling and could
 exclude their own point estimate, its FVD resampled frames uniformly, and its flicker ran VBench on moving clips;
 its numbers cannot be compared with /2's.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 from pydantic import Field, ValidationError, model_validator
 
 from distill import toyworld
@@ -64,6 +65,11 @@ class SuiteConfig(Strict):
     width: int = 64
     fps: int = 8
     real: Literal["toyworld"] | None = None  # where `fvd[...]:vs_real` takes its real clips from
+    # An image-to-video suite's first image per prompt, which the first-frame metrics score frame 0 against:
+    # "toyworld" (frame 0 of the toy world's render of the prompt at its first clip's seed), or {prompt: image file}
+    # for every prompt (PNG/JPEG at the suite's height x width; a relative path is relative to the suite file).
+    # None: a text-to-video suite, and no first-frame metric is computed.
+    first_images: Literal["toyworld"] | dict[str, str] | None = None
     clip: ClipSettings = ClipSettings()
     detector: Literal["domain-video-net", "i3d"] = "domain-video-net"
     i3d_path: str | None = None
@@ -86,6 +92,12 @@ class SuiteConfig(Strict):
             data = {**data, "static_prompts": [p for p in toyworld.prompt_suite(split).prompts
                                                if toyworld.STILL in p.split()]}
         return data
+
+    @model_validator(mode="after")
+    def _first_images_named(self):
+        if isinstance(self.first_images, dict) and not self.first_images:
+            raise ValueError("first_images: give 'toyworld' or a mapping of prompt -> image file, not an empty one")
+        return self
 
     @model_validator(mode="after")
     def _has_prompts(self):
@@ -140,16 +152,22 @@ def parse_model_spec(text: str) -> ModelSpec:
                                    f"{e.get('input')!r}: {e['msg']}" for e in err.errors())) from None
 
 
-# --- resolving a suite: its file, its prompts, its real clips ------------------------------------------------------
+# --- resolving a suite: its file, its prompts, its real clips, its first images ------------------------------------
 def load_suite(ref: str, overrides: list[str] = ()) -> tuple[SuiteConfig, Path]:
-    """A suite by file or by name under configs/eval/suites/."""
+    """A suite by file or by name under configs/eval/suites/; its image files made absolute (relative to the suite
+    file), so the harness can read them without knowing where the suite came from."""
     path = Path(ref)
     if path.suffix not in (".yaml", ".yml"):
         path = CONFIG_DIR / "eval" / "suites" / f"{ref}.yaml"
         if not path.is_file():
             known = sorted(p.stem for p in (CONFIG_DIR / "eval" / "suites").glob("*.yaml"))
             raise ConfigError(f"no eval suite {ref!r}; give a YAML file or one of {known}")
-    return load(SuiteConfig, path, overrides), path
+    suite = load(SuiteConfig, path, overrides)
+    if isinstance(suite.first_images, dict):
+        files = {p: str(f if Path(f).is_absolute() else (path.parent / f).resolve())
+                 for p, f in suite.first_images.items()}
+        suite = suite.model_copy(update={"first_images": files})
+    return suite, path
 
 
 def suite_prompts(suite: SuiteConfig, path: Path) -> list[str]:
@@ -169,6 +187,54 @@ def suite_prompts(suite: SuiteConfig, path: Path) -> list[str]:
     if not prompts:
         raise ConfigError(f"{path}: the suite resolved to no prompts")
     return prompts
+
+
+def clip_seed(suite: SuiteConfig, prompt_index: int, k: int) -> int:
+    """The seed of the k-th clip of the suite's prompt_index-th prompt (every model samples the same ones)."""
+    return suite.seed + 1000 * prompt_index + k
+
+
+def first_images_for(suite: SuiteConfig, prompts: list[str]) -> np.ndarray | None:
+    """Each prompt's first image, uint8 [P, H, W, 3] in the order of `prompts`, or None for a text-to-video suite.
+    A missing, unreadable or wrongly sized image, or a prompt without one, is refused by name (ConfigError)."""
+    if suite.first_images is None:
+        return None
+    if suite.first_images == "toyworld":
+        images = []
+        for i, prompt in enumerate(prompts):
+            try:
+                attrs = toyworld.parse_caption(prompt)
+            except ValueError as err:
+                raise ConfigError(f"suite {suite.name!r} key 'first_images': toyworld renders toy prompts only: "
+                                  f"{err}") from None
+            # the whole clip, then its frame 0: the start position depends on the clip's length (the path must fit)
+            images.append(toyworld.render(attrs, clip_seed(suite, i, 0), suite.frames, suite.height,
+                                          suite.width)[0])
+        return np.stack(images)
+    missing = [p for p in prompts if p not in suite.first_images]
+    if missing:
+        raise ConfigError(f"suite {suite.name!r} key 'first_images': no image for {len(missing)} of its "
+                          f"{len(prompts)} prompts, the first {missing[0]!r}; give one for every prompt")
+    return np.stack([_read_image(suite, prompt, suite.first_images[prompt]) for prompt in prompts])
+
+
+def _read_image(suite: SuiteConfig, prompt: str, file: str) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    where = f"suite {suite.name!r} key 'first_images' (prompt {prompt!r}): {file!r}"
+    if not Path(file).is_file():
+        raise ConfigError(f"{where} does not exist")
+    try:
+        with Image.open(file) as img:
+            image = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except (OSError, UnidentifiedImageError) as err:
+        raise ConfigError(f"{where} is not a readable image ({err})") from None
+    # never resized here: the score must read the very pixels the model was given, and a resize rule of our own
+    # would differ from the sampler's
+    if image.shape[:2] != (suite.height, suite.width):
+        raise ConfigError(f"{where} is {image.shape[1]}x{image.shape[0]} (width x height); the suite's clips are "
+                          f"{suite.width}x{suite.height}: give the image at the clip size")
+    return image
 
 
 def real_clips_for(suite: SuiteConfig):

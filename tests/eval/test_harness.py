@@ -75,6 +75,9 @@ def test_same_inputs_and_seeds_give_identical_numbers(runs):
                 "flicker.warp_error[farneback]", "diversity[domain-video-net,17f]", "speed.speedup_vs_teacher"):
         assert key in naive, key
     assert naive[CLIP]["n"] == len(PROMPTS)
+    # a text-to-video suite carries no first images: no first-frame metric, not even a skipped one
+    assert not any(k.startswith("first_frame") for k in naive) and "subject_consistency[domain-clip]" in naive
+    assert "first_images" not in a["suite"]
     assert naive["speed.speedup_vs_teacher"]["nfe_ratio"] == 25.0
     for name in ("eval.json", "summary.md", "report.html"):
         assert (out_a / name).stat().st_size > 100
