@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -238,6 +239,33 @@ for frames in decoder.decode_stream(latents):              # or frame by frame a
 """
 
 
+@contextmanager
+def _staged(out: Path, needed: int):
+    """A fresh `.tmp-` folder beside `out` to write the export into; on success it replaces `out` (an earlier export,
+    `_check_out` has made sure), on any failure it is removed, and a full disk ends in one line naming the disk and
+    the `needed` bytes (distill.core.disk)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if out.exists():
+            old = out.parent / f".old-{out.name}-{os.getpid()}"
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+        else:
+            os.replace(tmp, out)
+    except BaseException as err:
+        if is_disk_full(err):
+            free = free_bytes(tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise DiskFull(tmp, mount_of(tmp), free, needed, "the export") from err
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def _export_networks(folder: Path, out: Path, overwrite: bool) -> Path:
     """OUT/<name>/ for each fresh network the checkpoint holds, README.md, distill_export.json."""
     meta = json.loads((folder / "meta.json").read_text())
@@ -252,11 +280,7 @@ def _export_networks(folder: Path, out: Path, overwrite: bool) -> Path:
     _check_weights(folder, {n: folder / n for n in networks}, lora=False)
     out = out.expanduser().absolute()
     _check_out(out, folder, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with _staged(out, sum(size_of(folder / n) for n in networks)) as tmp:
         for name in networks:
             _copy_tree(folder / name, tmp / name)
         provenance = {"schema": "distill.export/1", "checkpoint": str(folder.resolve()), "step": meta.get("step"),
@@ -265,16 +289,6 @@ def _export_networks(folder: Path, out: Path, overwrite: bool) -> Path:
                       "code_version": meta.get("code_version"), "fingerprint": meta.get("fingerprint")}
         (tmp / "distill_export.json").write_text(json.dumps(provenance, indent=1) + "\n")
         (tmp / "README.md").write_text(_networks_readme(out.name, networks, meta, folder))
-        if out.exists():
-            old = out.parent / f".old-{out.name}-{os.getpid()}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -319,12 +333,8 @@ def export(run: str | Path, out: Path, checkpoint: str = "latest", steps: int | 
 
     out = Path(out).expanduser().absolute()
     _check_out(out, folder, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     needed = size_of(teacher) + sum(size_of(p) for p in weights.values())  # about: the teacher's parts and student
-    try:
+    with _staged(out, needed) as tmp:
         for name, entry in index.items():  # the teacher's other components: text encoder, tokenizer, VAE, ...
             if name in (*experts, "scheduler") or not isinstance(entry, list) or entry[0] is None:
                 continue
@@ -364,18 +374,4 @@ def export(run: str | Path, out: Path, checkpoint: str = "latest", steps: int | 
         (tmp / "distill_export.json").write_text(json.dumps(provenance, indent=1) + "\n")
         (tmp / "README.md").write_text(_readme(out.name, sampler, tcfg, family, index["_class_name"], lora, experts,
                                                meta, folder))
-        if out.exists():
-            old = out.parent / f".old-{out.name}-{os.getpid()}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
-        else:
-            os.replace(tmp, out)
-    except BaseException as err:
-        if is_disk_full(err):  # one line naming the disk and what the export needs (distill.core.disk)
-            free = free_bytes(tmp)
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise DiskFull(tmp, mount_of(tmp), free, needed, "the export") from err
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
