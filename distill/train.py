@@ -338,7 +338,6 @@ class Run:
             write_mp4(paths[-1], video, v.fps)
         monitor.videos(step, paths, prompts, v.fps)
 
-
     @torch.no_grad()
     def recipe_clips(self, n: int = 4) -> tuple[list[str], object]:
         """(prompts, uint8 clips as numpy, or None) of the recipe's `validation_clips` for the first n training

@@ -20,7 +20,9 @@ A diffusers `ModelMixin`/`ConfigMixin`: `save_pretrained` writes config.json + s
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Iterable, Iterator
 
 import torch
@@ -161,20 +163,16 @@ def decoder_for(latent_channels: int, temporal: int, spatial: int, **sizes) -> V
     return VideoDecoder(latent_channels=latent_channels, temporal=temporal, spatial=spatial, **sizes)
 
 
-def decoder_folder(path) -> "Path":
+def decoder_folder(path) -> Path:
     """The decoder's folder: `path` itself (config.json of a VideoDecoder) or its `decoder/` (a decoder run's
     `distill export`)."""
-    from pathlib import Path
-
     path = Path(path)
     return path / "decoder" if (path / "decoder" / "config.json").is_file() else path
 
 
-def check_decoder(path, latent_channels: int, temporal: int, spatial: int, what: str = "--decoder") -> "Path":
+def check_decoder(path, latent_channels: int, temporal: int, spatial: int, what: str = "--decoder") -> Path:
     """Refuse (ValueError naming `what`, the file and the key) a decoder folder that is missing, is not a
     VideoDecoder or was made for other latents than a teacher's; returns its folder. Reads configs only."""
-    import json
-
     folder = decoder_folder(path)
     config = folder / "config.json"
     if not config.is_file():
