@@ -114,27 +114,26 @@ class Candidate:
         t2 = time.perf_counter()
         if not decode:
             return None
-        if self.decoder is None:
-            video = t.decode(latents).numpy()
-            sync()
-            first_frame = t3 = time.perf_counter()
-        elif timing is None:
-            video = self.decoder.decode(latents).numpy()
-            t3 = time.perf_counter()
-        else:
-            parts = []
-            for frames in self.decoder.decode_stream(latents):
-                sync()
-                parts.append(frames)
-                if len(parts) == 1:
-                    first_frame = time.perf_counter()
-            video = torch.cat(parts, dim=1).numpy()
-            t3 = time.perf_counter()
+        video, first_frame = self._decode(latents, stream=timing is not None, sync=sync)
+        t3 = time.perf_counter()
         if timing is not None:
             timing.update(text_s=t1 - t0, denoise_s=t2 - t1, decode_s=t3 - t2, total_s=t3 - t0,
-                          first_frame_s=first_frame - t0)
+                          first_frame_s=(first_frame or t3) - t0)
         return video
 
+    def _decode(self, latents: torch.Tensor, stream: bool, sync) -> tuple[np.ndarray, float | None]:
+        """The clip and the clock when its first frame was ready: a distilled decoder streams when `stream` (its first
+        frame after one latent frame); None where every frame comes at once (the VAE), with the last."""
+        if self.decoder is None or not stream:
+            video = (self.teacher.decode(latents) if self.decoder is None else self.decoder.decode(latents)).numpy()
+            sync()
+            return video, None
+        parts, first_frame = [], None
+        for part in self.decoder.decode_stream(latents):
+            sync()
+            first_frame = first_frame or time.perf_counter()
+            parts.append(part)
+        return torch.cat(parts, dim=1).numpy(), first_frame
 
     def _image_cond(self, images: list[np.ndarray], size: tuple[int, int, int], cached: bool):
         """The image conditioning of `images` for clips of `size`, each distinct image encoded once (unless
