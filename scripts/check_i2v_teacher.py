@@ -10,8 +10,10 @@ both halves, as the stock pipelines do). Each clip is scored:
 
   - first-frame fidelity: PSNR of frame 0 against the image (eval/first_frame.py, uint8 scale), and the toy world's
     reader on frame 0 alone (held as a still clip): does frame 0 show the image's shape, colour and background;
-  - motion: the reader on the whole clip (direction, speed, and every attribute), and for the 9 still subjects the
-    share VBench's static filter keeps (distill.eval.flicker.static_clips, Farnebäck flow);
+  - motion: the reader on the whole clip (direction, speed, and every attribute); the track error, the mean
+    distance over frames 1.. between the subject's centroid and that of the ground-truth render (which starts from
+    the same image and moves as prompted); and for the 9 still subjects the share VBench's static filter keeps
+    (distill.eval.flicker.static_clips, Farnebäck flow);
 
 next to the same for: the renders themselves, the VAE's round trip of them (the ceiling: frame 0 of a TI2V clip is
 the decoded image latent) and the same teacher at 4 Euler steps (what a few-step student must recover); with
@@ -56,13 +58,37 @@ def frame0_accuracy(videos: np.ndarray, prompts: list[str]) -> dict:
     return {f: acc[f] for f in FRAME0_FIELDS}
 
 
-def score(videos: np.ndarray, images: np.ndarray, prompts: list[str], still: list[int]) -> dict:
+def centroids(videos: np.ndarray) -> np.ndarray:
+    """The subject's centroid (x, y) in pixels per frame [B, T, 2]: pixels weighted by their distance from the
+    background colour (the border's median, as the reader takes it), below 30 RGB units ignored."""
+    v = videos.astype(np.float32)
+    out = np.zeros((*v.shape[:2], 2))
+    ys, xs = np.mgrid[0:v.shape[2], 0:v.shape[3]] + 0.5
+    for b, clip in enumerate(v):
+        border = np.concatenate([clip[:, 0], clip[:, -1], clip[:, :, 0], clip[:, :, -1]], axis=1).reshape(-1, 3)
+        dist = np.abs(clip - np.median(border, axis=0)).sum(-1)
+        weight = dist * (dist > 30) + 1e-6
+        out[b, :, 0] = (xs * weight).sum((1, 2)) / weight.sum((1, 2))
+        out[b, :, 1] = (ys * weight).sum((1, 2)) / weight.sum((1, 2))
+    return out
+
+
+def track_error(videos: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Per clip, the mean distance in pixels over frames 1.. between the subject's centroid and the ground-truth
+    render's (which starts from the same image and moves as prompted): a clip that continues from its first frame
+    in the prompted direction at the prompted speed stays near 0; one that ignores the image starts elsewhere."""
+    return np.linalg.norm(centroids(videos)[:, 1:] - centroids(truth)[:, 1:], axis=-1).mean(axis=1)
+
+
+def score(videos: np.ndarray, images: np.ndarray, prompts: list[str], still: list[int], truth: np.ndarray) -> dict:
+    track = track_error(videos, truth)
     psnr = first_frame_psnr(torch.from_numpy(videos), torch.from_numpy(images)).numpy()
     is_static, motion = static_clips(torch.from_numpy(videos[still]), flow="farneback") if still else \
         (torch.zeros(0, dtype=torch.bool), torch.zeros(0))
     return {"first_frame_psnr_db": {"mean": float(psnr.mean()), "median": float(np.median(psnr)),
                                     "min": float(psnr.min())},
             "frame0_read": frame0_accuracy(videos, prompts),
+            "track_error_px": {"mean": float(track.mean()), "median": float(np.median(track))},
             "clip_read": toyworld.attribute_accuracy(videos, prompts),
             "still_subjects_static": float(is_static.double().mean()),
             "still_subjects_motion_px": [round(float(m), 3) for m in motion]}
@@ -130,13 +156,13 @@ def main(argv: list[str] | None = None) -> None:
         clips[name] = sample(base, base_cfg, prompts, seeds, None, 50, "unipc", args.batch)
         seconds[name] = round((time.time() - t0) / len(prompts), 3)
     for name, videos in clips.items():
-        results[name] = score(videos, images, prompts, still)
+        results[name] = score(videos, images, prompts, still, truth)
         if name in seconds:
             results[name]["seconds_per_clip"] = seconds[name]
         r = results[name]
         c, f = r["clip_read"], r["frame0_read"]
         log(f"{name:58s} psnr {r['first_frame_psnr_db']['mean']:5.1f} dB | frame 0: shape {f['shape']:.2f} "
-            f"colour {f['colour']:.2f} | clip: all {c['all']:.2f} shape {c['shape']:.2f} colour {c['colour']:.2f} "
+            f"colour {f['colour']:.2f} | track {r['track_error_px']['mean']:4.1f} px | clip: all {c['all']:.2f} shape {c['shape']:.2f} colour {c['colour']:.2f} "
             f"dir {c['direction']:.2f} speed {c['speed']:.2f} | still kept still {r['still_subjects_static']:.2f}")
 
     show = list(range(0, len(prompts), max(1, len(prompts) // 5)))[:5]
