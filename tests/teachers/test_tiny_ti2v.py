@@ -9,12 +9,12 @@ from diffusers import UniPCMultistepScheduler, WanImageToVideoPipeline
 from PIL import Image
 
 from distill import toyworld
-from distill.eval.first_frame import first_frame_psnr
 from distill.teachers.config import load_teacher, load_teacher_config
 from distill.teachers.resolve import builtin_names, open_teacher
 
 PROMPT = "a red pillar moving right quickly on a white background"
-STEPS = 8  # enough to compare with the stock loop and to check frame 0; the quality figures are docs/tiny-teacher-i2v.md's
+STEPS = 4  # enough to compare with the stock loop (multistep UniPC from step 2); the quality figures are
+#            docs/tiny-teacher-i2v.md's
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +43,15 @@ def test_a_clip_from_an_image_keeps_it_in_frame_0(shipped, first_image):
     v = cfg.video
     size = (v.frames, v.height, v.width)
     cond = teacher.encode([PROMPT], "", images=first_image, size=size)
-    latents = teacher.sample([PROMPT], steps=STEPS, guidance=cfg.sampler.guidance, shift=cfg.sampler.shift, seed=0,
+    latents = teacher.sample([PROMPT], steps=2, guidance=cfg.sampler.guidance, shift=cfg.sampler.shift, seed=0,
                              frames=v.frames, height=v.height, width=v.width, cond=cond)
     assert torch.equal(latents[:, :, :1], cond.image_latents)
     clip = teacher.decode(latents)
-    image = torch.from_numpy(toyworld.render(toyworld.parse_caption(PROMPT), 3)[:1])
-    psnr = float(first_frame_psnr(clip, image)[0])
-    assert psnr > 28.0, f"frame 0 is {psnr:.1f} dB from the image"  # the VAE's own round trip of it: ~33 dB
+    image = torch.from_numpy(toyworld.render(toyworld.parse_caption(PROMPT), 3)[0])
+    mse = (clip[0, 0].double() - image.double()).pow(2).mean()  # the teachers' tests do not reach up to eval
+    psnr = float(10 * torch.log10(255.0**2 / mse))
+    print(f"frame 0 against the image: {psnr:.1f} dB")
+    assert psnr > 28.0, f"frame 0 is {psnr:.1f} dB from the image"  # the VAE's round trips: 25-38 dB, mean 31.4
 
 
 def test_sampling_from_an_image_matches_the_stock_pipeline(shipped, first_image):
