@@ -36,7 +36,7 @@ teacher-a14b: $(STAMP)
 	$(BIN)/python scripts/make_two_expert_teacher.py --out teachers/builtin/tiny-wan-a14b
 
 # Re-make the built-in image-conditioned teacher (teachers/builtin/tiny-wan-ti2v, Wan 2.2 TI2V's layout) from
-# tiny-wan: 2,000 steps of the TI2V objective (about 30 minutes on two CPU cores); see docs/tiny-teacher-i2v.md.
+# tiny-wan: 1,200 steps of the TI2V objective (29.5 minutes on two shared CPU cores); see docs/tiny-teacher-i2v.md.
 teacher-ti2v: $(STAMP)
 	$(BIN)/python scripts/train_tiny_i2v_teacher.py --out teachers/builtin/tiny-wan-ti2v
 
