@@ -236,13 +236,14 @@ class DistributionMatching(RecipeBase):
         if self.gan:  # one critic forward: its logits carry the gradient to x̂, its velocity is read without one
             v_fake, logits = critic.with_heads(fake_t, t)
             v_fake, gan = v_fake.detach(), g_loss(logits)
+        given = image_frames(nets["student"], x0)  # frames the image gives clean: not the student's to move
+        scored = generated(fake, given)
         with torch.no_grad():
             if gan is None:
                 v_fake = critic(x_t, t)
             p_fake = x0_from_velocity(x_t, t, v_fake).float()
             p_real = x0_from_velocity(x_t, t, teacher(x_t, t, guidance=self.cfg.guidance)).float()
-            given = image_frames(nets["student"], x0)  # frames the image gives clean: not the student's to move
-            p_fake, p_real, scored = generated(p_fake, given), generated(p_real, given), generated(fake, given)
+            p_fake, p_real = generated(p_fake, given), generated(p_real, given)
             norm = (scored.detach().float() - p_real).abs().flatten(1).mean(1)
             grad = torch.nan_to_num((p_fake - p_real) / per_sample(norm, p_real))
         dmd = 0.5 * F.mse_loss(scored.float(), scored.detach().float() - grad)

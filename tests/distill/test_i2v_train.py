@@ -49,12 +49,17 @@ def run_yaml(root, teacher, name, recipe):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def teacher(tmp_path_factory):
+    """The teacher config file of a tiny TI2V pipeline folder."""
+    root = tmp_path_factory.mktemp("ti2v-teacher")
+    build_i2v_pipeline("wan2.2-ti2v", TinyWanSpec(dit_layers=1), vocabulary()).save_pretrained(root / "teacher")
+    return teacher_yaml(root / "teacher", root / "teacher.yaml")
+
+
+@pytest.fixture(scope="module")
+def runs(teacher, tmp_path_factory):
     """A 2-step consistency and a 2-step DMD2 run on the tiny TI2V teacher (one subprocess, one rank)."""
     root = tmp_path_factory.mktemp("ti2v-runs")
-    folder = root / "teacher"
-    build_i2v_pipeline("wan2.2-ti2v", TinyWanSpec(dit_layers=1), vocabulary()).save_pretrained(folder)
-    teacher = teacher_yaml(folder, root / "teacher.yaml")
     configs = [str(run_yaml(root, teacher, name, recipe)) for name, recipe in RECIPES.items()]
     code = ("from distill.cli import main; import sys; "
             f"sys.exit(any(main(['train', c, '--no-progress']) for c in {configs!r}))")
@@ -105,8 +110,7 @@ def test_the_student_keeps_the_image_as_frame_0_and_reads_it(runs, recipe):
 
 
 @pytest.mark.parametrize("recipe", ["apt", "rcm"])
-def test_apt_and_rcm_refuse_an_image_conditioned_run(runs, recipe, tmp_path):
-    _, teacher = runs
+def test_apt_and_rcm_refuse_an_image_conditioned_run(teacher, recipe, tmp_path):
     path = run_yaml(tmp_path, teacher, recipe, f"{{name: {recipe}}}")
     from distill.preflight import preflight
 
