@@ -70,6 +70,10 @@ def runs(teacher, tmp_path_factory):
     return root, teacher
 
 
+def _latest(run):
+    return run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
+
+
 @pytest.mark.parametrize("recipe", list(RECIPES))
 def test_an_image_conditioned_run_trains_with_finite_losses(runs, recipe):
     root, _ = runs
@@ -79,7 +83,7 @@ def test_an_image_conditioned_run_trains_with_finite_losses(runs, recipe):
     assert all(np.isfinite(r["loss"]) for r in records)
     # every example's first frame was encoded through the teacher and cached
     assert len(list((run / "cache" / "images").glob("*.safetensors"))) == 4
-    assert (run / "checkpoints" / "step-00000002" / "student").is_dir()
+    assert (_latest(run) / "student").is_dir()
     assert len(list((run / "validation").rglob("*.mp4"))) == 4  # the first examples, with their images
 
 
@@ -88,7 +92,7 @@ def test_the_student_keeps_the_image_as_frame_0_and_reads_it(runs, recipe):
     root, teacher_file = runs
     tcfg = load_teacher_config(str(teacher_file))
     teacher = load_teacher(tcfg, "cpu")
-    student = teacher.family.dit_from_pretrained(root / recipe / "checkpoints" / "step-00000002" / "student")
+    student = teacher.family.dit_from_pretrained(_latest(root / recipe) / "student")
     size = (5, 32, 32)
     text = teacher.encode([PROMPT], None)
     clips, latents = [], []
