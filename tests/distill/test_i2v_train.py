@@ -120,3 +120,35 @@ def test_apt_and_rcm_refuse_an_image_conditioned_run(teacher, recipe, tmp_path):
 
     with pytest.raises(ConfigError, match=f"recipe: '{recipe}' does not train on image-conditioned examples"):
         preflight(load_train_config(path))
+
+
+def test_the_export_of_an_i2v_student_samples_as_the_project_in_the_stock_pipeline(runs, tmp_path):
+    """`distill export` of the TI2V student: the stock image-to-video pipeline gives the student's clip for the same
+    image and seed (fp32 CPU, max abs difference <= 1e-4)."""
+    from diffusers import WanImageToVideoPipeline
+
+    from distill.export import export
+    from distill.teachers.wan import WanTeacher
+
+    root, _ = runs
+    out = export(root / "consistency", tmp_path / "export")
+    assert json.loads((out / "model_index.json").read_text()).get("expand_timesteps") is True
+    grid = json.loads((out / "distill_teacher.json").read_text())["sampler"]["grid"]
+    image = Image.fromarray(np.random.default_rng(3).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    teacher = WanTeacher.from_pretrained(str(out), device="cpu", max_sequence_length=16)
+    seed = 7
+    ours = teacher.sample([PROMPT], steps=2, guidance=1.0, shift=3.0, sampler="consistency", seed=seed, frames=5,
+                          height=32, width=32, grid=grid, images=image)
+    pipe = WanImageToVideoPipeline.from_pretrained(out, dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    g = torch.Generator().manual_seed(seed)
+    torch.randn(teacher.latent_shape(5, 32, 32), generator=g)  # the initial noise: the scheduler's follows it
+    with torch.random.fork_rng(devices=[]):
+        torch.set_rng_state(g.get_state())
+        expected = pipe(image=image, prompt=[PROMPT], num_inference_steps=2, guidance_scale=1.0, num_frames=5,
+                        height=32, width=32, max_sequence_length=16, output_type="latent",
+                        generator=torch.Generator().manual_seed(seed)).frames.float()
+    assert expected.abs().max() > 0.1
+    diff = (ours - expected).abs().max().item()
+    print(f"TI2V student export vs stock pipeline: max abs difference {diff:.1e}")
+    assert diff <= 1e-4
