@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow teacher teacher-a14b venv clean
+.PHONY: demo test test-slow teacher teacher-a14b teacher-ti2v venv clean
 
 venv: $(STAMP)
 
@@ -34,6 +34,11 @@ teacher: $(STAMP)
 # its noise range (about 10 minutes on two CPU cores); see docs/teachers.md.
 teacher-a14b: $(STAMP)
 	$(BIN)/python scripts/make_two_expert_teacher.py --out teachers/builtin/tiny-wan-a14b
+
+# Re-make the built-in image-conditioned teacher (teachers/builtin/tiny-wan-ti2v, Wan 2.2 TI2V's layout) from
+# tiny-wan: 1,200 steps of the TI2V objective (29.5 minutes on two shared CPU cores); see docs/tiny-teacher-i2v.md.
+teacher-ti2v: $(STAMP)
+	$(BIN)/python scripts/train_tiny_i2v_teacher.py --out teachers/builtin/tiny-wan-ti2v
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -15,6 +15,8 @@ A compare config (configs/compare/*.yaml, the class `CompareConfig` below):
         recipe: RECIPE-tiny            # a file of configs/recipes/ (or a path to a recipe YAML)
         overrides: [train.steps=1500]  # key=value overrides of that recipe config
         models: {first-4step: 4, first-1step: 1}   # eval model name -> sampling steps, from OUT/first/export
+        # or: {first-4step-dec: {steps: 4, decoder: "{runs.dec}/export"}}  decoded by a distilled decoder (a decoder
+        # folder, or the export of a decoder run of this config) instead of the teacher's VAE
       second:
         recipe: OTHER-RECIPE-tiny
         overrides: ["student.init={runs.first}/export"]   # starts from the first run's student
@@ -69,11 +71,20 @@ RunName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$
 ModelName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@+-]*$")]
 
 
+class ModelEntry(Strict):
+    steps: int = Field(ge=1)
+    decoder: str | None = None  # a decoder folder or export; `{runs.NAME}` for a run's folder; None: the VAE
+
+
 class RunSpec(Strict):
     recipe: str  # a file of configs/recipes/ (with or without .yaml), or a path to a recipe YAML
     overrides: list[str] = []
     fast_overrides: list[str] = []  # with --fast only, after the config's own fast_overrides
-    models: dict[ModelName, Annotated[int, Field(ge=1)]] = {}  # eval model name -> sampling steps
+    # eval model name -> sampling steps (or steps and a distilled decoder)
+    models: dict[ModelName, Annotated[int, Field(ge=1)] | ModelEntry] = {}
+
+    def entries(self) -> dict[str, ModelEntry]:
+        return {name: m if isinstance(m, ModelEntry) else ModelEntry(steps=m) for name, m in self.models.items()}
 
 
 class CompareConfig(Strict):
@@ -96,7 +107,7 @@ class PlannedRun:
     overrides: list[str]  # what `distill train` gets after the recipe file, `out=` excluded
     needs: tuple[str, ...]  # the runs it references, trained and exported before it
     cfg: object  # its validated TrainConfig
-    models: dict[str, int]
+    models: dict[str, ModelEntry]  # decoders resolved to folders
 
     @property
     def export(self) -> Path:
@@ -245,7 +256,7 @@ def plan(config: str | Path, overrides: list[str] = (), out: Path | None = None,
         except ConfigError as err:
             raise ConfigError(f"{where}': its folder: {err}") from None
         runs.append(PlannedRun(name, file, folders[name], items, tuple(references(spec)), train_cfg,
-                               dict(spec.models)))
+                               _resolve_decoders(spec, folders, f"{where}.models")))
 
     specs, reference = [], f"teacher@{teacher.sampler.steps}"
     for i, text in enumerate(cfg.baselines):
@@ -253,8 +264,8 @@ def plan(config: str | Path, overrides: list[str] = (), out: Path | None = None,
             specs.append(parse_model_spec(text))
         except ValueError as err:
             raise ConfigError(f"{origin}: key 'baselines.{i}': {err}") from None
-    specs += [ModelSpec(name=model, source=str(run.export), steps=steps)
-              for run in runs for model, steps in run.models.items()]
+    specs += [ModelSpec(name=model, source=str(run.export), steps=m.steps, decoder=m.decoder)
+              for run in runs for model, m in run.models.items()]
     seen: set[str] = set()
     for spec in specs:
         if spec.name == reference:
@@ -266,6 +277,20 @@ def plan(config: str | Path, overrides: list[str] = (), out: Path | None = None,
     if not specs:
         raise ConfigError(f"{origin}: nothing to score: give `models` to a run or `baselines`")
     return Plan(cfg, path, out, nproc, fast, runs, specs, suite_overrides, what)
+
+
+def _resolve_decoders(spec: RunSpec, folders: dict[str, Path], where: str) -> dict[str, ModelEntry]:
+    """A run's models with `{runs.NAME}` in their decoders replaced by that run's folder; an unknown name refused."""
+    out = {}
+    for model, m in spec.entries().items():
+        if m.decoder is not None:
+            unknown = [n for n in RUN_REF.findall(m.decoder) if n not in folders]
+            if unknown:
+                raise ConfigError(f"{where}.{model}.decoder': {{runs.{unknown[0]}}} names no run of this config; its "
+                                  f"runs are {list(folders)}")
+            m = m.model_copy(update={"decoder": _substitute([m.decoder], folders)[0]})
+        out[model] = m
+    return out
 
 
 # --- training: reuse, resume or start each run, timing every training process ---------------------------------
@@ -749,5 +774,6 @@ def describe(p: Plan) -> str:
         for item in run.overrides:
             lines.append(f"       {item}")
     lines.append(f"  eval on {p.config.suite}: "
-                 + ", ".join(f"{s.name} ({s.steps} step{'s' * (s.steps != 1)})" for s in p.specs))
+                 + ", ".join(f"{s.name} ({s.steps} step{'s' * (s.steps != 1)}"
+                             + (f", decoded by {s.decoder})" if s.decoder else ")") for s in p.specs))
     return "\n".join(lines)

@@ -13,6 +13,9 @@ in few steps.
                                                 two experts the low-noise one's is lora/transformer_2/
         lora/<native>.safetensors               the same adapter(s) in the family's native key names, where it has
                                                 them (ComfyUI and the family's own code)
+        decoder/                  (--decoder) a distilled video decoder shipped beside the student: a VideoDecoder
+                                  folder (teachers/decoders.py) made for these latents; the pipeline ignores it,
+                                  `distill sample/eval` take it with --decoder OUT / decoder=OUT
         distill_teacher.json      the sampler and video defaults `distill sample` and `distill eval` pick up
         distill_export.json       where it came from (run, checkpoint, step, teacher, code version)
         README.md                 how to load and sample it
@@ -293,9 +296,10 @@ def _export_networks(folder: Path, out: Path, overwrite: bool) -> Path:
 
 
 def export(run: str | Path, out: Path, checkpoint: str = "latest", steps: int | None = None,
-           overwrite: bool = False) -> Path:
+           overwrite: bool = False, decoder: str | Path | None = None) -> Path:
     """Write the student of a run (its latest checkpoint, or `checkpoint`) as a diffusers folder at `out` that the
-    teacher family's stock pipeline samples."""
+    teacher family's stock pipeline samples; `decoder` (a decoder folder or a decoder run's export) ships in
+    OUT/decoder/ beside it, checked against the teacher's latents first."""
     from distill.checkpoint import find
 
     try:
@@ -303,6 +307,8 @@ def export(run: str | Path, out: Path, checkpoint: str = "latest", steps: int | 
     except ConfigError as err:
         raise ConfigError(f"export: {err}") from None
     if _trains_no_student(folder):
+        if decoder is not None:
+            raise ConfigError(f"export: --decoder ships a decoder beside a student, and {str(folder)!r} trained none")
         return _export_networks(folder, Path(out), overwrite)
     meta, config = _read_checkpoint(folder)
     lora = bool((config.get("student") or {}).get("lora"))
@@ -330,6 +336,7 @@ def export(run: str | Path, out: Path, checkpoint: str = "latest", steps: int | 
     experts = family.experts(teacher)
     weights = _student_layout(folder, lora, family, experts)
     _check_weights(folder, weights, lora)
+    shipped = _check_shipped_decoder(decoder, family, teacher)
 
     out = Path(out).expanduser().absolute()
     _check_out(out, folder, overwrite)
@@ -363,6 +370,8 @@ def export(run: str | Path, out: Path, checkpoint: str = "latest", steps: int | 
         index["scheduler"] = ["diffusers", type(scheduler).__name__]
         index.update(family.pipeline_config(teacher))
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        if shipped is not None:  # beside the pipeline's components, not in model_index: stock loading ignores it
+            _copy_tree(shipped, tmp / "decoder")
         defaults = {"sampler": sampler, "video": tcfg.video.model_dump(), "negative_prompt": tcfg.negative_prompt,
                     "max_sequence_length": tcfg.max_sequence_length}
         (tmp / "distill_teacher.json").write_text(json.dumps(defaults, indent=2) + "\n")
@@ -370,8 +379,49 @@ def export(run: str | Path, out: Path, checkpoint: str = "latest", steps: int | 
                       "teacher": meta["teacher"], "teacher_hash": teacher_hash, "teacher_revision": tcfg.revision,
                       "recipe": meta.get("recipe"), "student": "lora" if lora else "full",
                       "code_version": meta.get("code_version"), "fingerprint": meta.get("fingerprint"), "sampler": sampler, "family": family.name,
-                      "experts": list(experts)}
+                      "experts": list(experts),
+                      "decoder": None if shipped is None else {"source": str(shipped.resolve()),
+                                                               "hash": checkpoint_hash(shipped)}}
         (tmp / "distill_export.json").write_text(json.dumps(provenance, indent=1) + "\n")
         (tmp / "README.md").write_text(_readme(out.name, sampler, tcfg, family, index["_class_name"], lora, experts,
-                                               meta, folder))
+                                               meta, folder) + (_decoder_readme(out.name) if shipped else ""))
     return out
+
+
+def _check_shipped_decoder(decoder, family, teacher: Path) -> Path | None:
+    """The folder of the decoder to ship (None without one), refused by name when it is not a VideoDecoder made for
+    this teacher's latents or its weights do not verify."""
+    if decoder is None:
+        return None
+    from distill.teachers.decoders import check_decoder
+
+    factors = family.video_factors(teacher)
+    try:
+        shipped = check_decoder(decoder, family.latent_channels(family.dit_config(teacher)), factors.temporal,
+                                factors.spatial)
+    except ValueError as err:
+        raise ConfigError(f"export: {err}") from None
+    check_weight_files(shipped)
+    return shipped
+
+
+def _decoder_readme(out_name: str) -> str:
+    return f"""
+## The distilled decoder in `decoder/`
+
+A small causal video decoder trained to reproduce the VAE's decode of these latents, several times faster (its
+speed and the quality it costs: docs/recipes/decoder.md). Stock loading ignores it; to use it, take the pipeline's
+latents and decode them with it:
+
+```python
+from diffusers import DiffusionPipeline
+from distill.teachers.decoders import VideoDecoder
+pipe = DiffusionPipeline.from_pretrained("{out_name}")
+decoder = VideoDecoder.from_pretrained("{out_name}/decoder").eval()
+latents = pipe("a prompt", output_type="latent").frames
+video = decoder.decode(latents)                 # uint8 [B, T, H, W, 3]; decoder.decode_stream(latents) streams
+```
+
+`distill sample --teacher {out_name} --decoder {out_name}` and `distill eval --model s={out_name}@STEPS,decoder=
+{out_name}` do the same.
+"""

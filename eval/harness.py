@@ -34,6 +34,7 @@ from distill.eval.suite import ModelSpec, SuiteConfig, clip_seed, first_images_f
 from distill.teachers.parallel import Layout, make_layout
 from distill.teachers.base import DTYPES, Teacher, pick_device
 from distill.teachers.conditioning import CondCache
+from distill.teachers.decoders import VideoDecoder, check_decoder, decoder_folder, load_decoder
 from distill.teachers.resolve import checkpoint_defaults, open_teacher
 from distill.teachers.samplers import LEGACY_GRID
 
@@ -54,27 +55,46 @@ class Candidate:
     ckpt_hash: str
     grid: object = None  # the consistency sampler's levels (a rule or explicit levels); None: the legacy grid
     conditioning: CondCache | None = None  # shared by every model of an eval; None: each clip's text encoded
+    decoder: VideoDecoder | None = None  # a distilled decoder in place of the family's VAE (spec.decoder)
+    decoder_hash: str | None = None
+    # an image-to-video suite's first images encoded once per image and clip size, shared by the models of one
+    # loaded checkpoint: (image sha256, size) -> (image_latents [1, ...], image_embeds [1, ...] or None)
+    image_conds: dict | None = None
+
+    @property
+    def takes_images(self) -> bool:
+        """Whether this model is conditioned on a suite's first images (a text-to-video model is not)."""
+        return self.teacher.image_input != "none"
 
     @property
     def nfe(self) -> int:
         return self.steps * (2 if self.guidance > 1 else 1)
 
-    def cache_key(self, prompt: str, seed: int, frames: int, height: int, width: int) -> str:
+    def cache_key(self, prompt: str, seed: int, frames: int, height: int, width: int,
+                  image: np.ndarray | None = None) -> str:
         key = [self.ckpt_hash, self.steps, self.sampler, self.guidance, self.shift, self.negative,
                self.teacher.max_sequence_length, str(self.teacher.dtype), prompt, seed, frames, height, width]
         if self.teacher.guidance_2 is not None:  # a two-expert teacher's own low-noise guidance
             key.append(self.teacher.guidance_2)
         if self.grid not in (None, LEGACY_GRID):  # the legacy grid keeps the keys of clips cached before the choice
             key.append(self.grid if isinstance(self.grid, str) else list(self.grid))
+        if self.decoder_hash is not None:  # the VAE keeps the keys of clips cached before decoders
+            key.append(["decoder", self.decoder_hash])
+        if image is not None and self.takes_images:  # a clip is its first image's as much as its prompt's
+            key.append(["image", image_hash(image)])
         text = json.dumps(key)
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
     def sample(self, prompts: list[str], seeds: list[int], frames: int, height: int, width: int,
-               timing: dict | None = None, decode: bool = True, cached_text: bool = True) -> np.ndarray | None:
-        """uint8 clips [B, T, H, W, 3]; `timing` (if given) receives text/denoise/decode seconds, synchronised.
+               timing: dict | None = None, decode: bool = True, cached_text: bool = True,
+               images: list[np.ndarray] | None = None) -> np.ndarray | None:
+        """uint8 clips [B, T, H, W, 3]; `timing` (if given) receives text/denoise/decode seconds, synchronised, and
+        the time to the first frame: a distilled decoder's clip is then decoded as a stream (frames as latent frames
+        arrive), the VAE's at once (its first frame comes with its last).
         `decode=False` stops after denoising (the other ranks of a sequence-parallel group) and returns None.
         `cached_text=False` runs the text encoder even where the conditioning cache holds the prompts (a timed
-        clip of a new prompt)."""
+        clip of a new prompt), and the image encoder on `images` (uint8 [H, W, 3], one per prompt: an image-to-video
+        model's first frames; a text-to-video model ignores them)."""
         t = self.teacher
         sync = torch.cuda.synchronize if t.device.type == "cuda" else (lambda: None)
         t0 = time.perf_counter()
@@ -83,6 +103,8 @@ class Candidate:
             cond = self.conditioning.encode(t, prompts, negative)
         else:
             cond = t.encode(prompts, negative)
+        if images is not None and self.takes_images:
+            cond = cond.with_image(*self._image_cond(images, (frames, height, width), cached_text))
         sync()
         t1 = time.perf_counter()
         latents = t.sample(prompts, steps=self.steps, guidance=self.guidance, shift=self.shift, seed=seeds,
@@ -92,12 +114,48 @@ class Candidate:
         t2 = time.perf_counter()
         if not decode:
             return None
-        video = t.decode(latents).numpy()
-        sync()
+        video, first_frame = self._decode(latents, stream=timing is not None, sync=sync)
         t3 = time.perf_counter()
         if timing is not None:
-            timing.update(text_s=t1 - t0, denoise_s=t2 - t1, decode_s=t3 - t2, total_s=t3 - t0)
+            timing.update(text_s=t1 - t0, denoise_s=t2 - t1, decode_s=t3 - t2, total_s=t3 - t0,
+                          first_frame_s=(first_frame or t3) - t0)
         return video
+
+    def _decode(self, latents: torch.Tensor, stream: bool, sync) -> tuple[np.ndarray, float | None]:
+        """The clip and the clock when its first frame was ready: a distilled decoder streams when `stream` (its first
+        frame after one latent frame); None where every frame comes at once (the VAE), with the last."""
+        if self.decoder is None or not stream:
+            video = (self.teacher.decode(latents) if self.decoder is None else self.decoder.decode(latents)).numpy()
+            sync()
+            return video, None
+        parts, first_frame = [], None
+        for part in self.decoder.decode_stream(latents):
+            sync()
+            first_frame = first_frame or time.perf_counter()
+            parts.append(part)
+        return torch.cat(parts, dim=1).numpy(), first_frame
+
+    def _image_cond(self, images: list[np.ndarray], size: tuple[int, int, int], cached: bool):
+        """The image conditioning of `images` for clips of `size`, each distinct image encoded once (unless
+        `cached` is False: a timed clip pays its encoding)."""
+        from PIL import Image
+
+        t = self.teacher
+        if not cached or self.image_conds is None:
+            return t.encode_images([Image.fromarray(im) for im in images], size)
+        keys = [(image_hash(im), size) for im in images]
+        new = {k: im for k, im in zip(keys, images) if k not in self.image_conds}
+        if new:
+            latents, embeds = t.encode_images([Image.fromarray(im) for im in new.values()], size)
+            for i, k in enumerate(new):
+                self.image_conds[k] = (latents[i:i + 1], None if embeds is None else embeds[i:i + 1])
+        latents = torch.cat([self.image_conds[k][0] for k in keys])
+        embeds = None if self.image_conds[keys[0]][1] is None else torch.cat([self.image_conds[k][1] for k in keys])
+        return latents, embeds
+
+
+def image_hash(image: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()[:16]
 
 
 @dataclass
@@ -142,6 +200,8 @@ class Harness:
         self.real_clips = real_clips
         self.progress = progress
         self._loaded: dict[str, Teacher] = {}
+        self._decoders: dict[str, VideoDecoder] = {}
+        self._image_conds: dict[str, dict] = {}  # per loaded checkpoint: its encoded first images
         self._hashes: dict[str, str] = {}
         self.items = [(p, clip_seed(suite, i, k)) for i, p in enumerate(prompts)
                       for k in range(suite.seeds_per_prompt)]
@@ -203,8 +263,24 @@ class Harness:
             raise ConfigError(f"model {spec.name!r}: {source!r} samples on the explicit {len(grid)}-level grid "
                               f"{list(grid)}; evaluate it @{len(grid)}, not @{spec.steps}")
         teacher = self._load(source)
+        decoder = self._load_decoder(spec.decoder, teacher.device) if spec.decoder is not None else None
         return Candidate(spec, teacher, spec.steps, sampler, guidance, shift, c.negative_prompt,
-                         self._hashes[source], grid, self.conditioning)
+                         self._hashes[source], grid, self.conditioning, decoder,
+                         self._hashes[spec.decoder] if decoder is not None else None,
+                         self._image_conds.setdefault(source, {}))
+
+    def _load_decoder(self, path: str, device) -> VideoDecoder:
+        """A distilled decoder (checked against its model's latents in preflight), loaded once per folder."""
+        if path not in self._decoders:
+            folder = decoder_folder(path)
+            decoder = load_decoder(folder, device)
+            if self.suite.compile:  # preflight checked that this device compiles
+                from distill.teachers.compiling import compile_decoder
+
+                compile_decoder(decoder)
+            self._decoders[path] = decoder
+            self._hashes[path] = checkpoint_hash(folder)
+        return self._decoders[path]
 
     def reference(self) -> ModelSpec:
         s = self.teacher_cfg.sampler
@@ -215,7 +291,8 @@ class Harness:
     def clips(self, cand: Candidate, items: list[tuple[str, int]], desc: str) -> np.ndarray:
         s, layout = self.suite, self.layout
         rank, world = rank_world()
-        keys = [cand.cache_key(p, seed, s.frames, s.height, s.width) for p, seed in items]
+        images = [self.first_image(p) for p, _ in items] if cand.takes_images else [None] * len(items)
+        keys = [cand.cache_key(p, seed, s.frames, s.height, s.width, im) for (p, seed), im in zip(items, images)]
         paths = [self.cache_dir / f"{k}.npy" for k in keys]
         cached = {i: clip for i, path in enumerate(paths) if (clip := self._cached_clip(path, rank)) is not None}
         # each group of `sequence` ranks samples its share of the clips together; its first rank keeps them
@@ -225,7 +302,8 @@ class Harness:
                           unit="batch"):
             chunk = todo[start:start + s.batch_size]
             videos = cand.sample([items[i][0] for i in chunk], [items[i][1] for i in chunk], s.frames, s.height,
-                                 s.width, decode=layout.leader)
+                                 s.width, decode=layout.leader,
+                                 images=[images[i] for i in chunk] if cand.takes_images else None)
             if videos is not None:
                 made.update(zip(chunk, videos))
         made = gather_dict(made)
@@ -272,7 +350,8 @@ class Harness:
         for i, prompt in enumerate(prompts):
             timing: dict = {}
             cand.sample([prompt], [10_000 + i], s.frames, s.height, s.width, timing, decode=leader,
-                        cached_text=s.speed.text == "cached")
+                        cached_text=s.speed.text == "cached",
+                        images=[self.first_image(prompt)] if cand.takes_images else None)
             if i >= warmup:
                 runs.append(timing)
         if not leader:
@@ -280,8 +359,16 @@ class Harness:
         med = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
         video_seconds = s.frames / s.fps
         return {"latency_s": med["total_s"], "denoise_s": med["denoise_s"], "text_s": med["text_s"],
-                "decode_s": med["decode_s"], "realtime_factor": video_seconds / med["total_s"],
+                "decode_s": med["decode_s"], "first_frame_s": med["first_frame_s"],
+                "realtime_factor": video_seconds / med["total_s"],
                 "runs": [r["total_s"] for r in runs]}
+
+    def first_image(self, prompt: str) -> np.ndarray:
+        """The suite's first image of `prompt` (an image-to-video suite; preflight read them)."""
+        if self.first_images is None:
+            raise ConfigError(f"suite {self.suite.name!r} has no first_images, and an image-to-video model needs "
+                              f"one per prompt")
+        return self.first_images[self.prompts.index(prompt)]
 
     # --- preflight: every input checked before the first clip is sampled ----------------------------------------
     def preflight(self, specs: list[ModelSpec]) -> Prepared:
@@ -322,6 +409,13 @@ class Harness:
                 family.check_video_size(s.frames, s.height, s.width, family.video_factors(folder))
                 if layout.sequence > 1:
                     self._check_split(family, folder)
+                if s.first_images is None and family.image_input(folder) == "required":
+                    raise ConfigError("an image-to-video checkpoint needs a first image per prompt; give the suite "
+                                      "`first_images` (toyworld, or {prompt: file})")
+                if spec.decoder is not None:  # made for this model's latents, before any weights load
+                    factors = family.video_factors(folder)
+                    check_decoder(spec.decoder, family.latent_channels(family.dit_config(folder)), factors.temporal,
+                                  factors.spatial, what="decoder=")
                 candidates[spec.name] = self.candidate(spec)
             except (ConfigError, ValueError, OSError) as err:
                 raise ConfigError(f"model {spec.name!r} ({source}): {err}") from None
@@ -558,7 +652,10 @@ class Harness:
             "role": sc.roles[name], "source": cand.spec.source, "steps": cand.steps,
             "sampler": cand.sampler, "guidance": cand.guidance, "shift": cand.shift, "nfe": cand.nfe,
             "latency_s": t["latency_s"], "denoise_s": t["denoise_s"], "text_s": t["text_s"],
-            "decode_s": t["decode_s"], "checkpoint_hash": cand.ckpt_hash, "metrics": out})
+            "decode_s": t["decode_s"], "first_frame_s": t["first_frame_s"], "checkpoint_hash": cand.ckpt_hash,
+            # the decoder is part of the model: the family's VAE, or a distilled one with its weights' hash
+            "decoder": None if cand.decoder is None else {"path": cand.spec.decoder, "hash": cand.decoder_hash},
+            "metrics": out})
 
     def _static_record(self, m: metrics.MetricDef, name: str, ref: str, sc: "Scored", mine, teacher) -> dict:
         mask, motion = sc.static[name]

@@ -187,6 +187,18 @@ def first_images_line(suite: dict) -> str:
             "`first_frame.*` compares each clip's frame 0 with its prompt's image.")
 
 
+def speed_lines(result: dict) -> list[str]:
+    """Where each model's time goes, and its time to the first frame (a distilled causal decoder streams; the VAE
+    gives its first frame with its last)."""
+    lines = ["| model | decoder | text | denoise | decode | first frame | latency |", "|---|---|---|---|---|---|---|"]
+    for name, r in result["models"].items():
+        decoder = "VAE" if not r.get("decoder") else f"`{r['decoder']['path']}`"
+        lines.append(f"| {name} | {decoder} | {_fmt(r.get('text_s'))} | "
+                     f"{_fmt(r.get('denoise_s'))} | {_fmt(r.get('decode_s'))} | {_fmt(r.get('first_frame_s'))} | "
+                     f"{_fmt(r.get('latency_s'))} |")
+    return lines
+
+
 def summary_markdown(result: dict) -> str:
     suite = result["suite"]
     env = result["env"]
@@ -213,6 +225,10 @@ def summary_markdown(result: dict) -> str:
         "jointly; negative: A is closer)",
         "",
         *model_vs_model_markdown(result),
+        "",
+        "## Speed (median of the timed clips, seconds)",
+        "",
+        *speed_lines(result),
         "",
         "## VBench temporal flickering (static clips only)",
         "",

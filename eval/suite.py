@@ -81,7 +81,7 @@ class SuiteConfig(Strict):
     speed: SpeedSettings = SpeedSettings()
     noise_floor: bool = True  # teacher vs teacher on other seeds: the FVD a perfect student would still get
     batch_size: int = Field(8, ge=1)
-    compile: bool = False  # every model's DiT under torch.compile (refused where the device cannot compile)
+    compile: bool = False  # every model's DiT (and distilled decoder) under torch.compile (refused where it cannot)
 
     @model_validator(mode="before")
     @classmethod
@@ -117,10 +117,14 @@ class ModelSpec(Strict):
     guidance: float | None = None  # None: the teacher's for "teacher"; a folder's own, else 1 (no CFG)
     shift: float | None = None
     role: Literal["teacher", "baseline", "student"] = "student"
+    # a distilled video decoder (a decoder folder, or an export holding one in decoder/) decoding this model's
+    # latents instead of its family's VAE; part of the model: scored, cached and timed as a pair with the DiT
+    decoder: str | None = None
 
 
 def parse_model_spec(text: str) -> ModelSpec:
-    """`teacher@4`, `teacher@4:unipc`, `NAME=PATH@4`, `NAME=PATH@4:euler,guidance=1,shift=5`."""
+    """`teacher@4`, `teacher@4:unipc`, `NAME=PATH@4`, `NAME=PATH@4:euler,guidance=1,shift=5`,
+    `NAME=PATH@4,decoder=DECODER` (decoded by a distilled decoder instead of the VAE)."""
     name, sep, rest = text.partition("=")
     if not sep or "@" in name:
         name, rest = "", text
@@ -139,12 +143,13 @@ def parse_model_spec(text: str) -> ModelSpec:
         fields["sampler"] = sampler
     for opt in filter(None, opts.split(",")):
         key, eq, value = opt.partition("=")
-        if key not in ("guidance", "shift", "role") or not eq:
-            raise ValueError(f"model {text!r}: option {opt!r} is not guidance=, shift= or role=")
+        if key not in ("guidance", "shift", "role", "decoder") or not eq:
+            raise ValueError(f"model {text!r}: option {opt!r} is not guidance=, shift=, role= or decoder=")
         fields[key] = value
     if source == "teacher":
         fields.setdefault("role", "baseline")
-    fields["name"] = name or (f"teacher@{steps_text}" if source == "teacher" else f"{Path(source).name}@{steps_text}")
+    fields["name"] = name or ((f"teacher@{steps_text}" if source == "teacher" else f"{Path(source).name}@{steps_text}")
+                              + ("+decoder" if "decoder" in fields else ""))
     try:
         return ModelSpec.model_validate(fields)
     except ValidationError as err:  # a bad sampler, guidance or role: one line naming the option, not pydantic's dump

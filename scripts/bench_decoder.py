@@ -8,7 +8,8 @@ Timing: the same latents, one clip at a time by default (batch 1, as the eval's 
 VAE and the decoder alternating within each repeat so that a machine's load falls on both alike; `--warmup`
 untimed rounds first; the median of `--repeats` rounds, with min and max. Time to first frame: the VAE decodes a
 clip whole, so its first frame comes with its last; the decoder streams (`decode_stream`) and its first frame
-comes after one latent frame's work.
+comes after one latent frame's work. `--compile` times a second copy of the decoder under torch.compile
+(teachers/compiling.py) in the same rounds, so eager against compiled is side by side too.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ def main(argv=None) -> dict:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--held-out", type=int, default=16, help="held-out clips for the quality figures (0: none)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--compile", action="store_true", help="also time the decoder under torch.compile, side by side")
     p.add_argument("--out", type=Path, help="write the figures as JSON here")
     args = p.parse_args(argv)
     if args.threads:
@@ -81,14 +83,27 @@ def main(argv=None) -> dict:
     shape = teacher.latent_shape(v.frames, v.height, v.width)
     z = torch.randn(args.batch, *shape, generator=torch.Generator().manual_seed(0))
 
+    compiled = None
+    if args.compile:
+        from distill.teachers.compiling import check_compile, compile_decoder
+
+        check_compile("cpu")  # says why where it cannot, before any timing
+        compiled = VideoDecoder.from_pretrained(args.decoder).eval()
+        compile_decoder(compiled)
     with torch.no_grad():
+        compile_s = timed(lambda: (compiled.decode(z), first_frame_s(compiled, z))) if compiled else None
         for _ in range(args.warmup):
             teacher.decode(z), decoder.decode(z), first_frame_s(decoder, z)
-        vae_s, ours_s, first_s = [], [], []
-        for _ in range(args.repeats):  # alternating: a load on the machine falls on both
+            if compiled:
+                compiled.decode(z), first_frame_s(compiled, z)
+        vae_s, ours_s, first_s, comp_s, comp_first_s = [], [], [], [], []
+        for _ in range(args.repeats):  # alternating: a load on the machine falls on all alike
             vae_s.append(timed(lambda: teacher.decode(z)))
             ours_s.append(timed(lambda: decoder.decode(z)))
             first_s.append(first_frame_s(decoder, z))
+            if compiled:
+                comp_s.append(timed(lambda: compiled.decode(z)))
+                comp_first_s.append(first_frame_s(compiled, z))
     vae, ours = summary(vae_s), summary(ours_s)
     result = {"teacher": args.teacher, "decoder": str(args.decoder), "clip": [v.frames, v.height, v.width],
               "latent": list(shape), "batch": args.batch, "threads": torch.get_num_threads(),
@@ -100,6 +115,12 @@ def main(argv=None) -> dict:
               "speedup": vae["median_s"] / ours["median_s"],
               "time_to_first_frame": {"vae_s": vae["median_s"], "decoder_stream": summary(first_s)}}
 
+    if compiled:
+        with torch.no_grad():  # the same weights: the same clip, up to a grey level of float reordering
+            diff = float((compiled.decode(z).float() - decoder.decode(z).float()).abs().max())
+        result["compiled"] = {"decode": summary(comp_s), "first_frame": summary(comp_first_s),
+                              "max_abs_diff_vs_eager_grey_levels": diff,
+                              "compile_s": compile_s, "speedup_vs_eager": ours["median_s"] / summary(comp_s)["median_s"]}
     if args.held_out:
         latents = held_out_latents(teacher, args.held_out, v.frames, v.height, v.width)
         with torch.no_grad():
@@ -120,6 +141,10 @@ def main(argv=None) -> dict:
              f"  speed-up        {result['speedup']:8.2f}x",
              f"  first frame     {result['time_to_first_frame']['decoder_stream']['median_s'] * 1e3:8.1f} ms streamed "
              f"(VAE: {vae['median_s'] * 1e3:.1f} ms, the whole clip)"]
+    if compiled:
+        c = result["compiled"]
+        lines.append(f"  compiled        {c['decode']['median_s'] * 1e3:8.1f} ms  ({c['speedup_vs_eager']:.2f}x eager; first "
+                     f"frame {c['first_frame']['median_s'] * 1e3:.1f} ms; compile {c['compile_s']:.1f} s)")
     if "quality" in result:
         q = result["quality"]["psnr_db_vs_vae_decode"]
         lines.append(f"  PSNR vs VAE     {q['mean']:8.2f} dB  (95% CI {q['ci95'][0]:.2f}..{q['ci95'][1]:.2f}, "

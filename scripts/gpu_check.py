@@ -18,6 +18,10 @@ Parts, in order (each skipped with a note when fewer than its budget's seconds a
             prediction for the same config on this GPU. A recipe the planner says cannot fit is not started.
   eval      clips per second of the domain CLIP score and the domain video net features on 64 toy-world clips
             (scripts/bench_eval.py's stages) on this device.
+  decode    the teacher VAE's decode of one clip (diffusers AutoencoderKLWan of Wan 2.1's config, random weights,
+            bf16) against a distilled decoder of configs/recipes/decoder-wan2.1-1.3b.yaml's size (teachers/decoders.py,
+            random weights: speed only), on the same 16x21x60x104 latents: whole-clip decode, the decoder's time to
+            first frame when streamed, and the decoder under torch.compile (its compile time apart)
   latency-compiled
             the latency part's DiT and rows under torch.compile as `--compile` compiles it (inductor, Triton on
             CUDA; teachers/compiling.py), with the compile time of each graph (CFG's batch 2, the student's batch 1)
@@ -42,7 +46,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 GIB = 1 << 30
-PARTS = ("latency", "train-consistency", "train-apt", "eval", "latency-compiled")
+PARTS = ("latency", "train-consistency", "train-apt", "eval", "decode", "latency-compiled")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -102,6 +106,17 @@ def markdown(d: dict) -> str:
                      f"(ratio {r['predicted_gib'] / r['peak_gib']:.2f})" if r['peak_gib'] else
                      f"train {recipe}: step {r['step_s']:.3f} s; planner predicted {r['predicted_gib']:.2f} GiB "
                      f"(no CUDA peak on CPU)")
+    dec = d["parts"].get("decode")
+    if dec:
+        if "error" in dec:
+            lines.append(f"decode: {dec['error']}")
+        else:
+            compiled = (f"; compiled {dec['compiled_s']:.3f} s (first frame {dec['compiled_first_frame_s']:.3f} s, "
+                        f"compile {dec['compile_s']:.1f} s)" if "compiled_s" in dec else
+                        f"; not compiled: {dec.get('compiled_error')}")
+            lines.append(f"decode one clip: VAE {dec['vae_s']:.3f} s, distilled decoder {dec['decoder_s']:.3f} s "
+                         f"({dec['speedup']:.1f}x; first frame streamed {dec['decoder_first_frame_s']:.3f} s)"
+                         + compiled)
     ev = d["parts"].get("eval")
     if ev:
         lines += ["", "| eval stage | clips/s |", "|---|---|"]
@@ -185,6 +200,67 @@ def latency(device, dtype, dry: bool, compiled: bool = False) -> dict:
     out = {"dit": cfg, "latent": list(latent), "dtype": str(dtype), "rows": rows}
     if compiled:
         out.update(backend=BACKEND, compile_s=compile_s)
+    return out
+
+
+# --- the VAE's decode against a distilled decoder -----------------------------------------------------------------
+def decode(device, dtype, dry: bool) -> dict:
+    import torch
+    from diffusers import AutoencoderKLWan
+
+    from distill.teachers.compiling import check_compile, compile_decoder
+    from distill.teachers.decoders import VideoDecoder
+
+    if dry:
+        from distill.teachers.resolve import resolve
+
+        vae = AutoencoderKLWan.from_pretrained(resolve("builtin:tiny-wan") / "vae")
+        sizes, latent = {"width": 16, "depth": 1, "min_width": 8}, (vae.config.z_dim, 5, 16, 16)
+    else:
+        vae = AutoencoderKLWan()  # Wan 2.1's VAE config (z 16, 4x temporal, 8x spatial)
+        sizes, latent = {"width": 128, "depth": 3, "min_width": 32}, (16, 21, 60, 104)
+    vae = vae.to(device, dtype).eval()
+    # a Wan VAE halves the size at every stage but the last, and the frame rate at each temporal_downsample
+    factors = {"spatial": 2 ** (len(vae.config.dim_mult) - 1), "temporal": 2 ** sum(vae.config.temperal_downsample)}
+
+    def make():
+        torch.manual_seed(0)  # the eager and the compiled decoder: the same weights
+        return VideoDecoder(latent_channels=latent[0], **factors, **sizes).to(device, dtype).eval()
+    decoder, compiled = make(), make()
+    z = torch.randn(1, *latent, device=device, dtype=dtype)
+
+    def timed(fn) -> float:
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        return time.perf_counter() - t0
+
+    def first_frame(dec) -> float:
+        def run():
+            stream = dec.stream(z)
+            next(stream)
+            stream.close()
+        return timed(run)
+
+    out = {"latent": list(latent), "dtype": str(dtype), "decoder_sizes": sizes,
+           "decoder_params": sum(p.numel() for p in decoder.parameters())}
+    with torch.no_grad():
+        vae_fn = lambda: vae.decode(z, return_dict=False)
+        timed(vae_fn), timed(lambda: decoder(z)), first_frame(decoder)  # warm-up
+        out["vae_s"] = statistics.median(timed(vae_fn) for _ in range(2))
+        out["decoder_s"] = statistics.median(timed(lambda: decoder(z)) for _ in range(3))
+        out["decoder_first_frame_s"] = statistics.median(first_frame(decoder) for _ in range(3))
+        out["speedup"] = out["vae_s"] / out["decoder_s"]
+        try:
+            check_compile(device)
+            compile_decoder(compiled)
+            out["compile_s"] = timed(lambda: compiled(z)) + first_frame(compiled)  # the graphs' compiles
+            first_frame(compiled)
+            out["compiled_s"] = statistics.median(timed(lambda: compiled(z)) for _ in range(3))
+            out["compiled_first_frame_s"] = statistics.median(first_frame(compiled) for _ in range(3))
+        except Exception as err:  # the eager figures stand; say why there are no compiled ones
+            out["compiled_error"] = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300] if str(err) else ''}"
     return out
 
 
@@ -299,7 +375,8 @@ def main(argv=None) -> int:
     report = Report(args.out.resolve(), {"device": name, "dry_run": args.dry_run, "torch": torch.__version__,
                                          "shape": "Wan 2.1 1.3B config, 81x480x832, bf16"})
     # (part, seconds it may need at worst on one H100: a part is started only with that much time left)
-    budget = {"latency": 150, "train-consistency": 120, "train-apt": 120, "eval": 40, "latency-compiled": 300}
+    budget = {"latency": 150, "train-consistency": 120, "train-apt": 120, "eval": 40, "decode": 90,
+              "latency-compiled": 300}
     budget = {part: need for part, need in budget.items() if part in args.parts}
     with tempfile.TemporaryDirectory(prefix="gpu_check-") as tmp:
         for part, need in budget.items():
@@ -311,6 +388,8 @@ def main(argv=None) -> int:
             try:
                 if part in ("latency", "latency-compiled"):
                     result = latency(device, dtype, args.dry_run, compiled=part == "latency-compiled")
+                elif part == "decode":
+                    result = decode(device, dtype, args.dry_run)
                 elif part.startswith("train-"):
                     result = train_step(part.removeprefix("train-"), Path(tmp), args.dry_run, device)
                 else:

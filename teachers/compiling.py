@@ -6,6 +6,8 @@ command refuses `--compile` with that one line before any weights load, instead 
 quietly running eager. Its constant differs per process, so the compiler really runs and a kernel cached by an
 earlier process cannot hide a compiler that has gone.
 
+`compile_decoder(decoder)` compiles a distilled decoder the same way.
+
 `compile_dit(teacher)` compiles each expert DiT of the teacher's velocity network in place (`nn.Module.compile`):
 the network keeps its class (an expert router stays a router and routes eagerly; a DiT stays the family's DiT), so
 everything that inspects it works as before. Dynamo's `suppress_errors` stays off: a graph that fails to compile
@@ -81,3 +83,9 @@ def compile_dit(teacher: Teacher) -> list[str]:
         expert.compile(backend=BACKEND)
         done.append(component)
     return done
+
+
+def compile_decoder(decoder: torch.nn.Module) -> None:
+    """Compile a distilled video decoder in place (call `check_compile` first): its whole-clip decode and the steps
+    of its stream (the first latent frame and the later ones) are separate graphs, compiled on first use."""
+    decoder.compile(backend=BACKEND)

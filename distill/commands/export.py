@@ -29,6 +29,9 @@ def add_parser(sub) -> None:
     p.add_argument("--steps", type=int, help="sampling steps to record (default: the steps the student was "
                                              "distilled for)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--decoder", type=Path, metavar="PATH",
+                   help="ship a distilled video decoder (a decoder folder, or the export of a decoder run) in "
+                        "OUT/decoder/, checked against the teacher's latents")
     p.set_defaults(func=run)
 
 
@@ -36,7 +39,8 @@ def run(args) -> int:
     from distill.export import export
 
     check_output_dir(args.out)
-    out = export(args.run, args.out, checkpoint=args.checkpoint, steps=args.steps, overwrite=args.overwrite)
+    out = export(args.run, args.out, checkpoint=args.checkpoint, steps=args.steps, overwrite=args.overwrite,
+                 decoder=args.decoder)
     print(f"exported {args.run} to {out}", file=sys.stderr)
     print(out)
     return 0

@@ -71,8 +71,8 @@ def add_parser(sub) -> None:
                    help="decode with a distilled video decoder (a decoder folder, or the export of a decoder run: "
                         "docs/recipes/decoder.md) instead of the teacher's VAE")
     p.add_argument("--compile", action="store_true",
-                   help="run the DiT under torch.compile (inductor); refused, saying why, where this device cannot "
-                        "compile. The first batch pays the compile time")
+                   help="run the DiT (and a --decoder) under torch.compile (inductor); refused, saying why, where "
+                        "this device cannot compile. The first batch pays the compile time")
     p.add_argument("--cond-cache", type=Path, default=None, metavar="DIR",
                    help="where prompt embeddings are kept between calls, one file per text and text encoder "
                         f"(default {DEFAULT_COND_CACHE_TEXT})")
@@ -169,7 +169,12 @@ def run(args) -> int:
     if decoder_folder is not None:
         from distill.teachers.decoders import load_decoder
 
-        decode = load_decoder(decoder_folder, teacher.device).decode
+        decoder = load_decoder(decoder_folder, teacher.device)
+        if args.compile:
+            from distill.teachers.compiling import compile_decoder
+
+            compile_decoder(decoder)
+        decode = decoder.decode
     from distill.teachers.conditioning import CondCache
 
     conditioning = CondCache(cond_folder)
@@ -178,7 +183,8 @@ def run(args) -> int:
               f"{s.name} {s.steps} steps, guidance {s.guidance}, shift {s.shift}"
               + (f", grid {s.grid}" if s.name == "consistency" and s.grid is not None else "")
               + (f", each clip split over {world} ranks" if world > 1 else "")
-              + (", DiT compiled (the first batch pays the compile)" if args.compile else "")
+              + (f", {'DiT and decoder' if decoder_folder else 'DiT'} compiled (the first batch pays the compile)"
+                 if args.compile else "")
               + (f", decoded by {decoder_folder}" if decoder_folder is not None else ""), file=sys.stderr)
     seeds = [args.seed + i for i in range(len(prompts))]
     written = []

@@ -107,6 +107,20 @@ def test_runs_go_in_dependency_order_and_references_become_run_folders(tmp_path)
     assert p.specs[3].source == str(tmp_path / "out" / "second" / "export")
 
 
+def test_a_model_decoded_by_a_decoder_run_gets_its_folder(tmp_path, no_work, capsys):
+    runs = {"first": {**two_runs()["first"], "models": {"a-4": 4, "a-4-dec": {"steps": 4,
+                                                                                "decoder": "{runs.dec}/export"}}},
+            "dec": {"recipe": "decoder-tiny", "overrides": FAST}}
+    p = compare.plan(write_config(tmp_path, runs), out=tmp_path / "out")
+    decoded = next(s for s in p.specs if s.name == "a-4-dec")
+    assert (decoded.steps, decoded.decoder) == (4, str(tmp_path / "out" / "dec" / "export"))
+    assert next(s for s in p.specs if s.name == "a-4").decoder is None
+    assert "a-4-dec (4 steps, decoded by" in compare.describe(p)
+    runs["first"]["models"]["a-4-dec"]["decoder"] = "{runs.nope}/export"
+    with pytest.raises(ConfigError, match=r"runs.first.models.a-4-dec.decoder.*\{runs.nope\}"):
+        compare.plan(write_config(tmp_path, runs), out=tmp_path / "out")
+
+
 def test_the_shipped_compare_configs_plan(tmp_path):
     demo = compare.plan("demo", out=tmp_path / "demo", fast=True, what="demo")
     assert [r.name for r in demo.runs] == ["consistency", "apt"]

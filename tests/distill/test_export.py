@@ -296,6 +296,39 @@ def test_lora_export_fuses_the_adapter_and_ships_it_alone(runs, lora_export):
 
 
 # --- 4. errors --------------------------------------------------------------------------------------------------------
+def _decoder_for_tiny(folder, extra_channels: int = 0):
+    from distill.teachers import registry
+    from distill.teachers.decoders import VideoDecoder
+
+    teacher = resolve("builtin:tiny-wan")
+    family = registry.family_of(teacher)
+    f = family.video_factors(teacher)
+    VideoDecoder(latent_channels=family.latent_channels(family.dit_config(teacher)) + extra_channels,
+                 temporal=f.temporal, spatial=f.spatial, width=8, depth=0, min_width=4).save_pretrained(folder)
+    return folder
+
+
+def test_a_decoder_ships_beside_the_student_and_stock_loading_ignores_it(runs, tmp_path, capsys):
+    from distill.core.hashing import checkpoint_hash
+    from distill.teachers.decoders import check_decoder, decoder_folder
+
+    dec = _decoder_for_tiny(tmp_path / "dec")
+    out = tmp_path / "with-decoder"
+    assert main(["export", str(runs[0]), "--out", str(out), "--decoder", str(dec)]) == 0
+    assert decoder_folder(out) == out / "decoder" and checkpoint_hash(out / "decoder") == checkpoint_hash(dec)
+    assert check_decoder(out, 8, 4, 4) == out / "decoder"  # `distill sample --decoder OUT` finds it
+    made = json.loads((out / "distill_export.json").read_text())
+    assert made["decoder"] == {"source": str(dec.resolve()), "hash": checkpoint_hash(dec)}
+    assert "decoder" not in json.loads((out / "model_index.json").read_text())
+    assert isinstance(_pipe(out), WanPipeline)
+    assert 'VideoDecoder.from_pretrained("with-decoder/decoder")' in (out / "README.md").read_text()
+
+    wrong = _decoder_for_tiny(tmp_path / "wrong", extra_channels=1)
+    assert main(["export", str(runs[0]), "--out", str(tmp_path / "no"), "--decoder", str(wrong)]) == 2
+    err = capsys.readouterr().err
+    assert "--decoder" in err and "latent_channels is 9, the teacher's 8" in err and not (tmp_path / "no").exists()
+
+
 def test_no_checkpoint_is_an_error_naming_the_path(tmp_path, capsys):
     empty = tmp_path / "empty-run"
     empty.mkdir()

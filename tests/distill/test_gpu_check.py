@@ -45,11 +45,14 @@ def test_dry_run_writes_every_part(gpu_check, tmp_path, monkeypatch):
     data = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     assert data["dry_run"] and not data["skipped"]
     parts = data["parts"]
-    assert set(parts) == {"latency", "train-consistency", "train-apt", "eval", "latency-compiled"}
+    assert set(parts) == {"latency", "train-consistency", "train-apt", "eval", "decode", "latency-compiled"}
     assert not [p for p, r in parts.items() if "error" in r], parts
     compiled = {(r["name"], r["steps"]): r for r in parts["latency-compiled"]["rows"]}
     assert compiled.keys() == {("teacher (CFG)", 50), ("student", 4), ("student", 1)}
     assert set(parts["latency-compiled"]["compile_s"]) == {"cfg_batch2", "student_batch1"}
+    dec = parts["decode"]
+    assert dec["vae_s"] > 0 and dec["decoder_s"] > 0 and dec["speedup"] == dec["vae_s"] / dec["decoder_s"]
+    assert 0 < dec["decoder_first_frame_s"] and dec["compiled_s"] > 0 and dec["compile_s"] > 0
     rows = {(r["name"], r["steps"]): r for r in parts["latency"]["rows"]}
     assert rows[("teacher (CFG)", 50)]["nfe"] == 100 and rows[("student", 4)]["nfe_bound"] == 25
     assert all(r["seconds"] > 0 for r in rows.values())

@@ -30,7 +30,7 @@ def _numbers(result: dict) -> dict:
     out = json.loads(json.dumps(result))
     out.pop("env")
     for model in out["models"].values():
-        for key in ("latency_s", "denoise_s", "text_s", "decode_s"):
+        for key in ("latency_s", "denoise_s", "text_s", "decode_s", "first_frame_s"):
             model.pop(key)
         model["metrics"] = {k: v for k, v in model["metrics"].items() if not k.startswith("speed.")}
     return out

@@ -44,3 +44,24 @@ def test_registry_has_one_entry_per_family_with_a_direction_and_a_description():
     assert {"fvd", "kvd"} <= set(families) and metrics.family_of("fvd16[i3d]:vs_real").family == "fvd"
     assert metrics.family_of("kvd[domain-video-net,17f]:noise_floor").family == "kvd"
     assert [m.family for m in metrics.REGISTRY if m.static_only] == ["flicker.vbench"]
+
+
+def test_the_i2v_toy_suite_starts_each_held_out_prompt_from_its_own_render():
+    """toyworld-i2v-held-out: held-out prompts only (the held-out rule stays), each with frame 0 of its own
+    combination's render at its first clip seed as the first image, and a prompt that says the motion."""
+    from distill import toyworld
+    from distill.eval.suite import clip_seed, first_images_for
+
+    suite, path = load_suite("toyworld-i2v-held-out")
+    prompts = suite_prompts(suite, path)
+    held_out = {a.caption() for a in toyworld.held_out_attributes()}
+    assert suite.first_images == "toyworld" and len(prompts) >= 84 and set(prompts) <= held_out
+    assert all(" moving " in p or " standing still " in p for p in prompts)
+    images = first_images_for(suite, prompts)
+    assert images.shape == (len(prompts), suite.height, suite.width, 3)
+    for i in (0, len(prompts) - 1):
+        render = toyworld.render(toyworld.parse_caption(prompts[i]), clip_seed(suite, i, 0), suite.frames,
+                                 suite.height, suite.width)
+        assert (images[i] == render[0]).all()
+        assert toyworld.read_clip(render[:1].repeat(suite.frames, 0))["colour"] == \
+            toyworld.parse_caption(prompts[i]).colour  # the image shows the prompt's subject
