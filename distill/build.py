@@ -63,17 +63,30 @@ class PassCounter:
         self.passes += rows / batch
 
 
+def _stacked(x: torch.Tensor | None, copies: int) -> torch.Tensor | None:
+    return None if x is None else x.repeat(copies, *([1] * (x.dim() - 1)))
+
+
 class DiTHandle:
-    """A network as a recipe's loss sees it, bound to one batch's text embeddings (students.base.Handle)."""
+    """A network as a recipe's loss sees it, bound to one batch's conditioning (students.base.Handle): its text
+    embeddings and, for an image-conditioned run, `image` (a Cond whose image fields hold one row per example).
+    Every network of a step gets the same conditioning: student, teacher, EMA and critic read the same image."""
 
     def __init__(self, teacher: Teacher, module, embeds: torch.Tensor, negative: torch.Tensor,
-                 default_guidance: float = 1.0, is_teacher: bool = False, counter: PassCounter | None = None):
+                 default_guidance: float = 1.0, is_teacher: bool = False, counter: PassCounter | None = None,
+                 image: Cond | None = None):
         self.teacher, self.module, self.embeds, self.negative = teacher, module, embeds, negative
         self.default_guidance, self.is_teacher, self.counter = default_guidance, is_teacher, counter
+        self.image = image if image is not None and image.has_image else None
 
-    def _embeds(self, x: torch.Tensor) -> torch.Tensor:
-        # text for a batch that stacks several copies of the clips (CFG halves, real and fake)
-        return self.embeds.repeat(x.shape[0] // self.embeds.shape[0], 1, 1)
+    def _cond(self, x: torch.Tensor) -> Cond:
+        """The conditioning of a batch that stacks several copies of the clips (CFG halves, real and fake)."""
+        copies = x.shape[0] // self.embeds.shape[0]
+        embeds = _stacked(self.embeds, copies)
+        cond = Cond(embeds, self.negative.expand(embeds.shape[0], -1, -1))
+        if self.image is None:
+            return cond
+        return cond.with_image(_stacked(self.image.image_latents, copies), _stacked(self.image.image_embeds, copies))
 
     def _count(self, x: torch.Tensor, factor: int = 1) -> None:
         if self.counter is not None:
@@ -82,13 +95,20 @@ class DiTHandle:
     def __call__(self, x: torch.Tensor, t: torch.Tensor, guidance: float | None = None) -> torch.Tensor:
         g = self.default_guidance if guidance is None else guidance
         self._count(x, 2 if g > 1 else 1)
-        if self.is_teacher or g > 1:
-            embeds = self._embeds(x)
-            cond = Cond(embeds, self.negative.expand(embeds.shape[0], -1, -1))
-            if self.is_teacher:
-                return self.teacher.velocity(x, t, cond, g)
+        cond = self._cond(x)
+        if self.is_teacher:
+            return self.teacher.velocity(x, t, cond, g)
+        if g > 1:  # guidance over text, the image in both halves (Teacher.guided)
             return self.teacher.guided(self.module, x, t, cond, g)
-        return self.teacher.forward(self.module, x, t, self._embeds(x))
+        return self.teacher.forward(self.module, x, t, cond.prompt_embeds, cond)
+
+    def image_frames(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The latent frames of x the image gives clean (Teacher.image_frames): a loss leaves them out."""
+        return self.teacher.image_frames(x, self.image)
+
+    def keep_image_frames(self, x: torch.Tensor) -> torch.Tensor:
+        """x with the frames the image gives set to its latents, as the teacher's sampler ends a clip."""
+        return self.teacher.keep_image_frames(x, self._cond(x) if self.image is not None else None)
 
     def features(self, x: torch.Tensor, t: torch.Tensor, blocks: tuple[int, ...]):
         dit = getattr(self.module, "module", self.module)
@@ -105,7 +125,8 @@ class DiTHandle:
 
     def with_heads(self, x: torch.Tensor, t: torch.Tensor):
         self._count(x)
-        out = self.teacher.forward_all(self.module, x, t, self._embeds(x), heads=True)
+        cond = self._cond(x)
+        out = self.teacher.forward_all(self.module, x, t, cond.prompt_embeds, cond, heads=True)
         if len(out) != 2:
             raise ValueError("with_heads: the network was not built with heads and its output kept "
                              "(students.common.HeadedDiT(..., keep_output=True))")
@@ -246,12 +267,12 @@ class RunNetworks:
         return student, place_partitioned(ema, self.ds, self.device, train=False)
 
     # handles ----------------------------------------------------------------------------------------------------
-    def handles(self, embeds: torch.Tensor, phase: str) -> dict[str, DiTHandle]:
-        """Every network as a Handle for this batch's text. The phase's own network runs through its engine; the
-        other trainable ones run as bare modules (their engines' gradient hooks must fire only for their own
-        loss), and the student always through its engine."""
+    def handles(self, embeds: torch.Tensor, phase: str, image: Cond | None = None) -> dict[str, DiTHandle]:
+        """Every network as a Handle for this batch's text (and image: a Cond with its image fields). The phase's
+        own network runs through its engine; the other trainable ones run as bare modules (their engines' gradient
+        hooks must fire only for their own loss), and the student always through its engine."""
         def handle(module, **kw):
-            return DiTHandle(self.teacher, module, embeds, self.negative, counter=self.counter, **kw)
+            return DiTHandle(self.teacher, module, embeds, self.negative, counter=self.counter, image=image, **kw)
 
         def fresh(name):  # a fresh network is called as the module it is (students/base.py)
             return self.specs.get(name) is not None and self.specs[name].init == FRESH

@@ -31,6 +31,18 @@ from distill.teachers.base import Teacher
 # --- prompts ----------------------------------------------------------------------------------------------------
 def load_prompts(source: str, column: str = "prompt") -> list[str]:
     """Prompts from a .txt file (one per line), a .jsonl / .parquet file or a saved `datasets` folder."""
+    ds = load_table(source, column)
+    prompts = [str(p).strip() for p in ds[column]]
+    empty = [i for i, p in enumerate(prompts) if not p]
+    if empty:
+        raise ConfigError(f"data.source: {source!r}: rows {empty[:10]} have an empty {column!r}")
+    if not prompts:
+        raise ConfigError(f"data.source: {source!r} holds no prompts")
+    return prompts
+
+
+def load_table(source: str, column: str = "prompt", key: str = "data.prompt_column"):
+    """A prompt source as a `datasets.Dataset` that has `column` (`key`: the config key that named it)."""
     import datasets
 
     path = Path(source)
@@ -57,15 +69,76 @@ def load_prompts(source: str, column: str = "prompt") -> list[str]:
         raise ConfigError(f"data.source: {source!r} has suffix {path.suffix!r}; use .txt, .jsonl, .parquet or a "
                           f"saved datasets folder")
     if column not in ds.column_names:
-        raise ConfigError(f"data.source: {source!r} has no column {column!r} (data.prompt_column); it has "
-                          f"{ds.column_names}")
-    prompts = [str(p).strip() for p in ds[column]]
-    empty = [i for i, p in enumerate(prompts) if not p]
-    if empty:
-        raise ConfigError(f"data.source: {source!r}: rows {empty[:10]} have an empty {column!r}")
-    if not prompts:
-        raise ConfigError(f"data.source: {source!r} holds no prompts")
-    return prompts
+        raise ConfigError(f"data.source: {source!r} has no column {column!r} ({key}); it has {ds.column_names}")
+    return ds
+
+
+# --- conditioning images --------------------------------------------------------------------------------------------
+def image_source(cfg: DataConfig, image_input: str) -> str | None:
+    """Where a run's conditioning images come from, for a teacher whose `image_input` is "none", "optional" or
+    "required": "column" (data.image_column), "first_frame" (each real clip's first frame, for a teacher that takes
+    an image), or None (text only)."""
+    if cfg.image_column is not None:
+        return "column"
+    if image_input != "none" and cfg.latents == "real":
+        return "first_frame"
+    return None
+
+
+def check_image_data(cfg: DataConfig, image_input: str, teacher: str, validation_prompts: list[str] = ()) -> None:
+    """Refuse, from the config alone, data that cannot condition this teacher (ConfigError naming the key)."""
+    column, source = cfg.image_column, cfg.source
+    if column is not None:
+        if image_input == "none":
+            raise ConfigError(f"data.image_column: {column!r}, but teacher {teacher!r} is a text-to-video "
+                              f"checkpoint; it takes no image (remove data.image_column)")
+        if cfg.latents == "real":
+            raise ConfigError(f"data.image_column: {column!r} is read from a prompt source (data.latents: teacher); "
+                              f"with real clips (data.latents: real) each clip's first frame conditions it (remove "
+                              f"data.image_column)")
+        if source == "toyworld" or Path(source).suffix == ".txt":
+            raise ConfigError(f"data.image_column: {column!r}, but data.source {source!r} has no columns; give a "
+                              f".jsonl, .parquet or saved datasets folder with a {column!r} column")
+    if image_input == "required" and image_source(cfg, image_input) is None:
+        raise ConfigError(f"teacher {teacher!r} is an image-to-video checkpoint and data.source {source!r} gives no "
+                          f"image: use real clips (data.latents: real, each clip's first frame conditions it) or "
+                          f"set data.image_column")
+    if image_source(cfg, image_input) is not None and validation_prompts:
+        raise ConfigError("train.validation_prompts: an image-conditioned run validates on its first training "
+                          "examples with their images; remove train.validation_prompts")
+
+
+def load_images(source: str, column: str) -> list:
+    """The RGB PIL image of every row of a prompt source's `column` (file paths relative to the source's folder, or
+    images); a missing, empty or unreadable one is refused naming the source, the row and the column."""
+    from distill.teachers.base import load_image
+
+    path = Path(source)
+    base = path if path.is_dir() else path.parent
+    images = []
+    for row, value in enumerate(load_table(source, column, "data.image_column")[column]):
+        what = f"data.source {source!r} row {row} column {column!r}:"
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise ConfigError(f"{what} no image")
+        if isinstance(value, str):
+            value = base / value.strip()
+        try:
+            images.append(load_image(value, f"{what} image"))
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    return images
+
+
+def image_digest(image) -> str:
+    """The identity of an image's pixels (an RGB PIL image or a uint8 [H, W, 3] array), whatever file held it."""
+    pixels = np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
+    return hashlib.sha256(str(pixels.shape).encode() + pixels.tobytes()).hexdigest()[:32]
+
+
+def as_pil(image):
+    from PIL import Image
+
+    return image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
 
 
 def cheap_size(cfg: DataConfig) -> int | None:
@@ -118,6 +191,9 @@ class Batch:
     index: torch.Tensor  # [B] example numbers
     prompts: list[str]
     x0: torch.Tensor  # [B, C, T, H, W] normalised clean latents
+    # each example's encoded conditioning image (`Cond.image_latents`, `Cond.image_embeds`); None: text only
+    image_latents: torch.Tensor | None = None
+    image_embeds: torch.Tensor | None = None
 
 
 class TrainData:
@@ -144,7 +220,15 @@ class TrainData:
         # before any clip is encoded or sampled: a batch the data cannot fill is refused by name (the replicas are
         # known here only when shards are given; preflight checked the whole step for the sources it can count)
         check_batch_fits(cfg, len(self.prompts), self.shard[1] if self.shard else 1)
-        self.x0 = self._latents()
+        # the conditioning images: read (and a bad one refused) before any clip is encoded or sampled
+        self.image_source = image_source(cfg, getattr(teacher, "image_input", "none"))
+        check_image_data(cfg, getattr(teacher, "image_input", "none"), teacher_cfg.name)
+        self.images = load_images(cfg.source, cfg.image_column) if self.image_source == "column" else None
+        self.x0 = self._latents()  # real clips' first frames, when they condition, come with them
+        self.image_latents = self.image_embeds = None
+        self.images_encoded = 0  # distinct images encoded by this run (the others came from the cache)
+        if self.images is not None:
+            self.image_latents, self.image_embeds = self._encode_images(self.images)
         self.embeds: dict[str, torch.Tensor] = {}
 
     def __len__(self) -> int:
@@ -157,9 +241,10 @@ class TrainData:
         index, count = self.shard or (rank, world)
         mine = list(range(index, len(self.prompts), count))
         step = 16
+        first_frames = self.image_source == "first_frame"
         if cfg.latents == "real":
             key = _key("real", cfg.source, cfg.split if cfg.source == "toyworld" else self.prompts, cfg.size, cfg.seed,
-                       v.frames, v.height, v.width, self.checkpoint_id)
+                       v.frames, v.height, v.width, self.checkpoint_id, *(["first_frames"] if first_frames else []))
 
             def make():
                 if cfg.source == "toyworld":
@@ -173,11 +258,16 @@ class TrainData:
                     clips = torch.from_numpy(clips_of(idx))
                     for i, z in zip(idx, t.encode_video(clips).cpu()):
                         out[str(i)] = z.contiguous()
+                    if first_frames:  # each clip's conditioning image, read with it
+                        for i, clip in zip(idx, clips):
+                            out[f"first-{i}"] = clip[0].contiguous()
                 return gather_dict(out)
         else:
             sampler = tc.sampler
+            images = self.images
             key = _key("teacher", self.prompts, cfg.seed, v.frames, v.height, v.width, self.checkpoint_id,
-                       sampler.model_dump(), tc.negative_prompt)
+                       sampler.model_dump(), tc.negative_prompt,
+                       *([[image_digest(im) for im in images]] if images is not None else []))
 
             def make():
                 out = {}
@@ -188,12 +278,58 @@ class TrainData:
                                          guidance=sampler.guidance, shift=sampler.shift,
                                          seed=[cfg.seed * 1_000_003 + i for i in idx], sampler=sampler.name,
                                          negative=tc.negative_prompt, frames=v.frames, height=v.height,
-                                         width=v.width)
+                                         width=v.width, images=None if images is None else [images[i] for i in idx])
                     for i, zi in zip(idx, z.cpu()):
                         out[str(i)] = zi.contiguous()
                 return gather_dict(out)
         tensors = _cached(self.cache_dir / f"x0-{key}.safetensors", make)
+        if first_frames:
+            self.images = [tensors[f"first-{i}"].numpy() for i in range(len(self.prompts))]
         return torch.stack([tensors[str(i)] for i in range(len(self.prompts))])
+
+    # images ---------------------------------------------------------------------------------------------------------
+    def _encode_images(self, images: list) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Every example's image through the teacher's `encode_images`, each distinct image once, cached one file
+        per image under <cache>/images keyed by its pixels, the clip size and the image encoders' hash (a changed
+        image or encoder is encoded anew, never read stale)."""
+        t, v = self.teacher, self.video
+        size = (v.frames, v.height, v.width)
+        encoder = t.family.image_encoder_hash(t.folder)
+        keys = [_key("image", image_digest(im), size, encoder) for im in images]
+        first = {}
+        for i, k in enumerate(keys):
+            first.setdefault(k, i)
+        folder = self.cache_dir / "images"
+        missing = [k for k in first if not (folder / f"{k}.safetensors").is_file()]
+        rank, world = rank_world()
+        mine = missing[rank::world]
+        out = {}
+        for s in tqdm(range(0, len(mine), 16), desc="encoding images", disable=not self.progress or rank):
+            chunk = mine[s:s + 16]
+            latents, embeds = t.encode_images([as_pil(images[first[k]]) for k in chunk], size)
+            for j, k in enumerate(chunk):
+                out[k] = {"latents": latents[j].cpu().contiguous()}
+                if embeds is not None:
+                    out[k]["embeds"] = embeds[j].cpu().contiguous()
+        out = gather_dict(out)
+        if rank == 0:
+            folder.mkdir(parents=True, exist_ok=True)
+            for k, tensors in out.items():
+                tmp = folder / f"{k}.safetensors.tmp"
+                save_file(tensors, tmp)
+                tmp.replace(folder / f"{k}.safetensors")
+        if world > 1:
+            dist.barrier()
+        self.images_encoded = len(missing)
+        entries = {k: out[k] if k in out else load_file(folder / f"{k}.safetensors") for k in first}
+        latents = torch.stack([entries[k]["latents"] for k in keys])
+        has_embeds = "embeds" in entries[keys[0]]
+        return latents, torch.stack([entries[k]["embeds"] for k in keys]) if has_embeds else None
+
+    def image_conditioning(self, idx: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(image_latents, image_embeds) of examples `idx` (None, None for a text-only run)."""
+        pick = lambda x: None if x is None else x[idx]  # noqa: E731
+        return pick(self.image_latents), pick(self.image_embeds)
 
     # text ---------------------------------------------------------------------------------------------------------
     def cache_text(self, extra_prompts: list[str] = ()) -> None:
@@ -239,7 +375,7 @@ class TrainData:
 
     def batch(self, position: int, n: int) -> Batch:
         idx = self.indices(position, n)
-        return Batch(idx, [self.prompts[i] for i in idx.tolist()], self.x0[idx])
+        return Batch(idx, [self.prompts[i] for i in idx.tolist()], self.x0[idx], *self.image_conditioning(idx))
 
 
 _PERM_CACHE: dict[tuple[int, int, int], list[int]] = {}

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from distill.core.config import ConfigError
-from distill.data import cheap_size, check_batch_fits
+from distill.data import cheap_size, check_batch_fits, check_image_data, image_source
 from distill.networks import check_student_source, deepspeed_config
 from distill.parallel import check_sequence_parallel
 from distill.recipes import make_recipe
@@ -38,8 +38,10 @@ def preflight(cfg: TrainConfig) -> Checked:
         family, folder = open_config(tcfg)
     except TeacherNotFound as err:
         raise ConfigError(f"teacher {cfg.teacher!r}: {err}") from None
+    image_input = family.image_input(folder)
+    check_image_data(cfg.data, image_input, cfg.teacher, cfg.train.validation_prompts)
     recipe = make_recipe(cfg, tcfg, family, family.dit_config(folder), len(family.experts(folder)),
-                         family.video_factors(folder))
+                         family.video_factors(folder), image_source(cfg.data, image_input) is not None)
     inits = [(spec.init_key or f"recipe network {spec.name!r}", spec.init) for spec in recipe.networks()
              if spec.init != FRESH]  # a fresh network copies no DiT
     check_no_student(cfg, recipe)

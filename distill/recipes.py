@@ -11,18 +11,21 @@ from distill.students import registry
 from distill.students.base import Context
 
 
-def recipe_context(tcfg, family, dit: dict, experts: int = 1, factors=None) -> Context:
+def recipe_context(tcfg, family, dit: dict, experts: int = 1, factors=None, image_conditioned: bool = False
+                   ) -> Context:
     """`tcfg`: the teacher config; `family`: its family; `dit`: one expert's transformer config.json; `experts`:
-    how many expert DiTs the teacher has; `factors`: the family's `VideoFactors` for the teacher's folder."""
+    how many expert DiTs the teacher has; `factors`: the family's `VideoFactors` for the teacher's folder;
+    `image_conditioned`: whether the run's examples carry a conditioning image (distill.data.image_source)."""
     s = tcfg.sampler
     return Context(teacher_shift=s.shift, teacher_guidance=s.guidance, teacher_steps=s.steps,
                    depth=family.depth(dit), dim=family.width(dit), heads=family.attention_heads(dit), experts=experts,
-                   latent_channels=family.latent_channels(dit), factors=factors)
+                   latent_channels=family.latent_channels(dit), factors=factors, image_conditioned=image_conditioned)
 
 
-def make_recipe(cfg, tcfg, family, dit: dict, experts: int = 1, factors=None):
+def make_recipe(cfg, tcfg, family, dit: dict, experts: int = 1, factors=None, image_conditioned: bool = False):
     """The recipe named by `cfg.recipe.name`, built from its own config section."""
     try:
-        return registry.get(cfg.recipe.name)(cfg.recipe, recipe_context(tcfg, family, dit, experts, factors))
+        ctx = recipe_context(tcfg, family, dit, experts, factors, image_conditioned)
+        return registry.get(cfg.recipe.name)(cfg.recipe, ctx)
     except ValueError as err:  # a value that only the teacher's settings show to be wrong
         raise ConfigError(f"recipe: {err}") from None

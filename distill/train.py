@@ -40,6 +40,7 @@ from distill.parallel import make_layout
 from distill.preflight import preflight
 from distill.students.base import MonitorContext
 from distill.teachers.samplers import sample
+from distill.teachers.base import Cond
 from distill.teachers.config import load_teacher
 from distill.train_config import TrainConfig
 
@@ -103,6 +104,11 @@ class Run:
         self.data = TrainData(cfg.data, self.teacher, t, self.teacher_hash, cache, self.progress,
                                shard=shard)
         self.validation_prompts = cfg.train.validation_prompts or sorted(set(self.data.prompts))[:4]
+        self.validation_image = None
+        if self.data.image_latents is not None:  # an image-conditioned run: its first examples, with their images
+            first = torch.arange(min(4, len(self.data)))
+            self.validation_prompts = [self.data.prompts[i] for i in first.tolist()]
+            self.validation_image = self.image_cond(first)
         if cfg.data.cache_text:
             self.data.cache_text(self.validation_prompts)
             self.teacher.drop_text_encoder()  # no longer needed: every prompt is embedded
@@ -192,9 +198,22 @@ class Run:
     def trainable_names(self) -> set[str]:
         return self.networks.trainable_names
 
-    def handles(self, embeds: torch.Tensor, phase: str = "student") -> dict:
-        """The networks as the recipe's losses see them, for one batch's text embeddings."""
-        return self.networks.handles(embeds, phase)
+    def handles(self, embeds: torch.Tensor, phase: str = "student", image: Cond | None = None) -> dict:
+        """The networks as the recipe's losses see them, for one batch's text embeddings (and image)."""
+        return self.networks.handles(embeds, phase, image)
+
+    def image_cond(self, idx: torch.Tensor) -> Cond | None:
+        """The conditioning of examples `idx` (their text and image) on this rank's device, or None for a
+        text-only run."""
+        latents, embeds = self.data.image_conditioning(idx)
+        return self._image_cond([self.data.prompts[i] for i in idx.tolist()], latents, embeds)
+
+    def _image_cond(self, prompts: list[str], latents: torch.Tensor | None, embeds: torch.Tensor | None
+                    ) -> Cond | None:
+        if latents is None:
+            return None
+        text = Cond(self.data.embed(prompts).to(self.device), None)
+        return text.with_image(latents.to(self.device), None if embeds is None else embeds.to(self.device))
 
     # one step --------------------------------------------------------------------------------------------------
     def train_step(self, step: int) -> dict[str, float]:
@@ -213,8 +232,9 @@ class Run:
                     batch = self.data.batch((index * replicas + replica) * bs, bs)
                     embeds = self.data.embed(batch.prompts).to(self.device)
                     x0 = batch.x0.to(self.device)
+                    image = self._image_cond(batch.prompts, batch.image_latents, batch.image_embeds)
                 with only_training(engines, name):
-                    losses = self.recipe.loss(name, self.handles(embeds, name), x0, self.generator)
+                    losses = self.recipe.loss(name, self.handles(embeds, name, image), x0, self.generator)
                     engines[name].backward(losses[name])
                     engines[name].step()
                 for k, v in losses.items():
@@ -303,8 +323,9 @@ class Run:
 
     # validation clips -------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def student_latents(self, prompts: list[str], seed: int = 0) -> torch.Tensor:
-        """The student's clips for `prompts` with its recipe's sampler; every rank must call this (ZeRO-3)."""
+    def student_latents(self, prompts: list[str], seed: int = 0, image: Cond | None = None) -> torch.Tensor:
+        """The student's clips for `prompts` (and `image`: a Cond with their image fields, one per prompt) with its
+        recipe's sampler; every rank must call this (ZeRO-3)."""
         model = self.networks.sampling_model()
         engine = self.networks.engine
         engine.eval()
@@ -314,16 +335,16 @@ class Run:
         g = torch.Generator().manual_seed(seed + 1)
         noise = lambda like: torch.randn(like.shape, generator=g).to(like)  # noqa: E731
         s = self.recipe.sampler()
-        latents = sample(s.name, lambda y, t: self.teacher.forward(model, y, t, embeds), x, s.steps, s.shift,
+        latents = sample(s.name, lambda y, t: self.teacher.forward(model, y, t, embeds, image), x, s.steps, s.shift,
                          noise=noise, grid=s.grid)
         engine.train()
-        return latents
+        return self.teacher.keep_image_frames(latents, image)
 
     def validate(self, step: int, monitor: Monitor) -> None:
         """Every rank samples the same clips (ZeRO-3 needs every rank in every forward); rank 0 writes them."""
         if self.networks.main == "student":
             prompts = self.validation_prompts
-            latents = self.student_latents(prompts)
+            latents = self.student_latents(prompts, image=self.validation_image)
             videos = self.teacher.decode(latents).numpy() if self.rank == 0 else None
         else:  # a recipe that trains no student: its clips of the first few training latents
             prompts, videos = self.recipe_clips()
@@ -346,7 +367,7 @@ class Run:
         prompts = [self.data.prompts[i] for i in range(n)]
         engine = self.networks.engine
         engine.eval()
-        nets = self.handles(self.data.embed(prompts).to(self.device), phase="")
+        nets = self.handles(self.data.embed(prompts).to(self.device), "", self.image_cond(torch.arange(n)))
         clips = self.recipe.validation_clips(nets, self.data.x0[:n].to(self.device))
         engine.train()
         return prompts, None if clips is None else clips.numpy()

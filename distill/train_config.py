@@ -48,6 +48,10 @@ class DataConfig(Strict):
     split: Literal["train", "held_out"] = "train"  # toy-world split
     size: int = Field(2048, ge=1)  # toy-world clips rendered (distinct render seeds)
     prompt_column: str = "prompt"
+    # The conditioning image of each example, for a teacher that takes one (`distill sample --image`): a column of a
+    # prompt source (.jsonl / .parquet / saved datasets folder) holding image file paths (relative to the source's
+    # folder) or images. None: each real clip's first frame (data.latents: real), or no image.
+    image_column: str | None = None
     batch_size: int = Field(4, ge=1)  # per rank, per micro-step
     # Clean latents x0 for the recipe: real clips (the toy world's, or a video dataset's) through the teacher's VAE
     # ("real"), or the teacher's own 50-step samples for each prompt, generated once and cached ("teacher").
@@ -149,7 +153,7 @@ RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.checkpoint_every",
 # default differs), and read as that value from a saved config that lacks the key.
 ADDED_SINCE_CHECKPOINTS = {"parallel.sequence": 1, "recipe.sampler.grid": "euler",
                            "recipe.t_sampling": "range-then-shift", "recipe.critic_full_range": False,
-                           "recipe.fresh_critic_batch": False}
+                           "recipe.fresh_critic_batch": False, "data.image_column": None}
 
 
 def with_legacy_values(raw: dict) -> dict:

@@ -34,7 +34,7 @@ from distill.core.types import VelocityFn
 from distill.students.base import (Context, DitShape, MonitorContext, Nets, NetworkSpec, PlannedNetwork,
                                    PlannedPass, RecipeBase, RecipeConfig, RecipePlan, StudentSampler)
 from distill.students.common import HeadedDiT, d_loss, g_loss, per_sample, query_head_params, randn_like, \
-    head_blocks, renoise, shifted_levels
+    head_blocks, refuse_image_conditioning, renoise, shifted_levels
 from distill.students.registry import register
 
 
@@ -82,6 +82,8 @@ class AdversarialPostTraining(RecipeBase):
     def __init__(self, cfg: APTConfig | None = None, ctx: Context | None = None, **overrides):
         cfg = cfg or APTConfig(name="apt", **overrides)
         super().__init__(cfg, ctx)
+        if ctx is not None:
+            refuse_image_conditioning("apt", ctx)
         if ctx is not None and ctx.experts > 1:
             # A one-step generator is evaluated at t = 1 only, always on the high-noise side of the boundary: its
             # low-noise expert would never run, in training or sampling. A few-step APT would need a discriminator

@@ -86,6 +86,7 @@ class Context:
     experts: int = 1  # expert DiTs behind the teacher's velocity (2 for a high-/low-noise pair), each a copy of this shape
     latent_channels: int | None = None  # the latent's channels (the DiT's input), for sizing a fresh network
     factors: VideoFactors | None = None  # the family's VAE compression and DiT patch, for sizing a fresh network
+    image_conditioned: bool = False  # the examples carry a conditioning image (an image-to-video teacher)
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,14 @@ class Handle(Protocol):
 
     def with_heads(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """For a network built as `common.HeadedDiT(..., keep_output=True)`: (velocity, logits) in one forward."""
+
+    def image_frames(self, x: torch.Tensor) -> torch.Tensor | None:
+        """bool [F] over x's latent frames: True where the batch's image gives the frame clean (a text-and-image
+        teacher's first frame, read by the DiT at noise level 0); None: every frame is generated. Losses score
+        only the generated frames (`common.generated`)."""
+
+    def keep_image_frames(self, x: torch.Tensor) -> torch.Tensor:
+        """x with the frames the image gives set to the image's latents (x itself when there are none)."""
 
 
 Nets = dict[str, Handle]

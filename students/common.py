@@ -38,6 +38,31 @@ def shifted_levels(n: int, shift: float, generator: torch.Generator | None, lo: 
     return shift_sigmas(u, shift)
 
 
+def generated(x: torch.Tensor, given: torch.Tensor | None) -> torch.Tensor:
+    """The latent frames of x [B, C, F, H, W] a loss scores: all of them, or those the conditioning does not give
+    clean (`given`: bool [F], Handle.image_frames)."""
+    return x if given is None else x[:, :, ~given.to(x.device)]
+
+
+def image_frames(handle, x: torch.Tensor) -> torch.Tensor | None:
+    """`handle.image_frames(x)` (students.base.Handle); a plain velocity function conditions on no image."""
+    frames = getattr(handle, "image_frames", None)
+    return None if frames is None else frames(x)
+
+
+def keep_image_frames(handle, x: torch.Tensor) -> torch.Tensor:
+    """`handle.keep_image_frames(x)`: x with the frames the batch's image gives clean put in (x when none)."""
+    keep = getattr(handle, "keep_image_frames", None)
+    return x if keep is None else keep(x)
+
+
+def refuse_image_conditioning(recipe: str, ctx) -> None:
+    """The line a recipe that does not (yet) condition on images gives for an image-conditioned run."""
+    if ctx.image_conditioned:
+        raise ValueError(f"{recipe!r} does not train on image-conditioned examples (an image-to-video teacher, or "
+                         f"data with images); use the 'consistency' or 'dmd2' recipe")
+
+
 def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """Gaussian noise shaped like x, drawn on the CPU generator (the same numbers on every device)."""
     return torch.randn(x.shape, generator=generator).to(x)

@@ -11,6 +11,9 @@ and the guided teacher of latent consistency models (Luo et al. 2023):
       x_t′ = x_t + (t′ − t) · v_teacher(x_t, t, c; w)           one Euler step of the guided teacher ODE
       loss = d( f_θ(x_t, t),  sg f_θ⁻(x_t′, t′) )               θ⁻: EMA of θ, or θ itself (stop-grad)
 
+With an image-conditioned teacher every network reads the batch's image (the handles carry it); latent frames the
+image gives clean (a text-and-image teacher's first frame, kept at noise level 0) are left out of d.
+
 d is the squared L2 distance or the pseudo-Huber distance sqrt(‖a − b‖² + c²) − c (Song & Dhariwal 2023).
 """
 
@@ -24,7 +27,7 @@ from pydantic import Field
 from distill.core.types import VelocityFn
 from distill.students.base import (Context, DitShape, Nets, PlannedPass, RecipeBase, RecipeConfig, RecipePlan,
                                    StudentSampler)
-from distill.students.common import distance, per_sample, renoise
+from distill.students.common import distance, generated, image_frames, per_sample, renoise
 from distill.students.registry import register
 from distill.teachers.schedule import flow_sigmas
 
@@ -66,11 +69,15 @@ class ConsistencyDistillation(RecipeBase):
             raise ValueError(f"consistency distillation trains 'student', not {phase!r}")
         teacher = nets["teacher"]
         target = nets["ema"] if self.cfg.target == "ema" else nets["student"]
-        return self(nets["student"], lambda x, t: teacher(x, t, self.guidance), target, x0, generator)
+        student = nets["student"]
+        return self(student, lambda x, t: teacher(x, t, self.guidance), target, x0, generator,
+                    image_frames(student, x0))
 
     def __call__(self, student: VelocityFn, teacher: VelocityFn, target: VelocityFn, x0: torch.Tensor,
-                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """The algorithm box above, with the networks as velocity functions of (x, t)."""
+                 generator: torch.Generator | None = None, given: torch.Tensor | None = None
+                 ) -> dict[str, torch.Tensor]:
+        """The algorithm box above, with the networks as velocity functions of (x, t); `given`: the latent frames
+        the conditioning gives clean (bool [F]), which d does not score."""
         b, skip = x0.shape[0], self.cfg.skip
         n = torch.randint(0, len(self.sigmas) - 1 - skip, (b,), generator=generator, device="cpu")
         t = self.sigmas[n].to(x0.device, torch.float64)
@@ -81,7 +88,7 @@ class ConsistencyDistillation(RecipeBase):
             x_prev = x_t + per_sample(t_prev - t, x0) * teacher(x_t, t).to(x0)
             target_x0 = x_prev - per_sample(t_prev, x0) * target(x_prev, t_prev).to(x0)
         pred_x0 = x_t - per_sample(t, x0) * student(x_t, t).to(x0)
-        per = distance(pred_x0, target_x0, self.cfg.distance, self.cfg.huber_c)
+        per = distance(generated(pred_x0, given), generated(target_x0, given), self.cfg.distance, self.cfg.huber_c)
         return {"student": per.mean(), "t": t.float().mean()}
 
     def plan(self, dit: DitShape) -> RecipePlan:

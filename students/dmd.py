@@ -27,6 +27,10 @@ flow-matching parametrisation the teachers use (x_t = (1 − t)·x0 + t·ε, v =
           g = (x0_fake(x̂_t) − x0_real(x̂_t)) / mean|x̂ − x0_real(x̂_t)|   per sample, no grad (the paper's normaliser)
           L_θ = ½‖x̂ − sg(x̂ − g)‖²  + λ_G · softplus(−D_φ(x̂_t))          ∇_x̂ L_θ ∝ g: x̂ moves from fake toward real
 
+With an image-conditioned teacher every network reads the batch's image (the handles carry it); the latent frames
+the image gives clean (a text-and-image teacher's first frame) are put into x̂ as the image's and left out of L_φ,
+of L_θ and of the normaliser.
+
 No regression loss (DMD2 drops DMD's). D_φ is the critic's own DiT with APT's query heads (common.HeadedDiT), so
 the GAN term adds heads, not a network. The engine freezes the critic in the generator phase, so L_θ reaches θ
 through the critic's logits without touching φ.
@@ -47,8 +51,9 @@ from pydantic import Field, field_validator
 from distill.core.config import Strict
 from distill.students.base import (Context, DitShape, Nets, NetworkSpec, PlannedNetwork, PlannedPass, RecipeBase,
                                    RecipeConfig, RecipePlan, StudentSampler)
-from distill.students.common import (HeadedDiT, d_loss, g_loss, head_blocks, per_sample, query_head_params,
-                                     randn_like, renoise, shifted_levels, x0_from_velocity)
+from distill.students.common import (HeadedDiT, d_loss, g_loss, generated, head_blocks, image_frames,
+                                     keep_image_frames, per_sample, query_head_params, randn_like, renoise,
+                                     shifted_levels, x0_from_velocity)
 
 
 class CriticLora(Strict):
@@ -177,7 +182,7 @@ class DistributionMatching(RecipeBase):
         else:
             x_k = renoise(x0, t, z)
         with torch.set_grad_enabled(grad):
-            return x0_from_velocity(x_k, t, student(x_k, t)), k
+            return keep_image_frames(student, x0_from_velocity(x_k, t, student(x_k, t))), k
 
     # --- the losses -------------------------------------------------------------------------------------------------
     def loss(self, phase: str, nets: Nets, x0: torch.Tensor, generator=None) -> dict[str, torch.Tensor]:
@@ -207,13 +212,14 @@ class DistributionMatching(RecipeBase):
         t = self.critic_levels(b, generator, x0.device)
         eps = randn_like(fake, generator)
         fake_t = renoise(fake, t, eps)
+        given = image_frames(nets["student"], x0)
         if not self.gan:
             v = critic(fake_t, t)
-            fm = F.mse_loss(v.float(), (eps - fake).float())
+            fm = F.mse_loss(generated(v, given).float(), generated(eps - fake, given).float())
             return {"critic": fm, "critic_fm": fm.detach(), "critic_t": t.float().mean()}
         real_t = renoise(x0, t, randn_like(x0, generator))
         v, logits = critic.with_heads(torch.cat([fake_t, real_t]), torch.cat([t, t]))  # one batched forward
-        fm = F.mse_loss(v[:b].float(), (eps - fake).float())
+        fm = F.mse_loss(generated(v[:b], given).float(), generated(eps - fake, given).float())
         d_fake, d_real = logits.chunk(2)
         gan = d_loss(d_real, d_fake)
         return {"critic": fm + self.cfg.critic_gan_weight * gan, "critic_fm": fm.detach(),
@@ -230,14 +236,17 @@ class DistributionMatching(RecipeBase):
         if self.gan:  # one critic forward: its logits carry the gradient to x̂, its velocity is read without one
             v_fake, logits = critic.with_heads(fake_t, t)
             v_fake, gan = v_fake.detach(), g_loss(logits)
+        given = image_frames(nets["student"], x0)  # frames the image gives clean: not the student's to move
+        scored = generated(fake, given)
         with torch.no_grad():
             if gan is None:
                 v_fake = critic(x_t, t)
             p_fake = x0_from_velocity(x_t, t, v_fake).float()
             p_real = x0_from_velocity(x_t, t, teacher(x_t, t, guidance=self.cfg.guidance)).float()
-            norm = (fake.detach().float() - p_real).abs().flatten(1).mean(1)
+            p_fake, p_real = generated(p_fake, given), generated(p_real, given)
+            norm = (scored.detach().float() - p_real).abs().flatten(1).mean(1)
             grad = torch.nan_to_num((p_fake - p_real) / per_sample(norm, p_real))
-        dmd = 0.5 * F.mse_loss(fake.float(), fake.detach().float() - grad)
+        dmd = 0.5 * F.mse_loss(scored.float(), scored.detach().float() - grad)
         out = {"student": dmd, "dmd_grad_rms": grad.pow(2).mean().sqrt(), "dmd_norm": norm.mean(),
                "dmd_t": t.float().mean()}
         if gan is not None:

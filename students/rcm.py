@@ -46,7 +46,7 @@ from torch.overrides import TorchFunctionMode
 from distill.core.config import Strict
 from distill.students.base import (Context, DitShape, Nets, NetworkSpec, PlannedPass, RecipeBase, RecipeConfig,
                                    RecipePlan, StudentSampler)
-from distill.students.common import per_sample, randn_like
+from distill.students.common import per_sample, randn_like, refuse_image_conditioning
 from distill.students.dmd import CriticLora, DistributionMatching, DMD2Config
 from distill.students.registry import register
 
@@ -164,6 +164,7 @@ class RCM(RecipeBase):
 
     def __init__(self, cfg: RCMConfig, ctx: Context):
         super().__init__(cfg, ctx)
+        refuse_image_conditioning("rcm", ctx)
         self.guidance = cfg.guidance if cfg.guidance is not None else ctx.teacher_guidance
         self.step = 0  # set by phases(step), which the engine calls before the step's losses
         d = cfg.dmd

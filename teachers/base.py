@@ -284,6 +284,12 @@ class Teacher(Protocol):
     def unshard_sequence(self) -> "Teacher": ...
     def drop_text_encoder(self) -> None: ...  # every prompt is embedded: free the encoder
     def drop_dit(self) -> None: ...  # a recipe that never runs the teacher's DiT: free it (the VAE stays)
+    # The latent frames an image conditioning gives clean (Wan 2.2 TI2V: the first, which the DiT reads at noise level
+    # 0 and which replaces the sampled frame): a bool [F] over x's latent frames, or None when every frame is
+    # generated (text-to-video, or an image read beside the latents). A distillation loss scores only the others.
+    def image_frames(self, x: torch.Tensor, image: Cond | None) -> torch.Tensor | None: ...
+    def keep_image_frames(self, x: torch.Tensor, image: Cond | None) -> torch.Tensor: ...  # x with those frames
+    # set to the image's latents (x itself when there are none), as the family's sampler ends a clip
 
 
 # --- the family ---------------------------------------------------------------------------------------------------
@@ -305,6 +311,9 @@ class Family(ABC):
     # The components that turn text into embeddings: what a conditioning cache keys on (teachers/conditioning.py),
     # so a student export that kept its teacher's encoder shares the teacher's cached embeddings.
     text_components: ClassVar[tuple[str, ...]] = ("text_encoder", "tokenizer")
+    # The components that turn an image into its conditioning (`Teacher.encode_images`): what a cache of encoded
+    # images keys on, so that a changed VAE or image encoder never reuses a stale entry.
+    image_components: ClassVar[tuple[str, ...]] = ("vae", "image_encoder", "image_processor")
 
     # --- a folder's configs, no weights ---------------------------------------------------------------------------
     def check_folder(self, folder: Path, name: str) -> None:
@@ -329,12 +338,19 @@ class Family(ABC):
     def encoder_hash(self, folder: Path) -> str:
         """The identity of a folder's text encoder (`text_components`, configs and weights as `checkpoint_hash`
         reads them): equal for two folders whose embeddings are the same, whatever their DiTs."""
+        return self._components_hash(folder, self.text_components)
+
+    def image_encoder_hash(self, folder: Path) -> str:
+        """The identity of what encodes a folder's conditioning images (`image_components`, as `encoder_hash`)."""
+        return self._components_hash(folder, self.image_components)
+
+    def _components_hash(self, folder: Path, components: tuple[str, ...]) -> str:
         import hashlib
 
         from distill.core.hashing import checkpoint_hash
 
         h = hashlib.sha256(self.name.encode())
-        for component in self.text_components:
+        for component in components:
             sub = Path(folder) / component
             h.update(f"|{component}:{checkpoint_hash(sub) if sub.is_dir() else 'absent'}".encode())
         return h.hexdigest()[:16]

@@ -253,6 +253,12 @@ class LTXTeacher:
         t = torch.as_tensor(t, dtype=torch.float64, device=x_t.device).reshape(-1).expand(x_t.shape[0])
         return self.guided(self.dit, x_t, t, cond, guidance, guidance_2)
 
+    def image_frames(self, x: torch.Tensor, image: Cond | None) -> None:
+        return None  # text-to-video: every frame is generated
+
+    def keep_image_frames(self, x: torch.Tensor, image: Cond | None) -> torch.Tensor:
+        return x
+
     def drop_text_encoder(self) -> None:
         self.pipe.text_encoder = None
 

@@ -386,9 +386,20 @@ class WanTeacher:
         noise = lambda like: randn_tensor(like.shape, generator=gens, device=self.device, dtype=like.dtype)  # noqa
         model = lambda x_t, t: self.velocity(x_t, t, cond, guidance, guidance_2)  # noqa: E731
         x = samplers.sample(sampler, model, x, steps, shift, self.scheduler_config, progress, noise, grid)
-        if self.expand_timesteps and cond.has_image:  # TI2V: the clip's first latent frame is the image's
-            x = i2v.keep_first_frame(x, cond.image_latents)
-        return x
+        return self.keep_image_frames(x, cond)  # TI2V: the clip's first latent frame is the image's
+
+    def image_frames(self, x: torch.Tensor, image: Cond | None) -> torch.Tensor | None:
+        """TI2V (expand_timesteps) with an image: the first latent frame is the image's, clean; else None."""
+        if not (self.expand_timesteps and image is not None and image.has_image):
+            return None
+        given = torch.zeros(x.shape[2], dtype=torch.bool, device=x.device)
+        given[0] = True
+        return given
+
+    def keep_image_frames(self, x: torch.Tensor, image: Cond | None) -> torch.Tensor:
+        if self.image_frames(x, image) is None:
+            return x
+        return i2v.keep_first_frame(x, image.image_latents)
 
     def _check_image_cond(self, cond: Cond, size: tuple[int, int, int]) -> None:
         """Refuse sampling an image-to-video checkpoint without an image, or with image latents of another clip
