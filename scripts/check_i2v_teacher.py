@@ -20,7 +20,12 @@ the decoded image latent) and the same teacher at 4 Euler steps (what a few-step
 --text-only, the same teacher from text alone (TI2V also samples text-to-video), and with --base, the
 text-to-video teacher it was fine-tuned from (no image: its PSNR says how far a clip that ignores the image lands).
 
-Writes docs/tiny-teacher-i2v.json and the frame grid docs/tiny-teacher-i2v-grid.png.
+With `--student NAME=FOLDER` (repeatable; a student export), each student is sampled the same way at its own
+sampler and steps (its distill_teacher.json), scored alike, and compared with the teacher's 50-step clips per clip,
+paired (the same image, prompt and seed): track error, direction and speed read correctly, with 95% t intervals
+over the prompts (one clip each).
+
+Writes docs/tiny-teacher-i2v.json and the frame grid docs/tiny-teacher-i2v-grid.png (--out-name renames both).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from distill import toyworld  # noqa: E402
 from distill.core.media import frame_grid  # noqa: E402
 from distill.eval.first_frame import first_frame_psnr  # noqa: E402
 from distill.eval.flicker import static_clips  # noqa: E402
+from distill.eval.stats import clustered_mean_interval  # noqa: E402
 from distill.eval.suite import clip_seed, first_images_for, load_suite, suite_prompts  # noqa: E402
 from distill.teachers.config import load_teacher, load_teacher_config  # noqa: E402
 
@@ -80,6 +86,24 @@ def track_error(videos: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return np.linalg.norm(centroids(videos)[:, 1:] - centroids(truth)[:, 1:], axis=-1).mean(axis=1)
 
 
+def per_clip(videos: np.ndarray, prompts: list[str], truth: np.ndarray) -> dict[str, np.ndarray]:
+    """Per clip: the track error (px) and whether the reader reads the prompted direction and speed (0/1)."""
+    reads = [toyworld.read_clip(v) for v in videos]
+    wants = [toyworld.parse_caption(q) for q in prompts]
+    return {"track_error_px": track_error(videos, truth),
+            **{f"{f}_correct": np.array([float(r[f] == getattr(w, f)) for r, w in zip(reads, wants)])
+               for f in ("direction", "speed")}}
+
+
+def paired_vs(mine: dict[str, np.ndarray], teacher: dict[str, np.ndarray]) -> dict:
+    """mine − teacher per clip, the mean with its 95% t interval over the clips (one per prompt)."""
+    out = {}
+    for key, values in mine.items():
+        d = clustered_mean_interval(values - teacher[key])
+        out[key] = {"value": d["value"], "ci95": d["ci95"], "n": d["n"]}
+    return out
+
+
 def score(videos: np.ndarray, images: np.ndarray, prompts: list[str], still: list[int], truth: np.ndarray) -> dict:
     track = track_error(videos, truth)
     psnr = first_frame_psnr(torch.from_numpy(videos), torch.from_numpy(images)).numpy()
@@ -100,7 +124,7 @@ def sample(teacher, cfg, prompts: list[str], seeds: list[int], images: list | No
     out = []
     for i in range(0, len(prompts), batch):
         lat = teacher.sample(prompts[i:i + batch], steps=steps, sampler=sampler, guidance=s.guidance, shift=s.shift,
-                             seed=seeds[i:i + batch], negative=cfg.negative_prompt, frames=v.frames,
+                             grid=s.grid, seed=seeds[i:i + batch], negative=cfg.negative_prompt, frames=v.frames,
                              height=v.height, width=v.width,
                              images=None if images is None else images[i:i + batch])
         out.append(teacher.decode(lat).numpy())
@@ -118,6 +142,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-prompts", type=int, default=0, help="the suite's first N prompts only (0: all; a dry run)")
     p.add_argument("--batch", type=int, default=12)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--student", action="append", default=[], metavar="NAME=FOLDER",
+                   help="also score a student export at its own sampler, paired against the teacher's 50 steps")
+    p.add_argument("--out-name", default="tiny-teacher-i2v", help="the stem of the JSON and grid under --docs")
     args = p.parse_args(argv)
     started = time.time()
     suite, path = load_suite(args.suite, [f"max_prompts={args.max_prompts}"] if args.max_prompts else [])
@@ -155,8 +182,21 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.time()
         clips[name] = sample(base, base_cfg, prompts, seeds, None, 50, "unipc", args.batch)
         seconds[name] = round((time.time() - t0) / len(prompts), 3)
+    for spec in args.student:
+        name, _, folder = spec.partition("=")
+        if not folder:
+            p.error(f"--student {spec!r}: give NAME=FOLDER")
+        scfg = load_teacher_config(folder)
+        student, ss = load_teacher(scfg, args.device), scfg.sampler
+        t0 = time.time()
+        clips[name] = sample(student, scfg, prompts, seeds, pil, ss.steps, ss.name, args.batch)
+        seconds[name] = round((time.time() - t0) / len(prompts), 3)
+        log(f"{name} ({ss.name}, {ss.steps} steps): {seconds[name]} s per clip")
+    reference = per_clip(clips["image + text, 50 UniPC steps"], prompts, truth)
     for name, videos in clips.items():
         results[name] = score(videos, images, prompts, still, truth)
+        if name in [spec.partition("=")[0] for spec in args.student] or name == "image + text, 4 Euler steps":
+            results[name]["paired_vs_teacher_50"] = paired_vs(per_clip(videos, prompts, truth), reference)
         if name in seconds:
             results[name]["seconds_per_clip"] = seconds[name]
         r = results[name]
@@ -173,13 +213,13 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(clips[name][i])
             labels.append(f"{tag}: {prompts[i]}")
     args.docs.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(frame_grid(rows, n_frames=5, labels=labels, scale=2)).save(args.docs / "tiny-teacher-i2v-grid.png")
+    Image.fromarray(frame_grid(rows, n_frames=5, labels=labels, scale=2)).save(args.docs / f"{args.out_name}-grid.png")
     report = {"teacher": args.teacher, "base": args.base, "suite": suite.name, "n_clips": len(prompts),
               "n_still": len(still), "seeds": seeds, "guidance": cfg.sampler.guidance, "shift": cfg.sampler.shift,
               "device": str(teacher.device), "torch_threads": torch.get_num_threads(),
               "minutes": round((time.time() - started) / 60, 1), "results": results}
-    (args.docs / "tiny-teacher-i2v.json").write_text(json.dumps(report, indent=1) + "\n")
-    log(f"wrote {args.docs / 'tiny-teacher-i2v.json'} in {report['minutes']} min")
+    (args.docs / f"{args.out_name}.json").write_text(json.dumps(report, indent=1) + "\n")
+    log(f"wrote {args.docs / (args.out_name + '.json')} in {report['minutes']} min")
 
 
 if __name__ == "__main__":
