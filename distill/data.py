@@ -257,10 +257,10 @@ class TrainData:
                     idx = mine[s:s + step]
                     clips = torch.from_numpy(clips_of(idx))
                     for i, z in zip(idx, t.encode_video(clips).cpu()):
-                        out[str(i)] = z.contiguous()
+                        out[str(i)] = z.clone()  # its own storage: a row of the batch would send the whole batch
                     if first_frames:  # each clip's conditioning image, read with it
                         for i, clip in zip(idx, clips):
-                            out[f"first-{i}"] = clip[0].contiguous()
+                            out[f"first-{i}"] = clip[0].clone()
                 return gather_dict(out)
         else:
             sampler = tc.sampler
@@ -280,7 +280,7 @@ class TrainData:
                                          negative=tc.negative_prompt, frames=v.frames, height=v.height,
                                          width=v.width, images=None if images is None else [images[i] for i in idx])
                     for i, zi in zip(idx, z.cpu()):
-                        out[str(i)] = zi.contiguous()
+                        out[str(i)] = zi.clone()
                 return gather_dict(out)
         tensors = _cached(self.cache_dir / f"x0-{key}.safetensors", make)
         if first_frames:
@@ -308,9 +308,9 @@ class TrainData:
             chunk = mine[s:s + 16]
             latents, embeds = t.encode_images([as_pil(images[first[k]]) for k in chunk], size)
             for j, k in enumerate(chunk):
-                out[k] = {"latents": latents[j].cpu().contiguous()}
+                out[k] = {"latents": latents[j].cpu().clone()}
                 if embeds is not None:
-                    out[k]["embeds"] = embeds[j].cpu().contiguous()
+                    out[k]["embeds"] = embeds[j].cpu().clone()
         out = gather_dict(out)
         if rank == 0:
             folder.mkdir(parents=True, exist_ok=True)
