@@ -196,6 +196,12 @@ class Batch:
     image_embeds: torch.Tensor | None = None
 
 
+def own(row: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy with its own storage: a row of a batch is a view, and gathering it across ranks (a pickle)
+    or saving it would carry the whole batch (the image-to-video compare's ranks reached 12 GB that way)."""
+    return row.clone(memory_format=torch.contiguous_format)
+
+
 class TrainData:
     """Examples (prompt, x0) with cached text embeddings; `batch(position, n)` is deterministic."""
 
@@ -257,10 +263,10 @@ class TrainData:
                     idx = mine[s:s + step]
                     clips = torch.from_numpy(clips_of(idx))
                     for i, z in zip(idx, t.encode_video(clips).cpu()):
-                        out[str(i)] = z.clone()  # its own storage: a row of the batch would send the whole batch
+                        out[str(i)] = own(z)
                     if first_frames:  # each clip's conditioning image, read with it
                         for i, clip in zip(idx, clips):
-                            out[f"first-{i}"] = clip[0].clone()
+                            out[f"first-{i}"] = own(clip[0])
                 return gather_dict(out)
         else:
             sampler = tc.sampler
@@ -280,7 +286,7 @@ class TrainData:
                                          negative=tc.negative_prompt, frames=v.frames, height=v.height,
                                          width=v.width, images=None if images is None else [images[i] for i in idx])
                     for i, zi in zip(idx, z.cpu()):
-                        out[str(i)] = zi.clone()
+                        out[str(i)] = own(zi)
                 return gather_dict(out)
         tensors = _cached(self.cache_dir / f"x0-{key}.safetensors", make)
         if first_frames:
@@ -308,9 +314,9 @@ class TrainData:
             chunk = mine[s:s + 16]
             latents, embeds = t.encode_images([as_pil(images[first[k]]) for k in chunk], size)
             for j, k in enumerate(chunk):
-                out[k] = {"latents": latents[j].cpu().clone()}
+                out[k] = {"latents": own(latents[j].cpu())}
                 if embeds is not None:
-                    out[k]["embeds"] = embeds[j].cpu().clone()
+                    out[k]["embeds"] = own(embeds[j].cpu())
         out = gather_dict(out)
         if rank == 0:
             folder.mkdir(parents=True, exist_ok=True)
