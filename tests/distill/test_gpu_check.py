@@ -70,5 +70,5 @@ def test_a_deadline_skips_parts_with_a_note(gpu_check, tmp_path, monkeypatch):
     assert gpu_check.main(["--out", str(tmp_path / "out"), "--dry-run", "--deadline-s", "0"]) == 0
     data = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     assert not data["parts"] and set(data["skipped"]) == {"latency", "train-consistency", "train-apt", "eval",
-                                                          "latency-compiled"}
+                                                          "decode", "latency-compiled"}
     assert "--deadline-s" in (tmp_path / "out" / "gpu_check.md").read_text()

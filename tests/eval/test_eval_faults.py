@@ -131,13 +131,15 @@ SUITE = SuiteConfig(name="tiny-faults", prompts=["a red circle moving left", "a 
 class FakeCandidate:
     """Stands in for a loaded model: a clip per (prompt, seed) that says which it is, and a count of samplings."""
 
+    takes_images = False  # a text-to-video model
+
     def __init__(self):
         self.sampled: list[int] = []
 
-    def cache_key(self, prompt, seed, frames, height, width):
+    def cache_key(self, prompt, seed, frames, height, width, image=None):
         return f"fake-{seed}-{frames}x{height}x{width}"
 
-    def sample(self, prompts, seeds, frames, height, width, timing=None, decode=True):
+    def sample(self, prompts, seeds, frames, height, width, timing=None, decode=True, images=None):
         self.sampled += list(seeds)
         return np.stack([np.full((frames, height, width, 3), seed % 251, dtype=np.uint8) for seed in seeds])
 
