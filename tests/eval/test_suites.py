@@ -1,6 +1,8 @@
 """Shipped eval suites and the metric registry: pinned flow backends, VBench's static prompts in every suite (the
 toy world's still subjects), and one registry entry per metric family."""
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -65,3 +67,17 @@ def test_the_i2v_toy_suite_starts_each_held_out_prompt_from_its_own_render():
         assert (images[i] == render[0]).all()
         assert toyworld.read_clip(render[:1].repeat(suite.frames, 0))["colour"] == \
             toyworld.parse_caption(prompts[i]).colour  # the image shows the prompt's subject
+
+
+def test_the_real_teacher_i2v_suite_names_an_image_per_prompt_and_refuses_a_missing_one():
+    from distill.eval.suite import first_images_for
+
+    suite, path = load_suite("general-i2v")
+    prompts = suite_prompts(suite, path)
+    assert set(suite.first_images) == set(prompts) and (suite.detector, suite.clip.model) == ("i3d", "ViT-B-32")
+    assert all(Path(f).is_absolute() and Path(f).parent == path.parent / "general-i2v"
+               for f in suite.first_images.values())
+    missing = [f for f in suite.first_images.values() if not Path(f).is_file()]
+    if missing:  # none ships: each is refused by name before any sampling
+        with pytest.raises(ConfigError, match="general-i2v.*does not exist"):
+            first_images_for(suite, prompts)
