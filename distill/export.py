@@ -341,6 +341,7 @@ def export(run: str | Path, out: Path, checkpoint: str = "latest", steps: int | 
     out = Path(out).expanduser().absolute()
     _check_out(out, folder, overwrite)
     needed = size_of(teacher) + sum(size_of(p) for p in weights.values())  # about: the teacher's parts and student
+    needed += size_of(shipped) if shipped is not None else 0
     with _staged(out, needed) as tmp:
         for name, entry in index.items():  # the teacher's other components: text encoder, tokenizer, VAE, ...
             if name in (*experts, "scheduler") or not isinstance(entry, list) or entry[0] is None:
