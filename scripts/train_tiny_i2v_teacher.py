@@ -38,30 +38,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from distill import toyworld  # noqa: E402
 from distill.teachers.wan import WanTeacher  # noqa: E402
 from distill.teachers.wan import i2v  # noqa: E402
+from scripts.train_tiny_teacher import atomic_save, atomic_torch_save, log  # noqa: E402
 
 MAX_SEQ = 16  # tiny-wan's text length (a toy caption is 11 tokens)
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def atomic_save(tensors: dict, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
-    os.replace(tmp, path)
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 # --- data -----------------------------------------------------------------------------------------------------------
