@@ -21,6 +21,7 @@ from tests.distill.test_train import (
     BIN,
     REPO,
     env,
+    kill_job,
     losses,
     torchrun,
     train_cmd,
@@ -112,7 +113,7 @@ def test_consistency_trains_on_two_ranks_and_a_killed_run_resumes_with_the_same_
     try:
         while time.time() < deadline and job.poll() is None:
             if metrics.is_file() and any(json.loads(line)["step"] >= 5 for line in metrics.read_text().splitlines()):
-                os.killpg(job.pid, signal.SIGKILL)  # the whole job, between checkpoints 3 and 6
+                kill_job(job)  # the whole job, between checkpoints 3 and 6
                 break
             time.sleep(0.05)
         job.wait(30)

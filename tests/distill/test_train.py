@@ -51,6 +51,49 @@ def torchrun(*args, nproc: int = 2, timeout: int = 300) -> subprocess.CompletedP
     return subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout)
 
 
+def kill_job(job: subprocess.Popen) -> None:
+    """SIGKILL a whole torchrun job, as `kill -9` of every process of it does, and wait until none of them runs.
+    torchrun starts each rank in a session of its own, so killing torchrun's process group leaves the ranks
+    running (and rank 0 holding the run's lock: an immediate `--resume` would rightly be refused as a second job);
+    the ranks are found as torchrun's descendants before it dies."""
+    family = [job.pid, *descendants(job.pid)]
+    os.killpg(job.pid, signal.SIGKILL)
+    for pid in family:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    job.wait(30)
+    deadline = time.time() + 30
+    while running := [pid for pid in family if state(pid) not in (None, "Z", "X")]:
+        assert time.time() < deadline, f"processes {running} of the job still run 30 s after SIGKILL"
+        time.sleep(0.05)
+
+
+def state(pid: int) -> str | None:
+    """A process's state letter from /proc (None: gone). Its fields after "pid (comm)": state, ppid, ..."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended while we looked
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = [], [root]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
 def train_cmd(config: Path, *extra) -> list[str]:
     return ["-m", "distill.cli", "train", str(config), "--no-progress", *extra]
 
@@ -139,7 +182,7 @@ def test_killed_run_resumes_with_the_same_losses(tmp_path, stage, recipe):
     deadline = time.time() + 240
     while time.time() < deadline and job.poll() is None:
         if metrics.is_file() and any(json.loads(line)["step"] >= 5 for line in metrics.read_text().splitlines()):
-            os.killpg(job.pid, signal.SIGKILL)  # the whole job, mid-way between checkpoints 3 and 6
+            kill_job(job)  # the whole job, mid-way between checkpoints 3 and 6
             break
         time.sleep(0.05)
     job.wait(30)

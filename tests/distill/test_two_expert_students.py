@@ -161,7 +161,7 @@ def test_two_ranks_under_zero3_train_both_experts_and_a_killed_run_resumes_exact
     import signal
     import time
 
-    from tests.distill.test_train import BIN, REPO, env, losses, torchrun, train_cmd
+    from tests.distill.test_train import BIN, REPO, env, kill_job, losses, torchrun, train_cmd
 
     teacher = teacher_yaml(untrained_wan_a14b, tmp_path / "teacher.yaml")
     train = "{steps: 6, log_every: 1, checkpoint_every: 3, validation_prompts: [a red disc], collective_timeout_s: 60}"
@@ -184,7 +184,7 @@ def test_two_ranks_under_zero3_train_both_experts_and_a_killed_run_resumes_exact
     deadline = time.time() + 240
     while time.time() < deadline and job.poll() is None:
         if metrics.is_file() and any(json.loads(line)["step"] >= 4 for line in metrics.read_text().splitlines()):
-            os.killpg(job.pid, signal.SIGKILL)
+            kill_job(job)  # the whole job: torchrun and both ranks, gone before the resume
             break
         time.sleep(0.05)
     job.wait(30)
