@@ -237,3 +237,67 @@ def test_non_utf8_files_are_named(tmp_path, capsys):
     config.write_bytes(CONFIG.read_bytes() + "# caf\u00e9\n".encode("latin-1"))
     assert main(["plan", str(config), "--gpus", "1", "--gpu-memory", "80"]) == 2
     assert f"config file {str(config)!r} is not UTF-8 text" in _error(capsys)
+
+
+# --- more config faults (scripts/try_more_faults.py) ----------------------------------------------------------------
+def test_config_files_that_are_folders_or_bad_yaml_are_one_line_naming_where(tmp_path, capsys):
+    """Before: a folder was 'does not exist'; a YAML syntax error printed PyYAML's 6-line excerpt."""
+    assert main(["plan", str(tmp_path), "--gpus", "1", "--gpu-memory", "80"]) == 2
+    assert f"config file {str(tmp_path)!r} is a folder; give a YAML file" in _error(capsys)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("teacher: tiny-wan\nrecipe: {name: consistency\ntrain: {steps: 3}\n")
+    assert main(["plan", str(broken), "--gpus", "1", "--gpu-memory", "80"]) == 2
+    line = _error(capsys)
+    assert line.startswith(f"distill plan: error: {broken}: not valid YAML: line 3, column 6: ") and "flow mapping" in line
+
+
+def test_an_unknown_recipe_given_as_an_override_is_named_like_one_in_the_file(capsys):
+    """Before: `recipe.name=nope` on the command line gave pydantic's tagged-union message with the whole section."""
+    assert main(["plan", str(CONFIG), "recipe.name=nope", "--gpus", "1", "--gpu-memory", "80"]) == 2
+    line = _error(capsys)
+    assert line.startswith("distill plan: error: command-line override: key 'recipe.name': unknown recipe 'nope'; one of")
+    assert "'consistency'" in line and "{" not in line
+
+
+def test_an_override_sets_a_key_in_a_section_left_null():
+    """A saved run config has `lora: null` for a full student; `student.lora.rank=4` on it set nothing before but
+    'cannot set ...: lora is a NoneType'. Now the section is made (and a resume then names the changed keys)."""
+    from distill.core.config import validate
+    from distill.train_config import TrainConfig
+
+    data = yaml.safe_load(CONFIG.read_text())
+    data["student"]["lora"] = None
+    cfg = validate(TrainConfig, data, "run.yaml", ["student.lora.rank=4"])
+    assert cfg.student.lora is not None and cfg.student.lora.rank == 4
+
+
+def test_a_hub_id_without_a_network_says_offline_in_one_line(monkeypatch):
+    """Before: huggingface_hub's LocalEntryNotFoundError, several lines, naming neither the teacher nor the cause."""
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from distill.teachers.resolve import TeacherNotFound, resolve_folder
+
+    def no_network(repo_id, local_files_only=False, **kwargs):
+        raise LocalEntryNotFoundError("Got: ConnectError: [Errno -2] Name or service not known\nAn error happened "
+                                      "while trying to locate the files on the Hub ...")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", no_network)
+    with pytest.raises(TeacherNotFound) as err:
+        resolve_folder("acme/video-model")
+    message = str(err.value)
+    assert "\n" not in message and "'acme/video-model'" in message
+    assert "the hub cannot be reached (ConnectError: [Errno -2] Name or service not known); this machine looks " \
+           "offline" in message
+
+
+def test_a_key_given_twice_in_a_yaml_file_is_refused_naming_both_lines(tmp_path, capsys):
+    """Before: PyYAML kept the last `teacher:` without a word (a block pasted at the end overrode the one above)."""
+    twice = tmp_path / "twice.yaml"
+    lines = CONFIG.read_text().splitlines()
+    twice.write_text("\n".join(lines + ["teacher: tiny-wan-a14b"]) + "\n")
+    first = next(i for i, line in enumerate(lines, 1) if line.startswith("teacher:"))
+    assert main(["plan", str(twice), "--gpus", "1", "--gpu-memory", "80"]) == 2
+    assert f"not valid YAML: line {len(lines) + 1}, column 1: key 'teacher' is given twice (lines {first} and " \
+           f"{len(lines) + 1}); keep one" in _error(capsys)
