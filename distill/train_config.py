@@ -200,7 +200,7 @@ def fingerprint_hash(cfg: TrainConfig) -> str:
 
 def load_train_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
     data = load_yaml(path)
-    overridden = apply_overrides(data, overrides, str(path))  # first, so that `recipe.name=X` is checked too
+    overridden = apply_overrides(data, overrides)  # first, so that `recipe.name=X` is checked too
     recipe = data.get("recipe")
     known = recipe_registry.names()
     if isinstance(recipe, dict) and recipe.get("name") not in known:

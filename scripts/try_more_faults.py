@@ -69,12 +69,16 @@ class Tries:
                 for p in patches:
                     stack.enter_context(p)
                 with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-                    code = main([str(a) for a in argv])
+                    try:
+                        code = main([str(a) for a in argv])
+                    except SystemExit as exit:  # argparse's own refusals (usage line, then the error)
+                        code = exit.code
         finally:
             signal.alarm(0)
             signal.signal(signal.SIGALRM, previous)
         lines = [line for line in err.getvalue().splitlines()  # not the libraries' own log lines
-                 if line.strip() and "[WARNING]" not in line and not re.match(r"[IWE]\d{4} ", line)]
+                 if line.strip() and "[WARNING]" not in line and not re.match(r"[IWE]\d{4} ", line)
+                 and "%|" not in line]  # nor progress bars
         shown = " / ".join(lines) if len(lines) <= 3 else " / ".join(lines[:3]) + f" (+{len(lines) - 3} lines)"
         command = shown_argv or ("distill " + " ".join(str(a) for a in argv))
         self.rows.append((label, self.short(command), code, self.short(shown), lost()))

@@ -30,7 +30,8 @@ class Strict(BaseModel):
 M = TypeVar("M", bound=BaseModel)
 
 
-def _set_dotted(tree: dict, dotted: str, value, origin: str) -> None:
+def _set_dotted(tree: dict, dotted: str, value) -> None:
+    """Set an override's value; the override, not the file, is at fault when it cannot be set."""
     keys = dotted.split(".")
     node = tree
     for k in keys[:-1]:
@@ -38,7 +39,8 @@ def _set_dotted(tree: dict, dotted: str, value, origin: str) -> None:
             node[k] = {}
         child = node[k]
         if not isinstance(child, dict):
-            raise ConfigError(f"{origin}: cannot set {dotted!r}: {k!r} is a {type(child).__name__}, not a section")
+            raise ConfigError(f"command-line override: cannot set {dotted!r}: {k!r} is a {type(child).__name__}, "
+                              f"not a section")
         node = child
     node[keys[-1]] = value
 
@@ -84,18 +86,18 @@ def format_validation_errors(err: ValidationError, origin: str, overridden: set[
     return "\n".join(lines)
 
 
-def apply_overrides(data: dict, overrides: list[str], origin: str) -> set[str]:
+def apply_overrides(data: dict, overrides: list[str]) -> set[str]:
     """Set each `key=value` override into `data`; returns the dotted keys overridden."""
     pairs = parse_overrides(list(overrides))
     for key, value in pairs:
-        _set_dotted(data, key, value, origin)
+        _set_dotted(data, key, value)
     return {k for k, _ in pairs}
 
 
 def validate(model: type[M], data: dict, origin: str, overrides: list[str] = (),
              overridden: set[str] = frozenset()) -> M:
     """`data` with `overrides` applied, as a `model`; `overridden`: keys set by overrides applied before."""
-    overridden = set(overridden) | apply_overrides(data, overrides, origin)
+    overridden = set(overridden) | apply_overrides(data, overrides)
     try:
         return model.model_validate(data)
     except ValidationError as err:

@@ -301,3 +301,33 @@ def test_a_key_given_twice_in_a_yaml_file_is_refused_naming_both_lines(tmp_path,
     assert main(["plan", str(twice), "--gpus", "1", "--gpu-memory", "80"]) == 2
     assert f"not valid YAML: line {len(lines) + 1}, column 1: key 'teacher' is given twice (lines {first} and " \
            f"{len(lines) + 1}); keep one" in _error(capsys)
+
+
+def test_the_staging_folder_of_a_killed_export_is_removed_by_the_next_export(tmp_path):
+    """Before: `kill -9` during an export left `.tmp-OUT-PID` (a partial export) beside --out for good; the next
+    export used its own pid and never looked. Now it removes this host's dead ones, saying so, and keeps a live
+    export's."""
+    import os
+    import socket
+    import subprocess
+    import warnings
+
+    from distill.export import _staged
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    out = tmp_path / "exp"
+    host = socket.gethostname()
+    killed = tmp_path / f".tmp-exp-{host}-{dead.pid}"
+    live = tmp_path / f".tmp-exp-{host}-{os.getppid()}"  # a running process: another export still writing
+    for folder in (killed, live):
+        (folder / "transformer").mkdir(parents=True)
+        (folder / "transformer" / "part.safetensors").write_bytes(b"x" * 100)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with _staged(out, needed=1) as tmp:
+            (tmp / "model_index.json").write_text("{}")
+    assert not killed.exists() and live.is_dir() and (out / "model_index.json").is_file()
+    assert [str(w.message) for w in caught] == [f"removed {str(killed)!r}, the partial output of an export (pid "
+                                                f"{dead.pid}) that was killed"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["exp", live.name])
