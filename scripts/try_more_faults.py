@@ -7,7 +7,7 @@ is replaced by one that fails with "got past the checks": a try that reaches it 
 costs nothing. The tries that need a run folder copy one (`--run DIR`, a finished `distill train` run of the tiny
 teacher), or train one of 1 step first.
 
-    PYTHONPATH=. python scripts/try_more_faults.py [--run RUN] [--work DIR] > rows.md
+    PYTHONPATH=. python scripts/try_more_faults.py [--run RUN] [--work DIR] | grep '^|' > rows.md
 
 About 2 minutes on a free 2-core CPU with --run (plus a few minutes to train the 1-step run without it). Each
 row: fault | command | exit | line printed (stderr, scratch paths shortened) | what was lost.
@@ -22,6 +22,7 @@ import io
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import stat
@@ -76,11 +77,12 @@ class Tries:
         finally:
             signal.alarm(0)
             signal.signal(signal.SIGALRM, previous)
-        lines = [line for line in err.getvalue().splitlines()  # not the libraries' own log lines
+        text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", err.getvalue())  # a progress bar's cursor moves
+        lines = [line.strip() for line in re.split(r"[\r\n]+", text)  # not the libraries' own log lines
                  if line.strip() and "[WARNING]" not in line and not re.match(r"[IWE]\d{4} ", line)
                  and "%|" not in line]  # nor progress bars
         shown = " / ".join(lines) if len(lines) <= 3 else " / ".join(lines[:3]) + f" (+{len(lines) - 3} lines)"
-        command = shown_argv or ("distill " + " ".join(str(a) for a in argv))
+        command = shown_argv or ("distill " + shlex.join(str(a) for a in argv))
         self.rows.append((label, self.short(command), code, self.short(shown), lost()))
         print(f"[{len(self.rows)}] {label}: {code}: {self.short(shown)[:300]}", file=sys.stderr)
         return code

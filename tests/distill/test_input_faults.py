@@ -219,6 +219,18 @@ def test_eval_cli_refuses_bad_input_in_one_line_before_sampling(tmp_path, capsys
         assert not list(tmp_path.glob("out/cache/*.npy"))
 
 
+def test_a_model_folder_that_is_missing_or_not_a_model_names_its_model(tmp_path, capsys):
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("name: ok\nprompts: [a red circle, a blue square, a green triangle]\n")
+    (tmp_path / "empty").mkdir()
+    for folder, cause in ((tmp_path / "missing", "no such folder"), (tmp_path / "empty", "no model_index.json")):
+        code = main(["eval", "--suite", str(suite), "--model", f"s={folder}@4", "--out", str(tmp_path / "out")])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("distill eval: error: --model s: "), lines
+        assert cause in lines[0] and str(folder.name) in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
 # --- text that is not UTF-8 ---------------------------------------------------------------------------------------
 def test_non_utf8_files_are_named(tmp_path, capsys):
     from distill.data import load_prompts

@@ -291,16 +291,3 @@ def test_a_policy_with_a_yaml_syntax_error_is_one_line_naming_where(tmp_path):
     [message] = json.loads((tmp_path / "gate" / "gate.json").read_text())["errors"]
     assert message.startswith(f"{pol}: not a readable YAML policy: line 3, column 1: ") and "\n" not in message
 
-
-def test_a_model_folder_that_is_missing_or_not_a_model_names_its_model(tmp_path, capsys):
-    from distill.cli import main
-
-    suite = tmp_path / "suite.yaml"
-    suite.write_text("name: ok\nprompts: [a red circle, a blue square, a green triangle]\n")
-    (tmp_path / "empty").mkdir()
-    for folder, cause in ((tmp_path / "missing", "no such folder"), (tmp_path / "empty", "no model_index.json")):
-        code = main(["eval", "--suite", str(suite), "--model", f"s={folder}@4", "--out", str(tmp_path / "out")])
-        lines = capsys.readouterr().err.strip().splitlines()
-        assert code == 2 and len(lines) == 1 and lines[0].startswith("distill eval: error: --model s: "), lines
-        assert cause in lines[0] and str(folder.name) in lines[0]
-    assert not (tmp_path / "out").exists()
