@@ -80,7 +80,7 @@ class Tries:
         text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", err.getvalue())  # a progress bar's cursor moves
         lines = [line.strip() for line in re.split(r"[\r\n]+", text)  # not the libraries' own log lines
                  if line.strip() and "[WARNING]" not in line and not re.match(r"[IWE]\d{4} ", line)
-                 and "%|" not in line]  # nor progress bars
+                 and "%|" not in line and not re.search(r"\[\d\d:\d\d", line)]  # nor progress bars
         shown = " / ".join(lines) if len(lines) <= 3 else " / ".join(lines[:3]) + f" (+{len(lines) - 3} lines)"
         command = shown_argv or ("distill " + shlex.join(str(a) for a in argv))
         self.rows.append((label, self.short(command), code, self.short(shown), lost()))
@@ -266,6 +266,44 @@ def killed_export_try(t: Tries, run: Path) -> None:
           shown_argv=f"distill export run --out exp-killed & kill -9 PID; distill export run --out exp-killed")
 
 
+def killed_eval_try(t: Tries) -> None:
+    """`kill -9` of a real eval (the tiny teacher at 2 steps, 3 held-out prompts, 5 frames) once it has cached two
+    clips, then the same eval again: the clips cached before the kill are reused, not sampled again. 30 s (free
+    cores) to 3 min (a training job beside it) on 2 cores."""
+    import time
+
+    suite = t.write("kill-suite.yaml", "name: kill\ntoyworld_split: held_out\nmax_prompts: 3\nframes: 5\n"
+                                       "noise_floor: false\n"
+                                       "diversity: {prompts: 0}\nspeed: {clips: 1, warmup: 0}\nbatch_size: 1\n")
+    out = t.work / "ev-killed"
+    argv = ["eval", "--suite", suite, "--model", "teacher@2", "--out", out]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "distill.cli", *map(str, argv)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    entries = lambda: sorted((out / "cache").glob("*.npy")) if (out / "cache").is_dir() else []
+    while proc.poll() is None and len([p for p in entries() if not p.name.endswith(".tmp.npy")]) < 2:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = {p.name: p.stat().st_mtime_ns for p in entries()}
+    whole = [n for n in before if not n.endswith(".tmp.npy")]
+    partial = [n for n in before if n.endswith(".tmp.npy")]
+    killed = (f"the killed eval left {len(whole)} cache entries, {len(partial)} partial (.tmp.npy), no eval.json"
+              if not (out / "eval.json").exists() else "the kill came too late (eval.json written)")
+
+    def lost():
+        after = {p.name: p.stat().st_mtime_ns for p in entries()}
+        reused = [n for n in whole if after.get(n) == before[n]]
+        left = [n for n in after if n.endswith(".tmp.npy")]
+        return (f"nothing: {killed}; the rerun reused {len(reused)} of them (not sampled again), wrote eval.json"
+                + ("" if (out / "eval.json").is_file() else " (NOT!)")
+                + (f", and {left} are left" if left else ", and no partial entry is left"))
+    t.run("eval: killed with `kill -9` after caching two clips, then run again (a real eval: the tiny teacher at 2 "
+          "steps, 3 held-out prompts, 5 frames)", argv, lost,
+          shown_argv="distill eval --suite kill-suite.yaml --model teacher@2 --out ev-killed & kill -9 PID; "
+                     "distill eval --suite kill-suite.yaml --model teacher@2 --out ev-killed")
+
+
 def eval_tries(t: Tries) -> None:
     from distill.eval import harness
 
@@ -404,7 +442,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, help="a finished run of the tiny teacher to copy (else one is trained)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/distill-try-more-faults"))
-    parser.add_argument("--only", help="comma-separated groups: train,resume,export,eval,gate,compare,sample,plan")
+    parser.add_argument("--only", help="comma-separated groups: train,resume,export,eval,gate,compare,sample,plan "
+                                       "(and kill-eval)")
+    parser.add_argument("--kill-eval", action="store_true", help="also kill a real eval and run it again (0.5-3 min)")
     args = parser.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
@@ -424,6 +464,8 @@ def main() -> None:
         if want("export"):
             export_tries(t, run)
             killed_export_try(t, run)
+    if args.kill_eval or (only is not None and "kill-eval" in only):
+        killed_eval_try(t)
     sys.stdout.write(t.markdown())
     print(f"{len(t.rows)} rows", file=sys.stderr)
 
