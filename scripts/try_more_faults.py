@@ -426,7 +426,8 @@ def sample_tries(t: Tries) -> None:
     run("sample: `--height 0`", ["--prompt", "a red circle", "--height", "0"])
     run("sample: `--guidance nan`", ["--prompt", "a red circle", "--guidance", "nan"])
     run("sample: `--batch-size 0`", ["--prompt", "a red circle", "--batch-size", "0"])
-    run("sample: `--image` for a text-to-video teacher", ["--prompt", "a red circle", "--image", TINY / "model_index.json"])
+    run("sample: `--image` for a text-to-video teacher",
+        ["--prompt", "a red circle", "--image", TINY / "model_index.json"])
 
 
 def plan_tries(t: Tries) -> None:

@@ -260,14 +260,16 @@ def test_config_files_that_are_folders_or_bad_yaml_are_one_line_naming_where(tmp
     broken.write_text("teacher: tiny-wan\nrecipe: {name: consistency\ntrain: {steps: 3}\n")
     assert main(["plan", str(broken), "--gpus", "1", "--gpu-memory", "80"]) == 2
     line = _error(capsys)
-    assert line.startswith(f"distill plan: error: {broken}: not valid YAML: line 3, column 6: ") and "flow mapping" in line
+    assert line.startswith(f"distill plan: error: {broken}: not valid YAML: line 3, column 6: ")
+    assert "flow mapping" in line
 
 
 def test_an_unknown_recipe_given_as_an_override_is_named_like_one_in_the_file(capsys):
     """Before: `recipe.name=nope` on the command line gave pydantic's tagged-union message with the whole section."""
     assert main(["plan", str(CONFIG), "recipe.name=nope", "--gpus", "1", "--gpu-memory", "80"]) == 2
     line = _error(capsys)
-    assert line.startswith("distill plan: error: command-line override: key 'recipe.name': unknown recipe 'nope'; one of")
+    assert line.startswith("distill plan: error: command-line override: key 'recipe.name': unknown recipe 'nope'; "
+                           "one of")
     assert "'consistency'" in line and "{" not in line
 
 
