@@ -27,9 +27,12 @@ a truncated checkpoint is refused by name instead of exported; a full disk ends 
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
+import socket
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -187,7 +190,8 @@ def _check_out(out: Path, checkpoint: Path, overwrite: bool) -> None:
     source = checkpoint.resolve()
     if out.exists() and (out.resolve() == source or out.resolve() in source.parents):
         raise ConfigError(f"export: --out {str(out)!r} holds the checkpoint being exported ({str(source)!r}); "
-                          f"choose a folder outside the run, such as {str(source.parent.parent / 'export')!r}")
+                          f"choose a folder that holds no checkpoint, such as "
+                          f"{str(source.parent.parent / 'export')!r}")
     if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         return
     if not out.is_dir():
@@ -242,13 +246,42 @@ for frames in decoder.decode_stream(latents):              # or frame by frame a
 """
 
 
+def _staging_prefix(out: Path) -> str:
+    """The staging folder's name, less the pid: it names the host, so that only this host's dead exports are
+    cleaned up (a pid means nothing on another host sharing the folder)."""
+    return f".tmp-{out.name}-{socket.gethostname()}-"
+
+
+def remove_killed_staging(out: Path) -> None:
+    """Remove the staging folders beside `out` of this host's exports that were killed (`kill -9`, an OOM kill):
+    nothing else ever would, and each holds up to a whole export. A live export's folder is left alone."""
+    prefix = _staging_prefix(out)
+    for stale in out.parent.glob(glob.escape(prefix) + "*"):
+        pid = stale.name[len(prefix):]
+        if not pid.isdigit() or _running(int(pid)):
+            continue
+        shutil.rmtree(stale, ignore_errors=True)
+        warnings.warn(f"removed {str(stale)!r}, the partial output of an export (pid {pid}) that was killed")
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
 @contextmanager
 def _staged(out: Path, needed: int):
     """A fresh `.tmp-` folder beside `out` to write the export into; on success it replaces `out` (an earlier export,
     `_check_out` has made sure), on any failure it is removed, and a full disk ends in one line naming the disk and
     the `needed` bytes (distill.core.disk)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
+    remove_killed_staging(out)
+    tmp = out.parent / f"{_staging_prefix(out)}{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from distill.core.config import CONFIG_DIR, REPO_ROOT, ConfigError, Strict, load_yaml, validate
+from distill.core.config import CONFIG_DIR, REPO_ROOT, ConfigError, Strict, apply_overrides, load_yaml, validate
 from distill.students import registry as recipe_registry
 
 
@@ -200,8 +200,10 @@ def fingerprint_hash(cfg: TrainConfig) -> str:
 
 def load_train_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
     data = load_yaml(path)
+    overridden = apply_overrides(data, overrides)  # first, so that `recipe.name=X` is checked too
     recipe = data.get("recipe")
     known = recipe_registry.names()
     if isinstance(recipe, dict) and recipe.get("name") not in known:
-        raise ConfigError(f"{path}: key 'recipe.name': unknown recipe {recipe.get('name')!r}; one of {known}")
-    return validate(TrainConfig, data, str(path), overrides)
+        where = "command-line override" if {"recipe", "recipe.name"} & overridden else str(path)
+        raise ConfigError(f"{where}: key 'recipe.name': unknown recipe {recipe.get('name')!r}; one of {known}")
+    return validate(TrainConfig, data, str(path), overridden=overridden)

@@ -26,7 +26,8 @@ A policy (YAML, e.g. configs/eval/gates/toyworld.yaml):
         interval_aware: false                # see below
         baseline_test: paired                # max_regression_vs_baseline only: paired (default) | population
         required: false                      # every matched model must have the metric (else: skip)
-        optional: false                      # the metric may be absent from the whole eval (else: exit 2)
+        optional: false                      # the metric (or the models) may be absent from the whole eval
+                                             # (else: exit 2)
         name: "..."                          # optional label for reports
 
 Rule kinds. The point check, and (after "|") what `interval_aware: true` does with the record's interval:
@@ -68,7 +69,8 @@ required / optional. `required: true`: every matched model must have the metric 
 teacher too, for teacher-relative rules), and the pattern must match at least one model; a gap is an error (exit 2).
 Otherwise a gap is a skipped check (with the record's own reason when it says why, e.g. VBench flicker skipped
 for want of static clips). Independently of both, a metric that NO model in the eval has is a misspelt or stale
-rule and an error (a typo must not turn the gate into a no-op), unless `optional: true`. Baseline gaps (no
+rule and an error (a typo must not turn the gate into a no-op), unless `optional: true`; so is a `models` pattern
+that matches no model name in the eval (roles that leave no model are a gap, as above). Baseline gaps (no
 baseline given, the model or metric not in it: a new model has no history) are always skips.
 
 Outputs in out_dir: gate.json (every check, with its rule's meaning), gate.junit.xml (one testsuite, one testcase
@@ -93,7 +95,7 @@ import yaml
 from scipy.special import stdtr
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from distill.core.config import ConfigError, format_validation_errors
+from distill.core.config import ConfigError, format_validation_errors, parse_yaml, yaml_error_line
 from distill.core.disk import DiskFull, writing
 from distill.core.paths import check_output_dir
 from distill.eval.schema import OLD_SCHEMAS, SCHEMA
@@ -214,8 +216,10 @@ def load_policy(path: str | Path) -> Policy:
     if not path.is_file():
         raise GateError(f"policy file {str(path)!r} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        data = parse_yaml(path.read_text())
+    except yaml.YAMLError as err:
+        raise GateError(f"{path}: not a readable YAML policy: {yaml_error_line(err)}") from None
+    except (OSError, UnicodeDecodeError) as err:
         raise GateError(f"{path}: not a readable YAML policy: {err}") from None
     if not isinstance(data, dict):
         raise GateError(f"{path}: the top level must be a mapping with 'name' and 'rules', "
@@ -769,8 +773,15 @@ def evaluate(policy: Policy, current: EvalDoc, baseline: EvalDoc | None) -> Gate
                              else unknown_metric_message(rule, i, current))
             result.checks.append(check)
             continue
-        models = [m for m in current.models if any(fnmatch.fnmatchcase(m, p) for p in rule.models)
-                  and (rule.roles is None or current.models[m].get("role") in rule.roles)]
+        named = [m for m in current.models if any(fnmatch.fnmatchcase(m, p) for p in rule.models)]
+        models = [m for m in named if rule.roles is None or current.models[m].get("role") in rule.roles]
+        if not named and not rule.optional:  # a misspelt pattern, like a misspelt metric, is not a no-op
+            check = Check(label, ",".join(rule.models), rule.metric, rule.kind, "error", meaning=rule.meaning())
+            check.message = (f"rules[{i}] ({rule.describe()}): models {rule.models} match no model in "
+                             f"{current.path} (models: {', '.join(current.models) or 'none'}); a rule for models "
+                             "that may be absent says `optional: true`")
+            result.checks.append(check)
+            continue
         if not models:
             check = Check(label, ",".join(rule.models), rule.metric, rule.kind, "skip", meaning=rule.meaning())
             result.checks.append(_gap(check, rule, f"{current.path}: no model matches {rule.models} "

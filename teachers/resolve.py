@@ -100,7 +100,16 @@ def _from_hub(repo_id: str, revision: str | None) -> Path:
                 f"is offline (HF_HUB_OFFLINE=1). Accepted offline: a local pipeline folder, or one of "
                 f"{['builtin:' + n for n in builtin_names()]}."
             ) from None
-    return Path(snapshot_download(repo_id, revision=revision, allow_patterns=_HUB_PATTERNS))
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=_HUB_PATTERNS))
+    except LocalEntryNotFoundError as err:  # what the hub client raises when it cannot connect
+        cause = " ".join(str(err).splitlines()[0].removeprefix("Got: ").split())
+        raise TeacherNotFound(
+            f"teacher {repo_id!r} looks like a hub id, but it is not in the local Hugging Face cache and the hub "
+            f"cannot be reached ({cause}); this machine looks offline. Download it where there is a network (or "
+            f"set HF_HUB_OFFLINE=1 to fail at once), or give a local pipeline folder, or one of "
+            f"{['builtin:' + n for n in builtin_names()]}."
+        ) from None
 
 
 def check_pipeline_folder(folder: Path, name: str, family: str | None = None):

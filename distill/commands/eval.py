@@ -95,13 +95,19 @@ def evaluate(suite, prompts: list[str], teacher_cfg, specs, out: Path, cache: Pa
     from distill.eval.harness import Harness
     from distill.eval.report import summary_markdown, write_outputs
     from distill.eval.suite import real_clips_for
-    from distill.teachers.resolve import open_teacher
+    from distill.teachers.resolve import TeacherNotFound, open_teacher
 
     teacher_folder = None
     for spec in specs:  # refuse a bad folder or size before any sampling
         teacher = spec.source == "teacher"
-        family, folder = open_teacher(teacher_cfg.source if teacher else spec.source, teacher_cfg.revision if teacher
-                                      else None, teacher_cfg.family if teacher else None)
+        try:
+            family, folder = open_teacher(teacher_cfg.source if teacher else spec.source,
+                                          teacher_cfg.revision if teacher else None,
+                                          teacher_cfg.family if teacher else None)
+        except TeacherNotFound as err:  # say which --model (its folder is named in the message)
+            if teacher:
+                raise
+            raise ConfigError(f"--model {spec.name}: {err}") from None
         family.check_video_size(suite.frames, suite.height, suite.width, family.video_factors(folder))
         if not teacher:
             if teacher_folder is None:

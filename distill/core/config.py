@@ -30,13 +30,17 @@ class Strict(BaseModel):
 M = TypeVar("M", bound=BaseModel)
 
 
-def _set_dotted(tree: dict, dotted: str, value, origin: str) -> None:
+def _set_dotted(tree: dict, dotted: str, value) -> None:
+    """Set an override's value; the override, not the file, is at fault when it cannot be set."""
     keys = dotted.split(".")
     node = tree
     for k in keys[:-1]:
-        child = node.setdefault(k, {})
+        if node.get(k) is None:  # absent, or `key: null` (an optional section left out): set a key in it
+            node[k] = {}
+        child = node[k]
         if not isinstance(child, dict):
-            raise ConfigError(f"{origin}: cannot set {dotted!r}: {k!r} is a {type(child).__name__}, not a section")
+            raise ConfigError(f"command-line override: cannot set {dotted!r}: {k!r} is a {type(child).__name__}, "
+                              f"not a section")
         node = child
     node[keys[-1]] = value
 
@@ -82,27 +86,74 @@ def format_validation_errors(err: ValidationError, origin: str, overridden: set[
     return "\n".join(lines)
 
 
-def validate(model: type[M], data: dict, origin: str, overrides: list[str] = ()) -> M:
+def apply_overrides(data: dict, overrides: list[str]) -> set[str]:
+    """Set each `key=value` override into `data`; returns the dotted keys overridden."""
     pairs = parse_overrides(list(overrides))
     for key, value in pairs:
-        _set_dotted(data, key, value, origin)
+        _set_dotted(data, key, value)
+    return {k for k, _ in pairs}
+
+
+def validate(model: type[M], data: dict, origin: str, overrides: list[str] = (),
+             overridden: set[str] = frozenset()) -> M:
+    """`data` with `overrides` applied, as a `model`; `overridden`: keys set by overrides applied before."""
+    overridden = set(overridden) | apply_overrides(data, overrides)
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(format_validation_errors(err, origin, {k for k, _ in pairs}, data)) from None
+        raise ConfigError(format_validation_errors(err, origin, overridden, data)) from None
+
+
+class _UniqueKeys(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping: PyYAML keeps the last one without a word,
+    so a block pasted at the end of a config would silently override the one above."""
+
+
+def _mapping_without_repeats(loader: _UniqueKeys, node: yaml.MappingNode, deep: bool = False) -> dict:
+    lines: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        try:
+            if key in lines:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (lines {lines[key]} and {line}); keep one",
+                    key_node.start_mark)
+            lines[key] = line
+        except TypeError:  # an unhashable key: left to PyYAML's own error
+            pass
+    return loader.construct_mapping(node, deep)
+
+
+_UniqueKeys.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_repeats)
+
+
+def parse_yaml(text: str):
+    """YAML text as data (the safe loader), refusing repeated keys; yaml.YAMLError on bad text."""
+    return yaml.load(text, Loader=_UniqueKeys)
+
+
+def yaml_error_line(err: yaml.YAMLError) -> str:
+    """A YAML parse error on one line: where (line, column) and what, without PyYAML's multi-line excerpt."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    what = "; ".join(filter(None, (getattr(err, "context", None), getattr(err, "problem", None)))) or str(err)
+    return where + " ".join(what.split())
 
 
 def load_yaml(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {str(path)!r} is a folder; give a YAML file")
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
-        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+        data = parse_yaml(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as err:
         raise ConfigError(f"config file {str(path)!r} is not UTF-8 text (byte offset {err.start}); save it as "
                           f"UTF-8") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        raise ConfigError(f"{path}: not valid YAML: {yaml_error_line(err)}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

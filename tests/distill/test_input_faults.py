@@ -219,6 +219,18 @@ def test_eval_cli_refuses_bad_input_in_one_line_before_sampling(tmp_path, capsys
         assert not list(tmp_path.glob("out/cache/*.npy"))
 
 
+def test_a_model_folder_that_is_missing_or_not_a_model_names_its_model(tmp_path, capsys):
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("name: ok\nprompts: [a red circle, a blue square, a green triangle]\n")
+    (tmp_path / "empty").mkdir()
+    for folder, cause in ((tmp_path / "missing", "no such folder"), (tmp_path / "empty", "no model_index.json")):
+        code = main(["eval", "--suite", str(suite), "--model", f"s={folder}@4", "--out", str(tmp_path / "out")])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("distill eval: error: --model s: "), lines
+        assert cause in lines[0] and str(folder.name) in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
 # --- text that is not UTF-8 ---------------------------------------------------------------------------------------
 def test_non_utf8_files_are_named(tmp_path, capsys):
     from distill.data import load_prompts
@@ -237,3 +249,99 @@ def test_non_utf8_files_are_named(tmp_path, capsys):
     config.write_bytes(CONFIG.read_bytes() + "# caf\u00e9\n".encode("latin-1"))
     assert main(["plan", str(config), "--gpus", "1", "--gpu-memory", "80"]) == 2
     assert f"config file {str(config)!r} is not UTF-8 text" in _error(capsys)
+
+
+# --- more config faults (scripts/try_more_faults.py) ----------------------------------------------------------------
+def test_config_files_that_are_folders_or_bad_yaml_are_one_line_naming_where(tmp_path, capsys):
+    """Before: a folder was 'does not exist'; a YAML syntax error printed PyYAML's 6-line excerpt."""
+    assert main(["plan", str(tmp_path), "--gpus", "1", "--gpu-memory", "80"]) == 2
+    assert f"config file {str(tmp_path)!r} is a folder; give a YAML file" in _error(capsys)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("teacher: tiny-wan\nrecipe: {name: consistency\ntrain: {steps: 3}\n")
+    assert main(["plan", str(broken), "--gpus", "1", "--gpu-memory", "80"]) == 2
+    line = _error(capsys)
+    assert line.startswith(f"distill plan: error: {broken}: not valid YAML: line 3, column 6: ")
+    assert "flow mapping" in line
+
+
+def test_an_unknown_recipe_given_as_an_override_is_named_like_one_in_the_file(capsys):
+    """Before: `recipe.name=nope` on the command line gave pydantic's tagged-union message with the whole section."""
+    assert main(["plan", str(CONFIG), "recipe.name=nope", "--gpus", "1", "--gpu-memory", "80"]) == 2
+    line = _error(capsys)
+    assert line.startswith("distill plan: error: command-line override: key 'recipe.name': unknown recipe 'nope'; "
+                           "one of")
+    assert "'consistency'" in line and "{" not in line
+
+
+def test_an_override_sets_a_key_in_a_section_left_null():
+    """A saved run config has `lora: null` for a full student; `student.lora.rank=4` on it set nothing before but
+    'cannot set ...: lora is a NoneType'. Now the section is made (and a resume then names the changed keys)."""
+    from distill.core.config import validate
+    from distill.train_config import TrainConfig
+
+    data = yaml.safe_load(CONFIG.read_text())
+    data["student"]["lora"] = None
+    cfg = validate(TrainConfig, data, "run.yaml", ["student.lora.rank=4"])
+    assert cfg.student.lora is not None and cfg.student.lora.rank == 4
+
+
+def test_a_hub_id_without_a_network_says_offline_in_one_line(monkeypatch):
+    """Before: huggingface_hub's LocalEntryNotFoundError, several lines, naming neither the teacher nor the cause."""
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from distill.teachers.resolve import TeacherNotFound, resolve_folder
+
+    def no_network(repo_id, local_files_only=False, **kwargs):
+        raise LocalEntryNotFoundError("Got: ConnectError: [Errno -2] Name or service not known\nAn error happened "
+                                      "while trying to locate the files on the Hub ...")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", no_network)
+    with pytest.raises(TeacherNotFound) as err:
+        resolve_folder("acme/video-model")
+    message = str(err.value)
+    assert "\n" not in message and "'acme/video-model'" in message
+    assert "the hub cannot be reached (ConnectError: [Errno -2] Name or service not known); this machine looks " \
+           "offline" in message
+
+
+def test_a_key_given_twice_in_a_yaml_file_is_refused_naming_both_lines(tmp_path, capsys):
+    """Before: PyYAML kept the last `teacher:` without a word (a block pasted at the end overrode the one above)."""
+    twice = tmp_path / "twice.yaml"
+    lines = CONFIG.read_text().splitlines()
+    twice.write_text("\n".join(lines + ["teacher: tiny-wan-a14b"]) + "\n")
+    first = next(i for i, line in enumerate(lines, 1) if line.startswith("teacher:"))
+    assert main(["plan", str(twice), "--gpus", "1", "--gpu-memory", "80"]) == 2
+    assert f"not valid YAML: line {len(lines) + 1}, column 1: key 'teacher' is given twice (lines {first} and " \
+           f"{len(lines) + 1}); keep one" in _error(capsys)
+
+
+def test_the_staging_folder_of_a_killed_export_is_removed_by_the_next_export(tmp_path):
+    """Before: `kill -9` during an export left `.tmp-OUT-PID` (a partial export) beside --out for good; the next
+    export used its own pid and never looked. Now it removes this host's dead ones, saying so, and keeps a live
+    export's."""
+    import os
+    import socket
+    import subprocess
+    import warnings
+
+    from distill.export import _staged
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    out = tmp_path / "exp"
+    host = socket.gethostname()
+    killed = tmp_path / f".tmp-exp-{host}-{dead.pid}"
+    live = tmp_path / f".tmp-exp-{host}-{os.getppid()}"  # a running process: another export still writing
+    for folder in (killed, live):
+        (folder / "transformer").mkdir(parents=True)
+        (folder / "transformer" / "part.safetensors").write_bytes(b"x" * 100)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with _staged(out, needed=1) as tmp:
+            (tmp / "model_index.json").write_text("{}")
+    assert not killed.exists() and live.is_dir() and (out / "model_index.json").is_file()
+    assert [str(w.message) for w in caught] == [f"removed {str(killed)!r}, the partial output of an export (pid "
+                                                f"{dead.pid}) that was killed"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["exp", live.name])

@@ -265,3 +265,29 @@ def test_a_bad_model_spec_is_one_line_naming_it(text, message):
     with pytest.raises(ValueError) as err:
         parse_model_spec(text)
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+# --- more faults (scripts/try_more_faults.py) -------------------------------------------------------------------
+def test_a_models_pattern_that_matches_no_model_is_an_error_not_a_pass(tmp_path):
+    """Before: `models: 'nope-*'` skipped its only rule and the gate passed, exit 0, having checked nothing."""
+    policy = f"name: p\nrules:\n  - metric: '{KVD}'\n    models: 'nope-*'\n    max: 20\n"
+    code, report = _gate(tmp_path, _doc(), policy)
+    check = report["checks"][0]
+    assert code == 2 and check["status"] == "error"
+    assert "models ['nope-*'] match no model in" in check["message"] and "student-cd@4" in check["message"]
+    code, report = _gate(tmp_path, _doc(), policy + "    optional: true\n")  # a model that may be absent
+    assert code == 0 and report["checks"][0]["status"] == "skip"
+    roles = f"name: p\nrules:\n  - metric: '{KVD}'\n    roles: [baseline]\n    max: 20\n"  # roles leave none: a gap
+    code, report = _gate(tmp_path, _doc(), roles)
+    assert code == 0 and report["checks"][0]["status"] == "skip"
+
+
+def test_a_policy_with_a_yaml_syntax_error_is_one_line_naming_where(tmp_path):
+    pol = tmp_path / "policy.yaml"
+    pol.write_text("name: p\nrules: [\n")
+    cur = tmp_path / "current.json"
+    cur.write_text(json.dumps(_doc()))
+    assert run_gate(cur, None, pol, tmp_path / "gate", quiet=True) == 2
+    [message] = json.loads((tmp_path / "gate" / "gate.json").read_text())["errors"]
+    assert message.startswith(f"{pol}: not a readable YAML policy: line 3, column 1: ") and "\n" not in message
+
