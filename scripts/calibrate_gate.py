@@ -47,6 +47,7 @@ from distill.eval.harness import Harness
 from distill.eval.suite import ModelSpec, SuiteConfig, parse_model_spec, real_clips_for, suite_prompts
 from distill.teachers.config import load_teacher_config
 
+SUITE_FILE = CONFIG_DIR / "eval" / "suites" / "toyworld-held-out.yaml"
 SEED_BASE = 600  # per-prompt seed offsets from here up to 999: above scripts/replicate_eval.py's, below the next prompt
 STUDENT, NULL, COLLAPSED = "student", "null", "collapsed"
 REGRESSIONS = ("teacher-2step", "student-below", COLLAPSED)
@@ -86,7 +87,7 @@ def trial_seed(t: int, seeds: int) -> int:
 
 
 def run_trials(args, count: int) -> list[Path]:
-    suite_file = CONFIG_DIR / "eval" / "suites" / "toyworld-held-out.yaml"
+    suite_file = SUITE_FILE
     teacher = load_teacher_config("tiny-wan")
     folder = args.out / "trials"
     folder.mkdir(parents=True, exist_ok=True)
@@ -211,11 +212,14 @@ def main(argv=None) -> int:
     p.add_argument("--tune", type=int, default=20, help="tuning trials, before them, that choose the tolerance")
     p.add_argument("--tolerances", default="0,0.02,0.05,0.1,0.15,0.25,0.5", help="tolerance grid for tuning")
     p.add_argument("--prompts", type=int, help="only the first N prompts of the suite (a smoke run)")
-    p.add_argument("--seeds", type=int, default=4, help="seeds per prompt (the paired se needs at least 2)")
+    p.add_argument("--seeds", type=int, help="seeds per prompt (the paired se needs at least 2; default: the "
+                   "suite's own, 2 for toyworld-held-out)")
     p.add_argument("--cache", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--gates-only", action="store_true", help="gate the trials already in --out, evaluate none")
     args = p.parse_args(argv)
+    if args.seeds is None:  # the suite's own design, so that a trial is the eval CI runs
+        args.seeds = load(SuiteConfig, SUITE_FILE).seeds_per_prompt
     args.out.mkdir(parents=True, exist_ok=True)
     if args.gates_only:
         paths = sorted((args.out / "trials").glob("trial-*.json"))[:args.tune + args.trials]
