@@ -130,6 +130,9 @@ def test_the_shipped_compare_configs_plan(tmp_path):
     toyworld = compare.plan("toyworld", out=tmp_path / "toy")
     assert [r.name for r in toyworld.runs][:2] == ["cd", "apt"] and toyworld.runs[1].needs == ("cd",)
     assert {s.name for s in toyworld.specs} >= {"cd-4", "cd-1", "apt-1", "dmd2-4", "teacher@4", "teacher@1"}
+    short = compare.plan("toyworld-short", out=tmp_path / "short")  # the demo's runs (same folder names) plus DMD2
+    assert [r.name for r in short.runs] == ["consistency", "apt", "dmd2"] and short.runs[1].needs == ("consistency",)
+    assert [r.cfg.train.steps for r in short.runs] == [300, 400, 200]
 
 
 def test_no_recipe_name_in_the_compare_and_demo_code():
