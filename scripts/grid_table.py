@@ -71,8 +71,12 @@ def measure(steps: int = 4, clips: int = 4, ode_steps: int = 50) -> str:
 
 
 def _prompts(n: int) -> list[str]:
-    colours, shapes = ["red", "yellow", "blue", "green"], ["circle", "triangle", "square", "circle"]
-    return [f"a {c} {s} moving left slowly on a black background" for c, s in zip(colours[:n], shapes[:n])]
+    """n captions of the toy world, one per shape (cycling), each colour in turn, moving left slowly on black."""
+    from distill import toyworld
+
+    colours = list(toyworld.COLOURS)
+    return [toyworld.Attributes(toyworld.SHAPES[i % len(toyworld.SHAPES)], colours[i % len(colours)], "black", "left",
+                                "slowly").caption() for i in range(n)]
 
 
 def main() -> None:
