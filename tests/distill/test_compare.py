@@ -9,10 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from distill import compare
 from distill.cli import main
-from distill.core.config import ConfigError
+from distill.core.config import CONFIG_DIR, ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = REPO / "configs" / "recipes"
@@ -133,6 +134,9 @@ def test_the_shipped_compare_configs_plan(tmp_path):
     short = compare.plan("toyworld-short", out=tmp_path / "short")  # the demo's runs (same folder names) plus DMD2
     assert [r.name for r in short.runs] == ["consistency", "apt", "dmd2"] and short.runs[1].needs == ("consistency",)
     assert [r.cfg.train.steps for r in short.runs] == [300, 400, 200]
+    configs = {name: yaml.safe_load((CONFIG_DIR / "compare" / f"{name}.yaml").read_text())["runs"]
+               for name in ("demo", "toyworld-short")}
+    assert {k: configs["toyworld-short"][k] for k in ("consistency", "apt")} == configs["demo"]  # reused runs stay the demo's
 
 
 def test_no_recipe_name_in_the_compare_and_demo_code():
