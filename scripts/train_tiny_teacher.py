@@ -16,7 +16,9 @@ Stages, each checkpointed under --work so that a killed run continues where it s
   6. report   sample held-out prompts at 50 UniPC steps and 4 Euler steps, read the clips back with the toy-world
               reader, write docs/tiny-teacher.json and the frame grid docs/tiny-teacher-grid.png
 
-Seeded and CPU-first; pass --device cuda to use a GPU.
+Seeded and CPU-first; pass --device cuda to use a GPU. `--reuse-vae TEACHER` takes an existing teacher's VAE
+(weights and latent statistics) and text encoder instead of stages 1-2, so that only the DiT is trained again:
+how the shipped DiT was trained longer on a GPU (docs/tiny-teacher.md).
 """
 
 from __future__ import annotations
@@ -214,8 +216,25 @@ def check_vae(vae, args, n: int = 32) -> dict:
 
 
 # --- stage 3: latents -------------------------------------------------------------------------------------------
+def reuse_vae(parts: dict, teacher: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Load `teacher`'s VAE and text encoder into `parts` (stages 1-2 are then not run); returns its per-channel
+    latent mean and std, which the DiT must keep using: they are part of the VAE's config that ships."""
+    for name, file in (("vae", "diffusion_pytorch_model.safetensors"), ("text_encoder", "model.safetensors")):
+        path = teacher / name / file
+        if not path.is_file():
+            sys.exit(f"--reuse-vae {teacher}: no {name}/{file} there (a teacher folder made by this script?)")
+        missing, unexpected = parts[name].load_state_dict(load_file(path), strict=False)
+        missing = [k for k in missing if not k.endswith("embed_tokens.weight")]  # UMT5's tied copy of `shared`
+        if missing or unexpected:
+            sys.exit(f"--reuse-vae {teacher}: {path} does not fit this script's {name} "
+                     f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    config = json.loads((teacher / "vae" / "config.json").read_text())
+    return torch.tensor(config["latents_mean"]), torch.tensor(config["latents_std"])
+
+
 @torch.no_grad()
-def encode_dataset(vae, args, work: Path) -> dict:
+def encode_dataset(vae, args, work: Path, stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
+    """`stats`: the latent mean and std to normalise with (a reused VAE's own); else measured on these clips."""
     path = work / "latents.safetensors"
     if path.exists():
         return load_file(path)
@@ -231,8 +250,7 @@ def encode_dataset(vae, args, work: Path) -> dict:
         if (i // 16) % 20 == 0:
             log(f"latents: {i + len(chunk)}/{len(examples)}")
     z = torch.cat(latents)
-    mean = z.mean(dim=(0, 2, 3, 4))
-    std = z.std(dim=(0, 2, 3, 4))
+    mean, std = stats if stats is not None else (z.mean(dim=(0, 2, 3, 4)), z.std(dim=(0, 2, 3, 4)))
     out = {"latents": z, "caption_ids": torch.tensor(ids), "mean": mean, "std": std}
     atomic_save(out, path)
     (work / "captions.json").write_text(json.dumps(captions))
@@ -244,7 +262,7 @@ def encode_dataset(vae, args, work: Path) -> dict:
 def text_embeddings(tokenizer, text_encoder, captions: list[str]) -> torch.Tensor:
     """Embeddings exactly as WanPipeline makes them: UMT5 states up to the real length, zeros after."""
     tok = tokenizer(captions, padding="max_length", max_length=MAX_SEQ, truncation=True, add_special_tokens=True,
-                    return_attention_mask=True, return_tensors="pt")
+                    return_attention_mask=True, return_tensors="pt").to(text_encoder.device)
     states = text_encoder(tok.input_ids, tok.attention_mask).last_hidden_state
     return states * tok.attention_mask[..., None]
 
@@ -261,14 +279,24 @@ def train_dit(transformer, embeds, null_embed, data, args, work: Path, spec_shif
         state = torch.load(state_path, weights_only=True)
         opt.load_state_dict(state["opt"])
         step = state["step"]
-        log(f"dit: resumed at step {step}")
+        if args.dit_minutes and state.get("dit_steps"):  # the length the budget fitted before the kill
+            args.dit_steps = state["dit_steps"]
+        log(f"dit: resumed at step {step} of {args.dit_steps}")
     z = ((data["latents"] - data["mean"].view(1, -1, 1, 1, 1)) / data["std"].view(1, -1, 1, 1, 1)).to(args.device)
     ids = data["caption_ids"].to(args.device)
     embeds, null_embed = embeds.to(args.device), null_embed.to(args.device)
     gen = torch.Generator(args.device)
     transformer.train()
-    t0, running = time.time(), 0.0
+    budget_start = time.time()
+    state = transformer.state_dict()  # views of the live parameters and buffers
+    float_keys = [k for k, v in state.items() if v.is_floating_point()]
+    ema = {k: v.to(args.device) for k, v in ema.items()}
+    ema_float = [ema[k] for k in float_keys]
+    t0, running, first = time.time(), 0.0, step
     while step < args.dit_steps:
+        if args.dit_minutes and step == first + BUDGET_PROBE and first == 0:
+            args.dit_steps = fit_budget(args, step, time.time() - budget_start)
+            log(f"dit: {args.dit_minutes} min fit {args.dit_steps} steps (re-run with --dit-steps {args.dit_steps})")
         gen.manual_seed(args.seed * 1_000_003 + step)  # the batch is a function of the step: exact resume
         warm = min(1.0, (step + 1) / 200)
         lr = args.dit_lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.dit_steps)))
@@ -293,22 +321,33 @@ def train_dit(transformer, embeds, null_embed, data, args, work: Path, spec_shif
         torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
         opt.step()
         step += 1
-        with torch.no_grad():
+        with torch.no_grad():  # one fused update of every floating tensor (a loop would launch 2 ops per tensor)
             decay = min(args.ema, (1 + step) / (10 + step))
-            for k, p in transformer.state_dict().items():
-                ema[k].mul_(decay).add_(p.detach(), alpha=1 - decay) if p.is_floating_point() else ema[k].copy_(p)
-        running += loss.item()
+            torch._foreach_lerp_(ema_float, [state[k] for k in float_keys], 1 - decay)
+        running = running + loss.detach()  # no .item() per step: on a GPU it would wait for every step
         if step % 100 == 0 or step == args.dit_steps:
-            log(f"dit step {step}/{args.dit_steps} loss {running / 100:.4f} lr {lr:.2e} "
+            log(f"dit step {step}/{args.dit_steps} loss {running.item() / 100:.4f} lr {lr:.2e} "
                 f"({(time.time() - t0) / 100:.2f}s/step)")
             t0, running = time.time(), 0.0
         if step % args.save_every == 0 or step == args.dit_steps:
             weights = {**{f"net.{k}": v for k, v in transformer.state_dict().items()},
                        **{f"ema.{k}": v for k, v in ema.items()}}
             atomic_save(weights, ckpt)
-            atomic_torch_save({"opt": opt.state_dict(), "step": step}, state_path)
+            atomic_torch_save({"opt": opt.state_dict(), "step": step, "dit_steps": args.dit_steps}, state_path)
     transformer.load_state_dict(ema)
     transformer.eval()
+
+
+BUDGET_PROBE = 300  # steps timed before --dit-minutes fixes the DiT's length
+
+
+def fit_budget(args, step: int, elapsed_s: float) -> int:
+    """The DiT's length that fills --dit-minutes at the pace of the steps timed so far (at most --dit-steps), in
+    hundreds. The cosine then runs to that length; the timed steps followed the --dit-steps schedule, at most 1.3%
+    above the learning rate the fitted length gives them (for lengths of 4,000 steps and more)."""
+    left = args.dit_minutes * 60 - elapsed_s
+    fit = step + int(left / (elapsed_s / BUDGET_PROBE))
+    return max(step, min(args.dit_steps, fit // 100 * 100))
 
 
 # --- stage 5: export --------------------------------------------------------------------------------------------
@@ -347,6 +386,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=Path("teachers/builtin/tiny-wan"))
     p.add_argument("--work", type=Path, default=Path("runs/tiny-teacher-work"), help="checkpoints for resume")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reuse-vae", type=Path, metavar="TEACHER",
+                   help="take this teacher folder's VAE (and text encoder) instead of training one: the DiT alone")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--vae-steps", type=int, default=900)
@@ -366,6 +407,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dit-layers", type=int, default=spec_defaults.dit_layers)
     p.add_argument("--dit-ffn", type=int, default=spec_defaults.dit_ffn)
     p.add_argument("--dit-steps", type=int, default=8000)
+    p.add_argument("--dit-minutes", type=float, default=0.0,
+                   help="fit the DiT's length to this many minutes, timed over its first 300 steps (at most "
+                        "--dit-steps); the log names the length, for an exact re-run")
     p.add_argument("--dit-batch", type=int, default=16)
     p.add_argument("--dit-lr", type=float, default=1e-3)
     p.add_argument("--caption-dropout", type=float, default=0.1)
@@ -386,16 +430,22 @@ def main(argv: list[str] | None = None) -> None:
         parts[name].to(args.device)
     parts["text_encoder"].eval().requires_grad_(False)
 
-    log("stage 1/6: vae")
-    train_vae(parts["vae"], args, args.work)
-    log("stage 2/6: vae decoder on whole clips")
-    finetune_decoder(parts["vae"], args, args.work)
+    stats = None
+    if args.reuse_vae:
+        stats = reuse_vae(parts, args.reuse_vae)
+        parts["vae"].eval().requires_grad_(False)
+        log(f"stages 1-2: the VAE and text encoder of {args.reuse_vae}")
+    else:
+        log("stage 1/6: vae")
+        train_vae(parts["vae"], args, args.work)
+        log("stage 2/6: vae decoder on whole clips")
+        finetune_decoder(parts["vae"], args, args.work)
     vae_check = check_vae(parts["vae"], args)
     log(f"vae on held-out clips: reader accuracy {vae_check['all']:.3f}, palette error "
         f"{vae_check['palette_error']:.1f} (ground truth: 1.000, ~0.4)")
     (args.work / "vae_check.json").write_text(json.dumps(vae_check))
     log("stage 3/6: latents")
-    data = encode_dataset(parts["vae"], args, args.work)
+    data = encode_dataset(parts["vae"], args, args.work, stats)
     log(f"latent mean {data['mean'].mean():.3f} std {data['std'].mean():.3f} over {len(data['latents'])} clips")
     log("stage 4/6: dit")
     captions = json.loads((args.work / "captions.json").read_text())

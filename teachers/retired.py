@@ -12,6 +12,9 @@ RETIRED = {
                         "toy world v2's teacher, docs/toy-world.md)",
     "61ee3e1765b95c77": "builtin:tiny-wan-a14b of the first toy world (replaced on 2026-12-03 by toy world v2's "
                         "two-expert teacher, docs/toy-world.md)",
+    "c4af5e267cd033f7": "builtin:tiny-wan of toy world v2 with its DiT trained on two CPU cores (8,000 steps of "
+                        "batch 16; replaced on 2026-12-04 by the same VAE with a DiT trained 6,200 steps of batch 64 "
+                        "on a GPU, docs/tiny-teacher.md)",
 }
 
 

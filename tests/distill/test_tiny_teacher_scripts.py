@@ -40,3 +40,38 @@ def test_patch_benchmark_refuses_a_patch_that_does_not_divide_the_latent(capsys)
     with pytest.raises(SystemExit):
         bench_patch(["--patch", "3"])
     assert "--patch 3: must divide the latent's 16 cells" in capsys.readouterr().err
+
+
+def test_a_dit_budget_fills_its_minutes_at_the_timed_pace():
+    from argparse import Namespace
+
+    from scripts.train_tiny_teacher import fit_budget
+
+    args = Namespace(dit_minutes=10.0, dit_steps=100_000)
+    assert fit_budget(args, 300, 30.0) == 6000  # 0.1 s/step, 570 s left: 5,700 more steps
+    assert fit_budget(args, 300, 31.0) == 5800  # rounded down to hundreds, never past the minutes
+    args.dit_steps = 4000
+    assert fit_budget(args, 300, 30.0) == 4000  # --dit-steps stays the ceiling
+    args.dit_minutes = 0.4
+    assert fit_budget(args, 300, 30.0) == 300  # the budget already spent: stop where it is
+
+
+def test_reuse_vae_takes_the_teachers_vae_and_its_latent_statistics(tmp_path, capsys):
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from distill import toyworld
+    from distill.teachers.wan.tiny import TinyWanSpec, build_components
+    from scripts.train_tiny_teacher import reuse_vae
+
+    shipped = Path("teachers/builtin/tiny-wan")
+    parts = build_components(TinyWanSpec(), toyworld.vocabulary(), seed=1)
+    mean, std = reuse_vae(parts, shipped)
+    weights = load_file(shipped / "vae" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(parts["vae"].state_dict()[k], v) for k, v in weights.items())
+    config = json.loads((shipped / "vae" / "config.json").read_text())
+    assert mean.tolist() == pytest.approx(config["latents_mean"]) and std.tolist() == pytest.approx(config["latents_std"])
+    with pytest.raises(SystemExit, match=r"--reuse-vae .*nowhere: no vae/diffusion_pytorch_model.safetensors"):
+        reuse_vae(parts, tmp_path / "nowhere")
