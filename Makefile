@@ -20,7 +20,7 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
-# The main job on the built-in teacher (25 minutes from an empty runs/demo on two CPU cores, measured): distil a 4-step consistency student and
+# The main job on the built-in teacher (22 minutes from an empty runs/demo on two CPU cores, measured): distil a 4-step consistency student and
 # a 1-step APT student (2 ranks under DeepSpeed), score them with the teacher and its naive few-step baselines on
 # the held-out suite, print the scorecard. Run it again to reuse finished stages or continue an interrupted one.
 demo: $(STAMP)
