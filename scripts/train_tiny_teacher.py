@@ -351,7 +351,7 @@ def fit_budget(args, step: int, elapsed_s: float) -> int:
 
 
 # --- stage 5: export --------------------------------------------------------------------------------------------
-def export(parts: dict, data: dict, spec: TinyWanSpec, out: Path) -> None:
+def export(parts: dict, data: dict, spec: TinyWanSpec, out: Path, made_by: str) -> None:
     from diffusers import AutoencoderKLWan, WanPipeline
 
     vae = parts["vae"]
@@ -375,7 +375,7 @@ def export(parts: dict, data: dict, spec: TinyWanSpec, out: Path) -> None:
     (tmp / "distill_teacher.json").write_text(json.dumps(defaults, indent=2) + "\n")
     (tmp / "README.md").write_text(
         "# tiny-wan\n\nThe built-in toy-world teacher of `distill` (`builtin:tiny-wan`): a diffusers WanPipeline.\n"
-        "Made by `python scripts/train_tiny_teacher.py --out teachers/builtin/tiny-wan`; see docs/tiny-teacher.md.\n"
+        f"Made by `python scripts/train_tiny_teacher.py {made_by}`; see docs/tiny-teacher.md.\n"
         f"Sample with max_sequence_length={MAX_SEQ}, 17 frames at 64x64.\n")
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
@@ -455,7 +455,7 @@ def main(argv: list[str] | None = None) -> None:
     log("stage 5/6: export")
     for name in ("text_encoder", "vae", "transformer"):
         parts[name].to("cpu")
-    export(parts, data, spec, args.out)
+    export(parts, data, spec, args.out, " ".join(sys.argv[1:] if argv is None else argv))
     train_minutes = (time.time() - started) / 60
     log(f"exported {args.out} ({sum(f.stat().st_size for f in args.out.rglob('*') if f.is_file()) / 1e6:.1f} MB) "
         f"after {train_minutes:.1f} min")
