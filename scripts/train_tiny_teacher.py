@@ -271,7 +271,7 @@ def train_dit(transformer, embeds, null_embed, data, args, work: Path, spec_shif
     ckpt, state_path = work / "dit.safetensors", work / "dit_state.pt"
     ema = {k: v.detach().clone() for k, v in transformer.state_dict().items()}
     opt = torch.optim.AdamW(transformer.parameters(), lr=args.dit_lr, weight_decay=0.01, betas=(0.9, 0.99))
-    step = 0
+    step, fitted = 0, False
     if state_path.exists():
         weights = load_file(ckpt)
         transformer.load_state_dict({k[4:]: v for k, v in weights.items() if k.startswith("net.")})
@@ -279,7 +279,8 @@ def train_dit(transformer, embeds, null_embed, data, args, work: Path, spec_shif
         state = torch.load(state_path, weights_only=True)
         opt.load_state_dict(state["opt"])
         step = state["step"]
-        if args.dit_minutes and state.get("dit_steps"):  # the length the budget fitted before the kill
+        fitted = bool(state.get("fitted"))
+        if args.dit_minutes and fitted:  # the length the budget fitted before the kill
             args.dit_steps = state["dit_steps"]
         log(f"dit: resumed at step {step} of {args.dit_steps}")
     z = ((data["latents"] - data["mean"].view(1, -1, 1, 1, 1)) / data["std"].view(1, -1, 1, 1, 1)).to(args.device)
@@ -294,9 +295,6 @@ def train_dit(transformer, embeds, null_embed, data, args, work: Path, spec_shif
     ema_float = [ema[k] for k in float_keys]
     t0, running, first = time.time(), 0.0, step
     while step < args.dit_steps:
-        if args.dit_minutes and step == first + BUDGET_PROBE and first == 0:
-            args.dit_steps = fit_budget(args, step, time.time() - budget_start)
-            log(f"dit: {args.dit_minutes} min fit {args.dit_steps} steps (re-run with --dit-steps {args.dit_steps})")
         gen.manual_seed(args.seed * 1_000_003 + step)  # the batch is a function of the step: exact resume
         warm = min(1.0, (step + 1) / 200)
         lr = args.dit_lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.dit_steps)))
@@ -325,15 +323,22 @@ def train_dit(transformer, embeds, null_embed, data, args, work: Path, spec_shif
             decay = min(args.ema, (1 + step) / (10 + step))
             torch._foreach_lerp_(ema_float, [state[k] for k in float_keys], 1 - decay)
         running = running + loss.detach()  # no .item() per step: on a GPU it would wait for every step
+        if args.dit_minutes and not fitted and step == first + BUDGET_PROBE:
+            # A run killed before its length was fitted fits it here anew, its minutes counted from the resume.
+            args.dit_steps, fitted = fit_budget(args, step, time.time() - budget_start, BUDGET_PROBE), True
+            log(f"dit: {args.dit_minutes} min fit {args.dit_steps} steps (re-run with --dit-steps {args.dit_steps})")
         if step % 100 == 0 or step == args.dit_steps:
             log(f"dit step {step}/{args.dit_steps} loss {running.item() / 100:.4f} lr {lr:.2e} "
                 f"({(time.time() - t0) / 100:.2f}s/step)")
             t0, running = time.time(), 0.0
-        if step % args.save_every == 0 or step == args.dit_steps:
+        if step % args.save_every == 0 or step == args.dit_steps or step == first + BUDGET_PROBE:
+            for k in state.keys() - set(float_keys):  # integer buffers, if any: copied, not averaged
+                ema[k].copy_(state[k])
             weights = {**{f"net.{k}": v for k, v in transformer.state_dict().items()},
                        **{f"ema.{k}": v for k, v in ema.items()}}
             atomic_save(weights, ckpt)
-            atomic_torch_save({"opt": opt.state_dict(), "step": step, "dit_steps": args.dit_steps}, state_path)
+            atomic_torch_save({"opt": opt.state_dict(), "step": step, "dit_steps": args.dit_steps, "fitted": fitted},
+                              state_path)
     transformer.load_state_dict(ema)
     transformer.eval()
 
@@ -341,12 +346,12 @@ def train_dit(transformer, embeds, null_embed, data, args, work: Path, spec_shif
 BUDGET_PROBE = 300  # steps timed before --dit-minutes fixes the DiT's length
 
 
-def fit_budget(args, step: int, elapsed_s: float) -> int:
+def fit_budget(args, step: int, elapsed_s: float, timed_steps: int) -> int:
     """The DiT's length that fills --dit-minutes at the pace of the steps timed so far (at most --dit-steps), in
     hundreds. The cosine then runs to that length; the timed steps followed the --dit-steps schedule, at most 1.3%
     above the learning rate the fitted length gives them (for lengths of 4,000 steps and more)."""
     left = args.dit_minutes * 60 - elapsed_s
-    fit = step + int(left / (elapsed_s / BUDGET_PROBE))
+    fit = step + int(left / (elapsed_s / timed_steps))
     return max(step, min(args.dit_steps, fit // 100 * 100))
 
 

@@ -48,12 +48,14 @@ def test_a_dit_budget_fills_its_minutes_at_the_timed_pace():
     from scripts.train_tiny_teacher import fit_budget
 
     args = Namespace(dit_minutes=10.0, dit_steps=100_000)
-    assert fit_budget(args, 300, 30.0) == 6000  # 0.1 s/step, 570 s left: 5,700 more steps
-    assert fit_budget(args, 300, 31.0) == 5800  # rounded down to hundreds, never past the minutes
+    assert fit_budget(args, 300, 30.0, 300) == 6000  # 0.1 s/step, 570 s left: 5,700 more steps
+    assert fit_budget(args, 300, 31.0, 300) == 5800  # rounded down to hundreds, never past the minutes
     args.dit_steps = 4000
-    assert fit_budget(args, 300, 30.0) == 4000  # --dit-steps stays the ceiling
+    assert fit_budget(args, 300, 30.0, 300) == 4000  # --dit-steps stays the ceiling
     args.dit_minutes = 0.4
-    assert fit_budget(args, 300, 30.0) == 300  # the budget already spent: stop where it is
+    assert fit_budget(args, 300, 30.0, 300) == 300  # the budget already spent: stop where it is
+    args.dit_minutes, args.dit_steps = 10.0, 100_000
+    assert fit_budget(args, 500, 30.0, 300) == 6200  # resumed at 200: the pace of the 300 steps since the resume
 
 
 def test_reuse_vae_takes_the_teachers_vae_and_its_latent_statistics(tmp_path, capsys):
