@@ -28,6 +28,9 @@ the exact one-sided 95% upper bound (Clopper-Pearson; with zero failures in n tr
 
 Resumable: each trial's eval is kept in --out/trials/trial-NNN.json (written whole or not at all) and its clips
 in --cache; a rerun evaluates only the trials that are missing. `--gates-only` gates the trials already there.
+`--minutes M` runs a block: it starts no trial that the last one's time says would end past M minutes, then gates
+the trials in. Until all are in, the report says it is interim and how many it holds, so the 80 trials can be run a
+block at a time on a machine whose --out and --cache persist.
 """
 
 from __future__ import annotations
@@ -86,18 +89,34 @@ def trial_seed(t: int, seeds: int) -> int:
     return seed
 
 
+def out_of_time(started: float, minutes: float | None, last_trial_s: float | None) -> bool:
+    """Whether a block of `minutes` (None: no limit) has no room left for another trial as long as the last one
+    evaluated in it (before the first, only a block already spent is out of time)."""
+    if minutes is None:
+        return False
+    return time.perf_counter() - started + (last_trial_s or 0.0) > 60 * minutes
+
+
 def run_trials(args, count: int) -> list[Path]:
+    """The first `count` trials' files, evaluating those missing; with `--minutes`, only as many as fit in the block
+    (the trials kept are always a prefix: trial t only after every trial before it)."""
     suite_file = SUITE_FILE
     teacher = load_teacher_config("tiny-wan")
     folder = args.out / "trials"
     folder.mkdir(parents=True, exist_ok=True)
     specs = model_specs(args)
     paths = []
+    started, last_s = time.perf_counter(), None
     for t in range(count):
         path = folder / f"trial-{t:03d}.json"
-        paths.append(path)
         if path.is_file():
+            paths.append(path)
             continue
+        if out_of_time(started, args.minutes, last_s):
+            print(f"stopped before trial {t} of {count}: the {args.minutes:g}-minute block is spent; the same command "
+                  f"continues from it", file=sys.stderr, flush=True)
+            break
+        paths.append(path)
         overrides = [f"seeds_per_prompt={args.seeds}", f"seed={trial_seed(t, args.seeds)}", "diversity.prompts=0",
                      "noise_floor=false", "speed.clips=1", "speed.warmup=0"]
         if args.prompts:
@@ -112,8 +131,8 @@ def run_trials(args, count: int) -> list[Path]:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(result))
         tmp.replace(path)
-        print(f"trial {t}: eval in {time.perf_counter() - t0:.0f} s ({len(harness.items)} clips per model)",
-              file=sys.stderr, flush=True)
+        last_s = time.perf_counter() - t0
+        print(f"trial {t}: eval in {last_s:.0f} s ({len(harness.items)} clips per model)", file=sys.stderr, flush=True)
     return paths
 
 
@@ -201,6 +220,45 @@ def table(res: dict[str, list[list[str]]]) -> list[str]:
     return lines
 
 
+def report(args, docs: list[dict], policy: Policy, scratch: Path) -> tuple[list[str], dict]:
+    """The calibration's tables (markdown lines) and record. Fewer trials than `--tune + --trials` make an interim
+    report that says how many are in: the tuning trials' trade-off as far as they go, the measurement as far as it
+    goes (the tolerance chosen on an incomplete tuning set is not the calibration's)."""
+    tuning, measuring = docs[:args.tune], docs[args.tune:]
+    grid = [float(r) for r in args.tolerances.split(",")]
+    chosen, trade = tune(policy, tuning, grid, scratch) if tuning else (None, [])
+    shipped = outcomes(policy, measuring, scratch) if measuring else {}
+    tuned = outcomes(with_tolerance(policy, chosen), measuring, scratch) if measuring and chosen is not None else None
+    seconds = [s for d in docs if (s := d.get("calibration", {}).get("eval_seconds"))]
+    clips = len(docs[0]["suite"]["seeds"])
+    interim = len(tuning) < args.tune or len(measuring) < args.trials
+    lines = [f"Gate calibration: policy {args.policy}, {len(measuring)} measurement trials and {len(tuning)} tuning "
+             f"trials, each a fresh baseline and current on {clips} clips of their own (toy-world held-out suite, "
+             f"{args.seeds} seeds per prompt); paired fixed-suite test, Holm at alpha {policy.alpha:g}.", ""]
+    if interim:
+        lines += [f"INTERIM: {len(tuning)} of {args.tune} tuning and {len(measuring)} of {args.trials} measurement "
+                  f"trials are in; the same command continues from trial {len(docs)}.", ""]
+    if NULL not in docs[0]["models"]:
+        lines += ["No --null-student: false alarms not measured.", ""]
+    if measuring:
+        lines += ["The shipped policy on the measurement trials:", "", *table(shipped), ""]
+    if trade:
+        lines += [f"Tuning trials (vs-baseline tolerance r; failed trials of {len(tuning)}):", "",
+                  "| r | " + " | ".join(trade[0][1]) + " |", "|---|" + "---|" * len(trade[0][1])]
+        lines += [f"| {r:g} | " + " | ".join(str(v) for v in counts.values()) + " |" for r, counts, _ in trade]
+        so_far = " so far" if len(tuning) < args.tune else ""
+        lines += ["", f"Chosen on the tuning trials{so_far}: r = {chosen:g}."]
+        if tuned is not None:
+            lines += ["Measured on the other trials:", "", *table(tuned)]
+    if seconds:
+        lines += ["", f"Eval time per trial: {sum(seconds) / len(seconds):.0f} s on average over {len(seconds)} "
+                      f"trials ({clips} clips per model)."]
+    record = {"policy": str(args.policy), "interim": interim, "tune_trials": len(tuning),
+              "measure_trials": len(measuring), "chosen_tolerance": chosen, "shipped": shipped, "tuned": tuned,
+              "trade_off": [{"r": r, "failed": counts, "of": n} for r, counts, n in trade]}
+    return lines, record
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--student", required=True, help="the baseline model: FOLDER@STEPS (or teacher@N for a smoke run)")
@@ -217,6 +275,9 @@ def main(argv=None) -> int:
     p.add_argument("--cache", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--gates-only", action="store_true", help="gate the trials already in --out, evaluate none")
+    p.add_argument("--minutes", type=float, help="a block of at most M minutes: no trial is started that the last "
+                   "one's time says would end past it; the trials in are then gated (an interim report until all "
+                   "are in) and the same command continues")
     args = p.parse_args(argv)
     if args.seeds is None:  # the suite's own design, so that a trial is the eval CI runs
         args.seeds = load(SuiteConfig, SUITE_FILE).seeds_per_prompt
@@ -226,41 +287,13 @@ def main(argv=None) -> int:
     else:
         paths = run_trials(args, args.tune + args.trials)
     docs = [json.loads(path.read_text()) for path in paths]
-    tuning, measuring = docs[:args.tune], docs[args.tune:]
-    if not measuring:
-        raise SystemExit(f"no measurement trials in {args.out / 'trials'} (tuning trials: {len(tuning)})")
-    policy = load_policy(args.policy)
-    scratch = args.out / "scratch-gate"
-    grid = [float(r) for r in args.tolerances.split(",")]
-    chosen, trade = tune(policy, tuning, grid, scratch) if tuning else (None, [])
-    shipped = outcomes(policy, measuring, scratch)
-    seconds = [d.get("calibration", {}).get("eval_seconds") for d in docs]
-    seconds = [s for s in seconds if s]
-
-    clips = len(docs[0]["suite"]["seeds"])
-    lines = [f"Gate calibration: policy {args.policy}, {len(measuring)} measurement trials and {len(tuning)} tuning "
-             f"trials, each a fresh baseline and current on {clips} clips of their own (toy-world held-out suite, "
-             f"{args.seeds} seeds per prompt); paired fixed-suite test, Holm at alpha {policy.alpha:g}.", ""]
-    if NULL not in docs[0]["models"]:
-        lines += ["No --null-student: false alarms not measured.", ""]
-    lines += [f"The shipped policy on the measurement trials:", "", *table(shipped), ""]
-    if chosen is not None:
-        tuned = outcomes(with_tolerance(policy, chosen), measuring, scratch)
-        lines += [f"Tuning trials (vs-baseline tolerance r; failed trials of {len(tuning)}):", "",
-                  "| r | " + " | ".join(trade[0][1]) + " |", "|---|" + "---|" * len(trade[0][1])]
-        lines += [f"| {r:g} | " + " | ".join(str(v) for v in counts.values()) + " |" for r, counts, _ in trade]
-        lines += ["", f"Chosen on the tuning trials: r = {chosen:g}. Measured on the other trials:", "", *table(tuned)]
-    if seconds:
-        lines += ["", f"Eval time per trial: {sum(seconds) / len(seconds):.0f} s on average over {len(seconds)} "
-                      f"trials ({clips} clips per model)."]
+    if not docs:
+        raise SystemExit(f"no trials in {args.out / 'trials'}: run without --gates-only (or with more --minutes)")
+    lines, record = report(args, docs, load_policy(args.policy), args.out / "scratch-gate")
     text = "\n".join(lines)
     print(text)
     (args.out / "calibration.md").write_text(text + "\n")
-    (args.out / "calibration.json").write_text(json.dumps(
-        {"policy": str(args.policy), "tune_trials": len(tuning), "measure_trials": len(measuring),
-         "chosen_tolerance": chosen, "shipped": shipped,
-         "tuned": None if chosen is None else outcomes(with_tolerance(policy, chosen), measuring, scratch),
-         "trade_off": [{"r": r, "failed": counts, "of": n} for r, counts, n in trade]}, indent=1))
+    (args.out / "calibration.json").write_text(json.dumps(record, indent=1))
     return 0
 
 

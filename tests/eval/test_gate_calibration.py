@@ -69,3 +69,35 @@ def test_trial_seeds_are_disjoint_from_each_other_and_from_the_replication():
     assert min(map(min, offsets)) > seeds * 21
     with pytest.raises(ConfigError, match="past 999"):
         calibrate.trial_seed(100, seeds)
+
+
+def test_a_block_of_minutes_starts_no_trial_the_last_ones_time_says_would_end_past_it():
+    now = calibrate.time.perf_counter()
+    assert not calibrate.out_of_time(now, None, 1e9)  # no block: never out of time
+    assert not calibrate.out_of_time(now, 10, None)  # nothing timed yet, nothing spent
+    assert not calibrate.out_of_time(now - 60, 10, 300)  # 1 min spent + 5 min trial <= 10
+    assert calibrate.out_of_time(now - 360, 10, 300)  # 6 + 5 > 10: the trial would end past the block
+    assert calibrate.out_of_time(now - 601, 10, None)  # spent before the first trial
+
+
+def args_for(tune: int, trials: int):
+    return calibrate.argparse.Namespace(tune=tune, trials=trials, tolerances="0,0.02", policy=Path("p.yaml"),
+                                        seeds=4)
+
+
+def test_an_incomplete_calibration_reports_what_is_in_and_says_it_is_interim(tmp_path):
+    # 2 of 3 tuning trials: the trade-off so far, no measurement table, no tolerance claimed as chosen
+    lines, record = calibrate.report(args_for(3, 5), [trial(s) for s in range(2)], POLICY, tmp_path)
+    text = "\n".join(lines)
+    assert "INTERIM: 2 of 3 tuning and 0 of 5 measurement trials" in text and "continues from trial 2" in text
+    assert "Chosen on the tuning trials so far: r = 0.02." in text and "Measured on" not in text
+    assert record["interim"] and record["tuned"] is None and record["shipped"] == {}
+    assert [row["failed"]["false alarm"] for row in record["trade_off"]] == [2, 0]
+    # all tuning trials and 1 of 5 measurement trials: the measurement as far as it goes, still interim
+    lines, record = calibrate.report(args_for(2, 5), [trial(s) for s in range(3)], POLICY, tmp_path)
+    text = "\n".join(lines)
+    assert "INTERIM: 2 of 2 tuning and 1 of 5 measurement trials" in text
+    assert record["tuned"]["teacher-2step"] == [[CLIP]] and record["measure_trials"] == 1
+    # complete: no interim line
+    lines, record = calibrate.report(args_for(1, 1), [trial(s) for s in range(2)], POLICY, tmp_path)
+    assert not record["interim"] and not any("INTERIM" in line for line in lines)
