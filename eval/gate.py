@@ -24,7 +24,7 @@ A policy (YAML, e.g. configs/eval/gates/toyworld.yaml):
         roles: [student]                     # optional: only models with one of these eval.json roles
         min_paired_diff_vs_teacher: -3.0     # exactly ONE bound per rule, of the kinds below
         interval_aware: false                # see below
-        baseline_test: paired                # max_regression_vs_baseline only: paired (default) | population
+        baseline_test: paired                # vs-baseline rules only: paired (default) | population
         required: false                      # every matched model must have the metric (else: skip)
         optional: false                      # the metric (or the models) may be absent from the whole eval
                                              # (else: exit 2)
@@ -45,6 +45,10 @@ Rule kinds. The point check, and (after "|") what `interval_aware: true` does wi
     max_regression_vs_baseline: r   r >= 0: at most r (relative) worse than the same model in the baseline
                                     eval.json, the direction from the record's `higher_is_better`
                                     (higher-is-better: value >= base - r|base|; else value <= base + r|base|).
+    max_worsening_vs_baseline: d    d >= 0: at most d worse, in the metric's own units (value <= base + d, or
+                                    >= base - d): for a distance near its noise floor (FVD vs the teacher of a
+                                    good student), where r|base| shrinks below the seed noise as the student
+                                    gets better. Tested like max_regression_vs_baseline (both below).
                                     `baseline_test: paired` (the default): the paired fixed-suite test below;
                                     `baseline_test: population`: the point check | fails only if the whole
                                     ci95 (prompts as a sample: the scorecard's view) is beyond that bound
@@ -105,7 +109,8 @@ GATE_SCHEMA = "distill.gate/1"
 PASS, FAIL, ERROR = 0, 1, 2
 
 BOUND_KINDS = ("min", "max", "min_paired_diff_vs_teacher", "max_paired_diff_vs_teacher", "min_ratio_to_teacher",
-               "max_ratio_to_teacher", "max_regression_vs_baseline")
+               "max_ratio_to_teacher", "max_regression_vs_baseline", "max_worsening_vs_baseline")
+BASELINE_KINDS = ("max_regression_vs_baseline", "max_worsening_vs_baseline")  # against the same model's baseline
 LOWER_BOUNDS = ("min", "min_paired_diff_vs_teacher", "min_ratio_to_teacher")  # observed >= bound
 
 
@@ -129,7 +134,8 @@ class Rule(BaseModel):
     min_ratio_to_teacher: float | None = Field(None, gt=0)
     max_ratio_to_teacher: float | None = Field(None, gt=0)
     max_regression_vs_baseline: float | None = Field(None, ge=0)
-    baseline_test: Literal["paired", "population"] = "paired"  # max_regression_vs_baseline only; see the module doc
+    max_worsening_vs_baseline: float | None = Field(None, ge=0)
+    baseline_test: Literal["paired", "population"] = "paired"  # vs-baseline rules only; see the module doc
     interval_aware: bool = False
     required: bool = False
     optional: bool = False
@@ -146,8 +152,8 @@ class Rule(BaseModel):
         if len(given) != 1:
             raise ValueError(f"give exactly one bound of {', '.join(BOUND_KINDS)}; got "
                              f"{', '.join(given) if given else 'none'} (write two rules for a range)")
-        if self.baseline_test != "paired" and self.kind != "max_regression_vs_baseline":
-            raise ValueError("baseline_test applies to max_regression_vs_baseline rules only")
+        if self.baseline_test != "paired" and self.kind not in BASELINE_KINDS:
+            raise ValueError(f"baseline_test applies to {' and '.join(BASELINE_KINDS)} rules only")
         if self.required and self.optional:
             raise ValueError("a rule cannot be both required (every model must have the metric) and optional "
                              "(the metric may be absent)")
@@ -161,6 +167,13 @@ class Rule(BaseModel):
     def limit(self) -> float:
         return getattr(self, self.kind)
 
+    def slack(self, baseline: float) -> float:
+        """How much worse than the baseline's value a vs-baseline rule allows, in the metric's units."""
+        return self.limit * abs(baseline) if self.kind == "max_regression_vs_baseline" else self.limit
+
+    def _allowed(self) -> str:
+        return (f"{self.limit:.0%}" if self.kind == "max_regression_vs_baseline" else f"{self.limit:g}") + " worse"
+
     def describe(self) -> str:
         if self.name:
             return self.name
@@ -171,9 +184,9 @@ class Rule(BaseModel):
             "max_paired_diff_vs_teacher": f"- teacher <= {self.limit:g} (paired)",
             "min_ratio_to_teacher": f">= {self.limit:g} x teacher",
             "max_ratio_to_teacher": f"<= {self.limit:g} x teacher",
-            "max_regression_vs_baseline": f"regresses <= {self.limit:.0%} vs baseline"
-                                          + (" (population view)" if self.baseline_test == "population" else ""),
-        }[self.kind]
+            "max_regression_vs_baseline": f"regresses <= {self.limit:.0%} vs baseline",
+            "max_worsening_vs_baseline": f"at most {self.limit:g} worse than baseline",
+        }[self.kind] + (" (population view)" if self.baseline_test == "population" else "")
         return f"{self.metric} {text}" + (" (interval-aware)" if self.interval_aware else "")
 
     def meaning(self) -> str:
@@ -189,13 +202,15 @@ class Rule(BaseModel):
             "min_ratio_to_teacher": (f"model / teacher is at least {b}", "below"),
             "max_ratio_to_teacher": (f"model / teacher is at most {b}", "above"),
             "max_regression_vs_baseline": (f"at most {self.limit:.0%} worse than the baseline's value", "beyond"),
+            "max_worsening_vs_baseline": (f"at most {self.limit:g} (the metric's units) worse than the baseline's "
+                                          "value", "beyond"),
         }[self.kind]
-        if self.kind == "max_regression_vs_baseline" and self.baseline_test == "paired":
-            return (f"paired fixed-suite test: fails when the model is more than {self.limit:.0%} worse than the "
+        if self.kind in BASELINE_KINDS and self.baseline_test == "paired":
+            return (f"paired fixed-suite test: fails when the model is more than {self._allowed()} than the "
                     "baseline's value on the same prompts and seeds, significantly given seed-to-seed noise alone "
                     "(one-sided, Holm-corrected over every paired check of this gate); an unchanged model passes")
         population = "population view (prompts as a sample of prompts like these): " \
-            if self.kind == "max_regression_vs_baseline" else ""
+            if self.kind in BASELINE_KINDS else ""
         if not self.interval_aware:
             return f"{population}point check: passes when {point}"
         return (f"{population}interval-aware: passes when {point}, or when the 95% interval reaches the bound; fails only when "
@@ -477,7 +492,7 @@ class Check:
     interval: tuple[float, float] | None = None
     message: str = ""
     meaning: str = ""
-    test: str | None = None  # max_regression_vs_baseline: "paired" (fixed suite) or "population"
+    test: str | None = None  # vs-baseline rules: "paired" (fixed suite) or "population"
     paired: dict | None = None  # the paired test: diff, se, df, se_kind, tolerance, p, p_adjusted
 
     @property
@@ -632,7 +647,7 @@ def check_regression_vs_baseline(rule: Rule, model: str, cur: EvalDoc, base: Eva
     if higher is None:
         return _gap(check, rule, f"{cur.path}: model {model!r} metric {rule.metric!r} has no 'higher_is_better'; "
                                  "a regression rule needs the direction", required=True)
-    slack = rule.limit * abs(b.value)
+    slack = rule.slack(b.value)
     bound = b.value - slack if higher else b.value + slack
     why = _population_reason(rule, m, cur, base)
     if why is None:
@@ -716,7 +731,7 @@ def paired_regression(rule: Rule, model: str, m: Metric, cur: EvalDoc, base: Eva
                                  "in both evals; nothing to pair", required=False)
     se, df, se_kind = seed_level_se(loo, strata)
     worse = -diff if higher else diff  # > 0: the current model is worse
-    tolerance = rule.limit * abs(b_value)
+    tolerance = rule.slack(b_value)
     z = worse - tolerance
     if se > 0:
         p = float(stdtr(df, -z / se))

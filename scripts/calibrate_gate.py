@@ -45,7 +45,7 @@ from pathlib import Path
 from scipy.stats import beta
 
 from distill.core.config import CONFIG_DIR, ConfigError, load
-from distill.eval.gate import Policy, evaluate, load_eval, load_policy
+from distill.eval.gate import BASELINE_KINDS, Policy, evaluate, load_eval, load_policy
 from distill.eval.harness import Harness
 from distill.eval.suite import ModelSpec, SuiteConfig, parse_model_spec, real_clips_for, suite_prompts
 from distill.teachers.config import load_teacher_config
@@ -54,6 +54,8 @@ SUITE_FILE = CONFIG_DIR / "eval" / "suites" / "toyworld-held-out.yaml"
 SEED_BASE = 600  # per-prompt seed offsets from here up to 999: above scripts/replicate_eval.py's, below the next prompt
 STUDENT, NULL, COLLAPSED = "student", "null", "collapsed"
 REGRESSIONS = ("teacher-2step", "student-below", COLLAPSED)
+RELATIVE_GRID = "0,0.02,0.05,0.1,0.15,0.25,0.5"  # max_regression_vs_baseline: fractions of the baseline's value
+ABSOLUTE_GRID = "0,0.25,0.5,1,1.5,2,3,5"  # max_worsening_vs_baseline: the metric's units (FVD vs teacher: CD-4 ~1.5)
 
 
 class CollapsingHarness(Harness):
@@ -136,6 +138,36 @@ def run_trials(args, count: int) -> list[Path]:
     return paths
 
 
+MODEL_KEYS = ("source", "steps", "sampler", "guidance", "shift", "checkpoint_hash", "decoder")
+PER_TRIAL = ("seed", "seeds")  # the suite keys a trial changes: everything else is one protocol
+
+
+def check_trials(docs: list[dict], paths: list[Path]) -> None:
+    """Refuse a calibration whose trials are not of one protocol: the same models (weights by checkpoint hash,
+    steps, sampler) on the same suite apart from its seeds. A calibration run a block at a time can otherwise mix,
+    say, trials of a student retrained between two blocks. Names the first trial that differs and how."""
+    def protocol(doc: dict) -> dict:
+        return {"models": {name: {k: entry.get(k) for k in MODEL_KEYS} for name, entry in doc["models"].items()},
+                "suite": {k: v for k, v in doc["suite"].items() if k not in PER_TRIAL}}
+
+    first = protocol(docs[0])
+    for doc, path in zip(docs[1:], paths[1:]):
+        other = protocol(doc)
+        if other == first:
+            continue
+        diffs = [f"suite.{k}" for k in sorted(set(first["suite"]) | set(other["suite"]))
+                 if first["suite"].get(k) != other["suite"].get(k)]
+        for name in sorted(set(first["models"]) | set(other["models"])):
+            a, b = first["models"].get(name), other["models"].get(name)
+            if a is None or b is None:
+                diffs.append(f"model {name!r} {'only in ' + path.name if a is None else 'missing'}")
+            else:
+                diffs += [f"{name}.{k}: {a[k]!r} in {paths[0].name}, {b[k]!r} here" for k in MODEL_KEYS if a[k] != b[k]]
+        raise SystemExit(f"{path}: not the protocol of {paths[0].name} ({'; '.join(diffs)}); a calibration's trials "
+                         f"must share their models and suite. Move the trials of the other protocol out of "
+                         f"{path.parent}, or calibrate them apart with another --out")
+
+
 def posing(doc: dict, model: str) -> dict:
     """The eval with `model` (and its per-clip values) as the student, the other non-teacher models removed."""
     out = copy.deepcopy(doc)
@@ -174,11 +206,20 @@ def outcomes(policy: Policy, docs: list[dict], scratch: Path) -> dict[str, list[
 
 
 def with_tolerance(policy: Policy, r: float) -> Policy:
+    """The policy with every vs-baseline rule's tolerance set to r, in the rule's own form (a fraction of the
+    baseline's value for max_regression_vs_baseline, the metric's units for max_worsening_vs_baseline)."""
     data = policy.model_dump(exclude_none=True)
     for rule in data["rules"]:
-        if "max_regression_vs_baseline" in rule:
-            rule["max_regression_vs_baseline"] = r
+        for kind in BASELINE_KINDS:
+            if kind in rule:
+                rule[kind] = r
     return Policy.model_validate(data)
+
+
+def default_grid(policy: Policy) -> str:
+    """The tolerance grid for the policy's form of vs-baseline rule."""
+    absolute = any(rule.kind == "max_worsening_vs_baseline" for rule in policy.rules)
+    return ABSOLUTE_GRID if absolute else RELATIVE_GRID
 
 
 def tune(policy: Policy, docs: list[dict], grid: list[float], scratch: Path) -> tuple[float, list[tuple]]:
@@ -225,7 +266,7 @@ def report(args, docs: list[dict], policy: Policy, scratch: Path) -> tuple[list[
     report that says how many are in: the tuning trials' trade-off as far as they go, the measurement as far as it
     goes (the tolerance chosen on an incomplete tuning set is not the calibration's)."""
     tuning, measuring = docs[:args.tune], docs[args.tune:]
-    grid = [float(r) for r in args.tolerances.split(",")]
+    grid = [float(r) for r in (args.tolerances or default_grid(policy)).split(",")]
     chosen, trade = tune(policy, tuning, grid, scratch) if tuning else (None, [])
     shipped = outcomes(policy, measuring, scratch) if measuring else {}
     tuned = outcomes(with_tolerance(policy, chosen), measuring, scratch) if measuring and chosen is not None else None
@@ -268,7 +309,8 @@ def main(argv=None) -> int:
     p.add_argument("--policy", type=Path, default=CONFIG_DIR / "eval" / "gates" / "toyworld.yaml")
     p.add_argument("--trials", type=int, default=60, help="measurement trials (false alarms and detections)")
     p.add_argument("--tune", type=int, default=20, help="tuning trials, before them, that choose the tolerance")
-    p.add_argument("--tolerances", default="0,0.02,0.05,0.1,0.15,0.25,0.5", help="tolerance grid for tuning")
+    p.add_argument("--tolerances", help=f"tolerance grid for tuning (default: {RELATIVE_GRID} for a relative "
+                   f"vs-baseline rule, {ABSOLUTE_GRID} for an absolute one)")
     p.add_argument("--prompts", type=int, help="only the first N prompts of the suite (a smoke run)")
     p.add_argument("--seeds", type=int, help="seeds per prompt (the paired se needs at least 2; default: the "
                    "suite's own, 2 for toyworld-held-out)")
@@ -289,6 +331,7 @@ def main(argv=None) -> int:
     docs = [json.loads(path.read_text()) for path in paths]
     if not docs:
         raise SystemExit(f"no trials in {args.out / 'trials'}: run without --gates-only (or with more --minutes)")
+    check_trials(docs, paths)
     lines, record = report(args, docs, load_policy(args.policy), args.out / "scratch-gate")
     text = "\n".join(lines)
     print(text)

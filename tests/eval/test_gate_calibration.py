@@ -101,3 +101,32 @@ def test_an_incomplete_calibration_reports_what_is_in_and_says_it_is_interim(tmp
     # complete: no interim line
     lines, record = calibrate.report(args_for(1, 1), [trial(s) for s in range(2)], POLICY, tmp_path)
     assert not record["interim"] and not any("INTERIM" in line for line in lines)
+
+
+def test_trials_of_another_protocol_are_refused_naming_the_trial_and_the_difference():
+    docs = [trial(s) for s in range(3)]
+    for d in docs:
+        d["models"]["student"].update(source="runs/cd/export", steps=4, checkpoint_hash="aaaa")
+        d["suite"]["seed"] = 600 + 2 * docs.index(d)  # trials differ in their seeds: that is the design
+    paths = [Path(f"out/trials/trial-{t:03d}.json") for t in range(3)]
+    calibrate.check_trials(docs, paths)
+    docs[2]["models"]["student"]["checkpoint_hash"] = "bbbb"  # the student retrained between two blocks
+    with pytest.raises(SystemExit, match=r"trial-002.json: not the protocol of trial-000.json "
+                                         r"\(student.checkpoint_hash: 'aaaa' in trial-000.json, 'bbbb' here\)"):
+        calibrate.check_trials(docs, paths)
+    docs[2]["models"]["student"]["checkpoint_hash"] = "aaaa"
+    docs[1]["suite"]["frames"] = 9
+    with pytest.raises(SystemExit, match=r"trial-001.json: .*suite\.frames"):
+        calibrate.check_trials(docs, paths)
+
+
+def test_tuning_sets_the_tolerance_in_each_rules_own_form(tmp_path):
+    absolute = Policy.model_validate({"name": "p", "rules": [{"metric": CLIP, "roles": ["student"],
+                                                              "max_worsening_vs_baseline": 0.0}]})
+    assert calibrate.default_grid(POLICY) == calibrate.RELATIVE_GRID
+    assert calibrate.default_grid(absolute) == calibrate.ABSOLUTE_GRID
+    assert calibrate.with_tolerance(absolute, 2.0).rules[0].max_worsening_vs_baseline == 2.0
+    assert calibrate.with_tolerance(POLICY, 0.1).rules[0].max_regression_vs_baseline == 0.1
+    # the retrained student is 0.3 points worse: 0.25 points is too little (significant), 0.5 enough
+    chosen, trade = calibrate.tune(absolute, [trial(s) for s in range(2)], [0.0, 0.25, 0.5], tmp_path)
+    assert chosen == 0.5 and [counts["false alarm"] for _, counts, _ in trade] == [2, 2, 0]

@@ -202,3 +202,31 @@ def test_shipped_policies_load_and_regress_against_a_baseline_by_the_paired_test
     code, report = gate(tmp_path, d, d, (gates / "toyworld-speed.yaml").read_text(), "speed")
     (check,) = report["checks"]
     assert code == 0 and check["test"] == "population" and "timing" in check["message"]
+
+
+def test_an_absolute_tolerance_stays_put_where_a_relative_one_shrinks_with_a_baseline_near_zero(tmp_path):
+    """A distance near its noise floor (a good student's FVD vs the teacher): r|base| shrinks below the seed noise,
+    so a relative tolerance fails a change an absolute one in the metric's units tolerates, and vice versa far from
+    zero. Lower is better here (a KVD-like record with leave-one-clip-out values)."""
+    rng = np.random.default_rng(3)
+    prompts = np.repeat(np.arange(40), 2)
+    loo_base = 1.0 + rng.normal(0, 0.001, prompts.size)
+    loo_cur = loo_base + 0.6 + rng.normal(0, 0.001, prompts.size)  # 0.6 worse; seed-level se about 0.02
+    cur = doc({"student": np.zeros(prompts.size)}, prompts, sets={"student": (1.6, loo_cur)})
+    bas = doc({"student": np.zeros(prompts.size)}, prompts, sets={"student": (1.0, loo_base)})
+
+    def rule(bound):
+        return f"name: p\nrules:\n  - metric: '{KVD}'\n    roles: [student]\n    {bound}\n"
+
+    code, report = gate(tmp_path, cur, bas, rule("max_regression_vs_baseline: 0.15"), "relative")
+    assert code == 1 and report["checks"][0]["paired"]["tolerance"] == pytest.approx(0.15)  # 15% of 1.0
+    code, report = gate(tmp_path, cur, bas, rule("max_worsening_vs_baseline: 1.0"), "absolute")
+    (check,) = report["checks"]
+    assert code == 0 and check["paired"]["tolerance"] == 1.0 and check["test"] == "paired"
+    assert "at most 1 worse than baseline" in check["rule"] and "1 worse than the baseline" in check["meaning"]
+    code, report = gate(tmp_path, cur, bas, rule("max_worsening_vs_baseline: 0.5"), "absolute-tight")
+    assert code == 1  # 0.6 worse, significantly more than 0.5
+    with pytest.raises(Exception, match="exactly one bound"):
+        load_policy_text = rule("max_worsening_vs_baseline: 1.0\n    max_regression_vs_baseline: 0.1")
+        (tmp_path / "two.yaml").write_text(load_policy_text)
+        load_policy(tmp_path / "two.yaml")
