@@ -6,8 +6,9 @@
 
 Every trial is CI's situation: a baseline eval and a current eval on the SAME prompts and seeds, gated by
 `distill.eval.gate.evaluate` exactly as `distill gate` runs it (the paired fixed-suite test, Holm over rules x
-models). Trial t is one eval of the held-out suite at suite seed 600 + S t (S seeds per prompt: prompt i gets seeds
-1000 i + 600 + S t .. + S - 1), so no two trials share a clip, and none shares one with scripts/replicate_eval.py,
+models). Trial t is one eval of the held-out suite at suite seed 600 + K t, K the larger of the seeds per prompt S
+and the diversity set's seeds (prompt i gets seeds 1000 i + 600 + K t .. + S - 1, its diversity clips 500,000 more
+.. + its diversity seeds - 1), so no two trials share a clip, and none shares one with scripts/replicate_eval.py,
 whose sets use per-prompt offsets below 600 (up to 149 sets at S = 4). Each trial scores, besides the teacher:
 
     student        the baseline (`--student`), fresh in every trial;
@@ -84,6 +85,8 @@ def model_specs(args) -> list[ModelSpec]:
 
 
 def trial_seed(t: int, seeds: int) -> int:
+    """Trial t's suite seed, `seeds` apart: the most seeds a prompt gets in one trial (its suite clips, or its
+    diversity clips, which the harness draws from the same per-prompt offsets 500,000 higher)."""
     seed = SEED_BASE + seeds * t
     if seed + seeds > 1000:  # the next prompt's block of seeds starts at 1000: its noise would be reused
         raise ConfigError(f"trial {t} at {seeds} seeds per prompt needs per-prompt seeds up to {seed + seeds - 1}, "
@@ -107,6 +110,7 @@ def run_trials(args, count: int) -> list[Path]:
     folder = args.out / "trials"
     folder.mkdir(parents=True, exist_ok=True)
     specs = model_specs(args)
+    step = max(args.seeds, load(SuiteConfig, suite_file).diversity.seeds)
     paths = []
     started, last_s = time.perf_counter(), None
     for t in range(count):
@@ -119,8 +123,10 @@ def run_trials(args, count: int) -> list[Path]:
                   f"continues from it", file=sys.stderr, flush=True)
             break
         paths.append(path)
-        overrides = [f"seeds_per_prompt={args.seeds}", f"seed={trial_seed(t, args.seeds)}", "diversity.prompts=0",
-                     "noise_floor=false", "speed.clips=1", "speed.warmup=0"]
+        # the suite as CI runs it, its diversity set included (the collapsed student is caught there), less what
+        # no quality rule reads: the noise floor, and timings beyond one clip (speed is gated apart)
+        overrides = [f"seeds_per_prompt={args.seeds}", f"seed={trial_seed(t, step)}", "noise_floor=false",
+                     "speed.clips=1", "speed.warmup=0"]
         if args.prompts:
             overrides.append(f"max_prompts={args.prompts}")
         suite = load(SuiteConfig, suite_file, overrides)

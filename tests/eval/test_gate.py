@@ -13,9 +13,9 @@ from distill.eval.gate import GateError, _compare, load_policy, run_gate
 
 ROOT = Path(__file__).resolve().parents[2]
 TOYWORLD = ROOT / "configs" / "eval" / "gates" / "toyworld.yaml"
-CLIP, FVD_T, KVD_T, VBENCH, WARP, SPEEDUP = (
+CLIP, FVD_T, KVD_T, VBENCH, WARP, SPEEDUP, DIV = (
     "clipsim[domain-clip]", "fvd[domain-video-net,17f]:vs_teacher", "kvd[domain-video-net,17f]:vs_teacher",
-    "flicker.vbench", "flicker.warp_error[farneback]", "speed.speedup_vs_teacher")
+    "flicker.vbench", "flicker.warp_error[farneback]", "speed.speedup_vs_teacher", "diversity[domain-video-net,17f]")
 
 
 def rec(value, ci=None, hib=True, paired=None):
@@ -30,7 +30,8 @@ def teacher_metrics():
             KVD_T: rec(0.01, [-0.02, 0.04], hib=False),
             "fvd[domain-video-net,17f]:noise_floor": rec(5.0, [3.0, 7.0], hib=False),
             VBENCH: rec(0.98, [0.975, 0.985], paired=(0.0, (0.0, 0.0))), WARP: rec(0.020, [0.018, 0.022], hib=False),
-            SPEEDUP: rec(1.0, [1.0, 1.0]), "some.future_metric": {"value": 1, "whatever": [1, 2]}}
+            SPEEDUP: rec(1.0, [1.0, 1.0]), DIV: rec(4.6, [3.3, 6.0], paired=(0.0, (0.0, 0.0))),
+            "some.future_metric": {"value": 1, "whatever": [1, 2]}}
 
 
 def eval_doc(student_metrics=None, teacher=True):
@@ -73,7 +74,7 @@ def degraded():
 def test_shipped_policy_is_valid():
     policy = load_policy(TOYWORLD)
     assert policy.name == "toyworld"
-    assert {r.metric for r in policy.rules} == {CLIP, FVD_T, KVD_T, VBENCH, WARP}
+    assert {r.metric for r in policy.rules} == {CLIP, FVD_T, KVD_T, VBENCH, WARP, DIV}
     speed = load_policy(TOYWORLD.with_name("toyworld-speed.yaml"))
     assert {r.metric for r in speed.rules} == {SPEEDUP}  # timings gate on their own (a dedicated machine)
     clip_rule = next(r for r in policy.rules if r.metric == CLIP)
@@ -85,7 +86,7 @@ def test_teacher_vs_itself_passes(tmp_path):
     doc = eval_doc()
     code, report, out = run(tmp_path, doc, baseline=doc)
     assert code == 0, report
-    assert report["verdict"] == "PASS" and report["counts"] == {"pass": 5, "fail": 0, "skip": 0, "error": 0}
+    assert report["verdict"] == "PASS" and report["counts"] == {"pass": 6, "fail": 0, "skip": 0, "error": 0}
     assert all(c["passed"] is True for c in report["checks"])
     md = (out / "gate.md").read_text()
     assert "PASS" in md and "FAIL" not in md
@@ -102,6 +103,16 @@ def test_degraded_student_fails_with_junit_failure(tmp_path):
     assert "FAIL" in (out / "gate.md").read_text().splitlines()[0]
 
 
+def test_a_collapsed_student_fails_on_diversity_alone(tmp_path):
+    """Every seed of a prompt the same clip: FVD and prompt adherence can stay within noise, diversity is 0."""
+    m = teacher_metrics()
+    m[DIV] = rec(0.0, [0.0, 0.0], paired=(-4.6, (-5.9, -3.3)))
+    code, report, _ = run(tmp_path, eval_doc(m), baseline=eval_doc())
+    assert code == 1 and {c["metric"] for c in report["checks"] if c["status"] == "fail"} == {DIV}
+    m[DIV] = rec(2.8, [1.2, 4.4], paired=(-1.8, (-3.4, -0.2)))  # 0.61 of the teacher's: less varied, not collapsed
+    assert run(tmp_path, eval_doc(m), baseline=eval_doc())[0] == 0
+
+
 def test_junit_parses_and_counts(tmp_path):
     code, report, out = run(tmp_path, eval_doc(degraded()), baseline=None)  # no baseline: the FVD rule skips
     assert code == 1
@@ -110,11 +121,11 @@ def test_junit_parses_and_counts(tmp_path):
     assert len(suites) == 1
     suite = suites[0]
     cases = suite.findall("testcase")
-    assert int(suite.get("tests")) == len(cases) == 5 == int(root.get("tests"))
+    assert int(suite.get("tests")) == len(cases) == 6 == int(root.get("tests"))
     assert int(suite.get("failures")) == len(suite.findall("testcase/failure")) == 2
     assert int(suite.get("skipped")) == len(suite.findall("testcase/skipped")) == 1
     assert int(suite.get("errors")) == 0
-    assert report["counts"] == {"pass": 2, "fail": 2, "skip": 1, "error": 0}
+    assert report["counts"] == {"pass": 3, "fail": 2, "skip": 1, "error": 0}
 
 
 def test_bad_policy_key_is_an_error_naming_key_and_file(tmp_path, capsys):
