@@ -241,7 +241,8 @@ def test_the_harness_scores_an_image_suite_end_to_end(tmp_path):
     from distill.teachers.config import load_teacher_config
 
     suite = SuiteConfig(name="i2v-test", toyworld_split="held_out", real="toyworld", first_images="toyworld",
-                        diversity={"prompts": 0}, speed={"clips": 1, "warmup": 0}, noise_floor=False, batch_size=4)
+                        diversity={"prompts": 2, "seeds": 2}, speed={"clips": 1, "warmup": 0}, noise_floor=False,
+                        batch_size=4)  # the I2V gate's diversity rule needs the diversity set
     prompts = toyworld.prompt_suite("held_out").prompts[::14][:3]
     harness = Harness(suite, load_teacher_config("tiny-wan"), prompts, tmp_path, real_clips=real_clips_for(suite),
                       progress=False)
