@@ -32,7 +32,7 @@ import math
 from typing import Callable, Sequence
 
 import numpy as np
-from scipy.special import stdtr, stdtrit
+from scipy.special import ndtri, stdtr, stdtrit
 
 CI_LEVEL = 0.95  # the level behind every "ci95" in eval.json
 
@@ -389,6 +389,20 @@ def bias_matters(record: dict, fraction: float = BIAS_SE_FRACTION) -> bool:
 
 
 # --- multiplicity: one eval prints many intervals -----------------------------------------------------------------
+
+def wilson_interval(hits: int, trials: int, level: float = CI_LEVEL) -> tuple[float, float]:
+    """Wilson's score interval (Wilson 1927) for a rate of `hits` in `trials` independent trials: the interval of
+    rates whose normal-approximation test does not reject the observed share. Unlike the Wald interval it stays
+    inside [0, 1] and is not empty at 0 or n hits (at 0 of n its upper end is z²/(n + z²): 0.060 at n = 60)."""
+    if trials < 1 or not 0 <= hits <= trials:
+        raise ValueError(f"wilson_interval: {hits} hits in {trials} trials")
+    _check_level(level)
+    z = float(ndtri(0.5 + level / 2))
+    p = hits / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    return (0.0 if hits == 0 else centre - half), (1.0 if hits == trials else centre + half)
+
 
 def t_p_value(value: float, se: float, df: int) -> float:
     """Two-sided p-value of "the target is 0" from an estimate, its standard error and the t interval's degrees

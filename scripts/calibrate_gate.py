@@ -25,7 +25,8 @@ The first `--tune` trials are tuning sets: on them alone the script picks the to
 vs-baseline rules (the smallest in `--tolerances` with no false alarm there), then measures the shipped and the
 tuned policy on the other `--trials` trials, which played no part in choosing it. False alarms are reported with
 the exact one-sided 95% upper bound (Clopper-Pearson; with zero failures in n trials it is 1 - 0.05^(1/n), about
-3/n), detections with the exact two-sided 95% interval. Trials are independent given the two trained models.
+3/n), detections with the exact two-sided 95% interval; every row also with Wilson's score interval (two-sided
+95%; its upper end at 0 of 60 is 0.060). Trials are independent given the two trained models.
 
 Resumable: each trial's eval is kept in --out/trials/trial-NNN.json (written whole or not at all) and its clips
 in --cache; a rerun evaluates only the trials that are missing. `--gates-only` gates the trials already there.
@@ -48,6 +49,7 @@ from scipy.stats import beta
 from distill.core.config import CONFIG_DIR, ConfigError, load
 from distill.eval.gate import BASELINE_KINDS, Policy, evaluate, load_eval, load_policy
 from distill.eval.harness import Harness
+from distill.eval.stats import wilson_interval
 from distill.eval.suite import ModelSpec, SuiteConfig, parse_model_spec, real_clips_for, suite_prompts
 from distill.teachers.config import load_teacher_config
 
@@ -250,7 +252,8 @@ def exact_interval(k: int, n: int) -> tuple[float, float]:
 
 
 def table(res: dict[str, list[list[str]]]) -> list[str]:
-    lines = ["| trial | k / n | rate | exact 95% | rules that failed (trials) |", "|---|---|---|---|---|"]
+    lines = ["| trial | k / n | rate | exact 95% | Wilson 95% | rules that failed (trials) |",
+             "|---|---|---|---|---|---|"]
     for kind, fails in res.items():
         k, n = sum(bool(f) for f in fails), len(fails)
         per_rule: dict[str, int] = {}
@@ -263,7 +266,8 @@ def table(res: dict[str, list[list[str]]]) -> list[str]:
         else:
             lo, hi = exact_interval(k, n)
             bound = f"[{lo:.2f}, {hi:.2f}]"
-        lines.append(f"| {kind} | {k} / {n} | {k / n:.3f} | {bound} | {rules} |")
+        lo, hi = wilson_interval(k, n)
+        lines.append(f"| {kind} | {k} / {n} | {k / n:.3f} | {bound} | [{lo:.3f}, {hi:.3f}] | {rules} |")
     return lines
 
 

@@ -72,7 +72,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from distill.eval.frechet import frechet_distance, frechet_distance_of_features  # noqa: E402
 from distill.eval.kvd import kvd  # noqa: E402
 from distill.eval.stats import (bootstrap_set_statistic, clustered_mean_interval, set_difference_interval,  # noqa: E402
-                                set_interval)
+                                set_interval, wilson_interval)
 
 SHIPPED = ("fvd_shipped", "kvd_matched_shipped", "fvd_diff_shipped", "kvd_diff_shipped", "mean_shipped")
 CHECKED = ("fvd", "kvd", "kvd_matched", "fvd_diff", "kvd_diff", "fvd_clustered", "mean_clustered") + SHIPPED
@@ -276,11 +276,8 @@ def _statistics():
     }
 
 
-def _wilson(hits: int, trials: int, z: float = 1.96) -> list[float]:
-    p = hits / trials
-    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
-    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
-    return [centre - half, centre + half]
+def _wilson(hits: int, trials: int) -> list[float]:
+    return list(wilson_interval(hits, trials))
 
 
 def _summary(name: str, truth: float, truth_se: float, points, intervals, ses, rows: int, dim: int | None) -> dict:

@@ -130,3 +130,9 @@ def test_tuning_sets_the_tolerance_in_each_rules_own_form(tmp_path):
     # the retrained student is 0.3 points worse: 0.25 points is too little (significant), 0.5 enough
     chosen, trade = calibrate.tune(absolute, [trial(s) for s in range(2)], [0.0, 0.25, 0.5], tmp_path)
     assert chosen == 0.5 and [counts["false alarm"] for _, counts, _ in trade] == [2, 2, 0]
+
+
+def test_the_table_gives_wilson_intervals_beside_the_exact_ones():
+    text = "\n".join(calibrate.table({"false alarm": [[]] * 60, "teacher-2step": [[CLIP]] * 60}))
+    assert "| false alarm | 0 / 60 | 0.000 | ≤ 0.049 (one-sided) | [0.000, 0.060] |" in text
+    assert "| teacher-2step | 60 / 60 | 1.000 | [0.94, 1.00] | [0.940, 1.000] |" in text

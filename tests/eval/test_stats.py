@@ -184,3 +184,13 @@ def test_within_prompt_se_matches_the_spread_of_reruns_on_the_same_prompts():
     assert abs(np.mean(se_seeds) / observed - 1) < 0.1
     assert np.mean(se_cluster) > 3 * observed  # the prompts' spread dominates the cluster se
     assert within_prompt_se(np.arange(5.0), np.arange(5)) is None  # one value per prompt: no within spread
+
+
+def test_wilson_interval_matches_the_textbook_values_and_refuses_impossible_counts():
+    from distill.eval.stats import wilson_interval
+
+    assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)  # Agresti & Coull (1998), 95%
+    assert wilson_interval(0, 20) == (0.0, pytest.approx(0.1611, abs=1e-4))
+    assert wilson_interval(20, 20)[1] == 1.0
+    with pytest.raises(ValueError, match="3 hits in 2 trials"):
+        wilson_interval(3, 2)
