@@ -294,7 +294,9 @@ def report(args, docs: list[dict], policy: Policy, scratch: Path) -> tuple[list[
     if measuring:
         lines += ["The shipped policy on the measurement trials:", "", *table(shipped), ""]
     if trade:
-        lines += [f"Tuning trials (vs-baseline tolerance r; failed trials of {len(tuning)}):", "",
+        form = ("in the metric's units" if default_grid(policy) == ABSOLUTE_GRID
+                else "a fraction of the baseline's value")
+        lines += [f"Tuning trials (vs-baseline tolerance r, {form}; failed trials of {len(tuning)}):", "",
                   "| r | " + " | ".join(trade[0][1]) + " |", "|---|" + "---|" * len(trade[0][1])]
         lines += [f"| {r:g} | " + " | ".join(str(v) for v in counts.values()) + " |" for r, counts, _ in trade]
         so_far = " so far" if len(tuning) < args.tune else ""
