@@ -97,11 +97,14 @@ def trial_seed(t: int, seeds: int) -> int:
 
 
 def out_of_time(started: float, minutes: float | None, last_trial_s: float | None) -> bool:
-    """Whether a block of `minutes` (None: no limit) has no room left for another trial as long as the last one
-    evaluated in it (before the first, only a block already spent is out of time)."""
+    """Whether a block of `minutes` (None: no limit) that began at `started` (time.time()) has no room left for
+    another trial as long as the last one evaluated in it (before the first, only a block already spent is out of
+    time). Wall-clock time: a block ends at a time of day (a machine's lease, a session's end), and a virtual
+    machine's monotonic clock can fall behind it (here a 100-minute block timed by it ended 101.4 minutes after it
+    began by the wall clock, and started its last trial past the point this rule would have stopped it)."""
     if minutes is None:
         return False
-    return time.perf_counter() - started + (last_trial_s or 0.0) > 60 * minutes
+    return time.time() - started + (last_trial_s or 0.0) > 60 * minutes
 
 
 def run_trials(args, count: int) -> list[Path]:
@@ -114,7 +117,7 @@ def run_trials(args, count: int) -> list[Path]:
     specs = model_specs(args)
     step = max(args.seeds, load(SuiteConfig, suite_file).diversity.seeds)
     paths = []
-    started, last_s = time.perf_counter(), None
+    started, last_s = time.time(), None
     for t in range(count):
         path = folder / f"trial-{t:03d}.json"
         if path.is_file():
