@@ -45,13 +45,13 @@ Rule kinds. The point check, and (after "|") what `interval_aware: true` does wi
     max_regression_vs_baseline: r   r >= 0: at most r (relative) worse than the same model in the baseline
                                     eval.json, the direction from the record's `higher_is_better`
                                     (higher-is-better: value >= base - r|base|; else value <= base + r|base|).
-    max_worsening_vs_baseline: d    d >= 0: at most d worse, in the metric's own units (value <= base + d, or
-                                    >= base - d): for a distance near its noise floor (FVD vs the teacher of a
-                                    good student), where r|base| shrinks below the seed noise as the student
-                                    gets better. Tested like max_regression_vs_baseline (both below).
                                     `baseline_test: paired` (the default): the paired fixed-suite test below;
                                     `baseline_test: population`: the point check | fails only if the whole
                                     ci95 (prompts as a sample: the scorecard's view) is beyond that bound
+    max_worsening_vs_baseline: d    d >= 0: at most d worse, in the metric's own units (value <= base + d, or
+                                    >= base - d): for a distance near its noise floor (FVD vs the teacher of a
+                                    good student), where r|base| shrinks below the seed noise as the student
+                                    gets better. Tested as max_regression_vs_baseline is (baseline_test likewise).
 
 The paired fixed-suite test (CI's question: did this change make the model worse on OUR suite?). The baseline must
 come from the same prompts and seeds (else exit 2, naming the baseline and each difference). Per clip, current
