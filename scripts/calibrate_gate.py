@@ -204,6 +204,24 @@ def gate_fails(policy: Policy, current: dict, baseline: dict, scratch: Path) -> 
     return [c.metric for c in result.checks if c.status == "fail"]
 
 
+def per_trial(policy: Policy, docs: list[dict], scratch: Path) -> list[str]:
+    """One line per trial and model posing as current: each paired check's worse-by and se, and the rules failed."""
+    lines = []
+    for doc in docs:
+        base = posing(doc, STUDENT)
+        for model in (m for m in (NULL, *REGRESSIONS) if m in doc["models"]):
+            scratch.mkdir(parents=True, exist_ok=True)
+            (scratch / "current.json").write_text(json.dumps(posing(doc, model)))
+            (scratch / "baseline.json").write_text(json.dumps(base))
+            result = evaluate(policy, load_eval(scratch / "current.json"),
+                              load_eval(scratch / "baseline.json", "baseline"))
+            paired = "; ".join(f"{c.metric} worse by {c.paired['worse_by']:.2f} (se {c.paired['se']:.2f})"
+                               for c in result.checks if c.paired)
+            failed = [c.metric for c in result.checks if c.status == "fail"]
+            lines.append(f"trial {doc['calibration']['trial']} {model}: {paired}; failed: {failed or 'none'}")
+    return lines
+
+
 def outcomes(policy: Policy, docs: list[dict], scratch: Path) -> dict[str, list[list[str]]]:
     """Per kind of trial ("false alarm", each regression), the failed metrics of every trial in `docs`."""
     out: dict[str, list[list[str]]] = {}
@@ -332,6 +350,7 @@ def main(argv=None) -> int:
     p.add_argument("--cache", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--gates-only", action="store_true", help="gate the trials already in --out, evaluate none")
+    p.add_argument("--per-trial", action="store_true", help="also print each trial's paired checks under --policy")
     p.add_argument("--minutes", type=float, help="a block of at most M minutes: no trial is started that the last "
                    "one's time says would end past it; the trials in are then gated (an interim report until all "
                    "are in) and the same command continues")
@@ -348,6 +367,8 @@ def main(argv=None) -> int:
         raise SystemExit(f"no trials in {args.out / 'trials'}: run without --gates-only (or with more --minutes)")
     check_trials(docs, paths)
     lines, record = report(args, docs, load_policy(args.policy), args.out / "scratch-gate")
+    if args.per_trial:
+        lines += ["", *per_trial(load_policy(args.policy), docs, args.out / "scratch-gate")]
     text = "\n".join(lines)
     print(text)
     (args.out / "calibration.md").write_text(text + "\n")
