@@ -55,7 +55,7 @@ teacher: $(STAMP)
 # Re-train the shipped teacher's DiT as it was made, on a GPU (3.4 minutes on one H200), keeping its VAE.
 teacher-gpu: $(STAMP)
 	$(BIN)/python scripts/train_tiny_teacher.py --device cuda --reuse-vae teachers/builtin/tiny-wan \
-		--dit-batch 64 --dit-steps 6200 --out teachers/builtin/tiny-wan --work runs/tiny-teacher-gpu-work
+		--dit-batch 64 --dit-steps 9500 --out teachers/builtin/tiny-wan --work runs/tiny-teacher-gpu-work
 
 # Re-make the built-in two-expert teacher (teachers/builtin/tiny-wan-a14b) from tiny-wan: each expert fine-tuned on
 # its noise range (about 10 minutes on two CPU cores); see docs/teachers.md.

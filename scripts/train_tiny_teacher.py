@@ -356,7 +356,7 @@ def fit_budget(args, step: int, elapsed_s: float, timed_steps: int) -> int:
 
 
 # --- stage 5: export --------------------------------------------------------------------------------------------
-def export(parts: dict, data: dict, spec: TinyWanSpec, out: Path, made_by: str) -> None:
+def export(parts: dict, data: dict, spec: TinyWanSpec, out: Path, made_by: str, guidance: float) -> None:
     from diffusers import AutoencoderKLWan, WanPipeline
 
     vae = parts["vae"]
@@ -372,7 +372,7 @@ def export(parts: dict, data: dict, spec: TinyWanSpec, out: Path, made_by: str) 
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(tmp, safe_serialization=True)
     defaults = {
-        "sampler": {"name": "unipc", "steps": 50, "guidance": 5.0, "shift": spec.flow_shift},
+        "sampler": {"name": "unipc", "steps": 50, "guidance": guidance, "shift": spec.flow_shift},
         "video": {"frames": toyworld.FRAMES, "height": toyworld.HEIGHT, "width": toyworld.WIDTH, "fps": 8},
         "negative_prompt": "",
         "max_sequence_length": MAX_SEQ,
@@ -418,6 +418,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dit-batch", type=int, default=16)
     p.add_argument("--dit-lr", type=float, default=1e-3)
     p.add_argument("--caption-dropout", type=float, default=0.1)
+    p.add_argument("--guidance", type=float, default=3.0,
+                   help="the CFG scale the export's distill_teacher.json samples with (3: docs/tiny-teacher.md, "
+                        "'Guidance'; at 5 green subjects on black turn yellow)")
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--docs", type=Path, default=Path("docs"), help="where the report stage writes")
@@ -460,7 +463,7 @@ def main(argv: list[str] | None = None) -> None:
     log("stage 5/6: export")
     for name in ("text_encoder", "vae", "transformer"):
         parts[name].to("cpu")
-    export(parts, data, spec, args.out, " ".join(sys.argv[1:] if argv is None else argv))
+    export(parts, data, spec, args.out, " ".join(sys.argv[1:] if argv is None else argv), args.guidance)
     train_minutes = (time.time() - started) / 60
     log(f"exported {args.out} ({sum(f.stat().st_size for f in args.out.rglob('*') if f.is_file()) / 1e6:.1f} MB) "
         f"after {train_minutes:.1f} min")

@@ -15,6 +15,9 @@ RETIRED = {
     "c4af5e267cd033f7": "builtin:tiny-wan of toy world v2 with its DiT trained on two CPU cores (8,000 steps of "
                         "batch 16; replaced on 2026-12-04 by the same VAE with a DiT trained 6,200 steps of batch 64 "
                         "on a GPU, docs/tiny-teacher.md)",
+    "21a4942276d77210": "builtin:tiny-wan of toy world v2 with its DiT trained 6,200 steps of batch 64 on a GPU and "
+                        "sampled with guidance 5 (replaced on 2026-12-04 by a DiT trained 9,500 steps on a GPU, "
+                        "sampled with guidance 3, docs/tiny-teacher.md)",
 }
 
 
