@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from distill import toyworld  # noqa: E402
 from distill.teachers.config import load_teacher_config  # noqa: E402
 from distill.teachers.wan import WanTeacher  # noqa: E402
+from scripts.tiny_teacher_report import sample_clips  # noqa: E402
 
 
 def tally(videos: np.ndarray, prompts: list[str], field: str) -> dict:
@@ -85,14 +86,8 @@ def main() -> None:
         cfg = load_teacher_config(ref, args.set)
         teacher = WanTeacher.from_pretrained(cfg.source, dtype=cfg.dtype, device=args.device,
                                              max_sequence_length=cfg.max_sequence_length)
-        v, started, clips = cfg.video, time.time(), []
-        for i in range(0, len(prompts), args.batch):
-            lat = teacher.sample(prompts[i:i + args.batch], steps=cfg.sampler.steps, sampler=cfg.sampler.name,
-                                 guidance=cfg.sampler.guidance, shift=cfg.sampler.shift,
-                                 seed=seeds[i:i + args.batch], negative=cfg.negative_prompt,
-                                 frames=v.frames, height=v.height, width=v.width)
-            clips.append(teacher.decode(lat).numpy())
-        clips = np.concatenate(clips)
+        started = time.time()
+        clips = sample_clips(teacher, cfg, prompts, seeds, cfg.sampler.steps, cfg.sampler.name, args.batch)
         result = {f: tally(clips, prompts, f) for f in fields}
         result["seconds"] = round(time.time() - started, 1)
         out["teachers"][ref] = result

@@ -193,15 +193,20 @@ def posing(doc: dict, model: str) -> dict:
     return out
 
 
-def gate_fails(policy: Policy, current: dict, baseline: dict, scratch: Path) -> list[str]:
-    """The metrics of the rules that failed (empty: the gate passed), as `distill gate` decides."""
+def gate(policy: Policy, current: dict, baseline: dict, scratch: Path):
+    """The gate's result for `current` against `baseline`, as `distill gate` decides it (from files, as it reads them)."""
     scratch.mkdir(parents=True, exist_ok=True)
     (scratch / "current.json").write_text(json.dumps(current))
     (scratch / "baseline.json").write_text(json.dumps(baseline))
     result = evaluate(policy, load_eval(scratch / "current.json"), load_eval(scratch / "baseline.json", "baseline"))
     if result.exit_code == 2:
         raise SystemExit(f"the gate could not judge: {result.errors or [c.message for c in result.checks]}")
-    return [c.metric for c in result.checks if c.status == "fail"]
+    return result
+
+
+def gate_fails(policy: Policy, current: dict, baseline: dict, scratch: Path) -> list[str]:
+    """The metrics of the rules that failed (empty: the gate passed)."""
+    return [c.metric for c in gate(policy, current, baseline, scratch).checks if c.status == "fail"]
 
 
 def per_trial(policy: Policy, docs: list[dict], scratch: Path) -> list[str]:
@@ -210,11 +215,7 @@ def per_trial(policy: Policy, docs: list[dict], scratch: Path) -> list[str]:
     for doc in docs:
         base = posing(doc, STUDENT)
         for model in (m for m in (NULL, *REGRESSIONS) if m in doc["models"]):
-            scratch.mkdir(parents=True, exist_ok=True)
-            (scratch / "current.json").write_text(json.dumps(posing(doc, model)))
-            (scratch / "baseline.json").write_text(json.dumps(base))
-            result = evaluate(policy, load_eval(scratch / "current.json"),
-                              load_eval(scratch / "baseline.json", "baseline"))
+            result = gate(policy, posing(doc, model), base, scratch)
             paired = "; ".join(f"{c.metric} worse by {c.paired['worse_by']:.2f} (se {c.paired['se']:.2f})"
                                for c in result.checks if c.paired)
             failed = [c.metric for c in result.checks if c.status == "fail"]

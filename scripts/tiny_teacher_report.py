@@ -49,20 +49,13 @@ def write_report(teacher_ref: str, docs: Path, device: str = "cpu", seed: int = 
                                          max_sequence_length=cfg.max_sequence_length)
     prompts = toyworld.prompt_suite("held_out").prompts
     seeds = [seed + i for i in range(len(prompts))]
-    v = cfg.video
     settings = {
         "teacher@50 unipc cfg": dict(steps=50, sampler="unipc"),
         "teacher@4 euler cfg": dict(steps=4, sampler="euler"),
     }
 
     def sample(suite: list[str], steps: int, sampler: str) -> np.ndarray:
-        out = []
-        for i in range(0, len(suite), batch):
-            lat = teacher.sample(suite[i:i + batch], steps=steps, sampler=sampler, guidance=cfg.sampler.guidance,
-                                 shift=cfg.sampler.shift, seed=seeds[i:i + batch], negative=cfg.negative_prompt,
-                                 frames=v.frames, height=v.height, width=v.width)
-            out.append(teacher.decode(lat).numpy())
-        return np.concatenate(out)
+        return sample_clips(teacher, cfg, suite, seeds, steps, sampler, batch)
 
     results, clips = {}, {}
     for name, s in settings.items():
@@ -120,6 +113,18 @@ def write_report(teacher_ref: str, docs: Path, device: str = "cpu", seed: int = 
               f"palette error {r['palette_error']:.1f}{still_line}")
     print("shapes read in the 50-step clips, by prompted shape:", results["teacher@50 unipc cfg"]["shapes_read"])
     return report
+
+
+def sample_clips(teacher: WanTeacher, cfg, prompts: list[str], seeds: list[int], steps: int, sampler: str,
+                 batch: int) -> np.ndarray:
+    """uint8 clips [B, T, H, W, 3] of `prompts` (seed i for prompt i), decoded, at the config's CFG, shift and size."""
+    v, out = cfg.video, []
+    for i in range(0, len(prompts), batch):
+        lat = teacher.sample(prompts[i:i + batch], steps=steps, sampler=sampler, guidance=cfg.sampler.guidance,
+                             shift=cfg.sampler.shift, seed=seeds[i:i + batch], negative=cfg.negative_prompt,
+                             frames=v.frames, height=v.height, width=v.width)
+        out.append(teacher.decode(lat).numpy())
+    return np.concatenate(out)
 
 
 def shapes_read(videos: np.ndarray, prompts: list[str]) -> dict:
