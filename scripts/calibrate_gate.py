@@ -26,7 +26,10 @@ vs-baseline rules (the smallest in `--tolerances` with no false alarm there), th
 tuned policy on the other `--trials` trials, which played no part in choosing it. False alarms are reported with
 the exact one-sided 95% upper bound (Clopper-Pearson; with zero failures in n trials it is 1 - 0.05^(1/n), about
 3/n), detections with the exact two-sided 95% interval; every row also with Wilson's score interval (two-sided
-95%; its upper end at 0 of 60 is 0.060). Trials are independent given the two trained models.
+95%; its upper end at 0 of 60 is 0.060). Trials are independent given the two trained models. Beside the counts,
+the report gives the retrained student's paired statistic over all trials (t = worse-by / seed-level se at tolerance
+0): an equivalent retraining with an honest se has mean 0 and SD 1, and then a zero tolerance fails it in alpha of
+the trials by construction; a mean above 0 is a real gap between the two trainings, an SD above 1 an se too small.
 
 Resumable: each trial's eval is kept in --out/trials/trial-NNN.json (written whole or not at all) and its clips
 in --cache; a rerun evaluates only the trials that are missing. `--gates-only` gates the trials already there.
@@ -44,7 +47,7 @@ import sys
 import time
 from pathlib import Path
 
-from scipy.stats import beta
+from scipy.stats import beta, chi2, t as student_t
 
 from distill.core.config import CONFIG_DIR, ConfigError, load
 from distill.eval.gate import BASELINE_KINDS, Policy, evaluate, load_eval, load_policy
@@ -223,6 +226,48 @@ def per_trial(policy: Policy, docs: list[dict], scratch: Path) -> list[str]:
     return lines
 
 
+def null_statistics(policy: Policy, docs: list[dict], scratch: Path) -> dict[str, list[dict]]:
+    """Per paired rule, the retrained student's paired statistic in every trial at tolerance 0: worse-by, its
+    seed-level se and df, and t = worse-by / se. For a retraining that is no worse on these prompts, with an honest
+    se, t follows Student's t: mean 0, SD about 1, above its one-sided 5% point in 5% of trials. That is the
+    false-alarm rate of a zero tolerance by construction, so the spread says whether a rate seen in the trials is
+    the test's level, a gap between the two trainings (mean above 0) or an se too small (SD above 1)."""
+    out: dict[str, list[dict]] = {}
+    zero = with_tolerance(policy, 0.0)
+    for i, doc in enumerate(docs):
+        if NULL not in doc["models"]:
+            continue
+        for c in gate(zero, posing(doc, NULL), posing(doc, STUDENT), scratch).checks:
+            if c.paired and c.paired["se"] > 0:
+                t = c.paired
+                trial = doc.get("calibration", {}).get("trial", i)
+                out.setdefault(c.metric, []).append({"trial": trial, "worse_by": t["worse_by"],
+                                                     "se": t["se"], "df": t["df"], "t": t["worse_by"] / t["se"]})
+    return out
+
+
+def spread_table(stats: dict[str, list[dict]], alpha: float) -> list[str]:
+    """The null statistic's summary per rule: mean worse-by, mean t and SD of t with 95% intervals (Student and
+    chi-square, over trials), and how many trials' t passed the one-sided `alpha` point of their own df."""
+    lines = [f"| rule | trials | mean worse-by | mean t [95%] | SD of t [95%] | t above its {alpha:g} point |",
+             "|---|---|---|---|---|---|"]
+    for metric, rows in stats.items():
+        n = len(rows)
+        ts = [r["t"] for r in rows]
+        mean = sum(ts) / n
+        above = sum(r["t"] > student_t.ppf(1 - alpha, r["df"]) for r in rows)
+        worse = sum(r["worse_by"] for r in rows) / n
+        if n < 2:
+            lines.append(f"| {metric} | {n} | {worse:.3g} | {mean:.2f} | – | {above} / {n} |")
+            continue
+        var = sum((x - mean) ** 2 for x in ts) / (n - 1)
+        half = student_t.ppf(0.975, n - 1) * (var / n) ** 0.5
+        sd_lo, sd_hi = ((n - 1) * var / chi2.ppf(0.975, n - 1)) ** 0.5, ((n - 1) * var / chi2.ppf(0.025, n - 1)) ** 0.5
+        lines.append(f"| {metric} | {n} | {worse:.3g} | {mean:.2f} [{mean - half:.2f}, {mean + half:.2f}] | "
+                     f"{var ** 0.5:.2f} [{sd_lo:.2f}, {sd_hi:.2f}] | {above} / {n} |")
+    return lines
+
+
 def outcomes(policy: Policy, docs: list[dict], scratch: Path) -> dict[str, list[list[str]]]:
     """Per kind of trial ("false alarm", each regression), the failed metrics of every trial in `docs`."""
     out: dict[str, list[list[str]]] = {}
@@ -325,12 +370,20 @@ def report(args, docs: list[dict], policy: Policy, scratch: Path) -> tuple[list[
         lines += ["", f"Chosen on the tuning trials{so_far}: r = {chosen:g}."]
         if tuned is not None:
             lines += ["Measured on the other trials:", "", *table(tuned)]
+    spread = null_statistics(policy, docs, scratch) if NULL in docs[0]["models"] else {}
+    if spread:
+        lines += ["", f"The retrained student's paired statistic at tolerance 0, over all {len(docs)} trials (t = "
+                      "worse-by / seed-level se; an equivalent retraining with an honest se gives mean 0, SD 1, and "
+                      f"{policy.alpha:g} of trials above the point, which with one paired rule is the false-alarm rate of "
+                      "r = 0):", "",
+                  *spread_table(spread, policy.alpha)]
     if seconds:
         lines += ["", f"Eval time per trial: {sum(seconds) / len(seconds):.0f} s on average over {len(seconds)} "
                       f"trials ({clips} clips per model)."]
     record = {"policy": str(args.policy), "interim": interim, "tune_trials": len(tuning),
               "measure_trials": len(measuring), "chosen_tolerance": chosen, "shipped": shipped, "tuned": tuned,
-              "trade_off": [{"r": r, "failed": counts, "of": n} for r, counts, n in trade]}
+              "trade_off": [{"r": r, "failed": counts, "of": n} for r, counts, n in trade],
+              "null_statistics": spread}
     return lines, record
 
 

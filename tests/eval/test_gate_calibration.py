@@ -136,3 +136,25 @@ def test_the_table_gives_wilson_intervals_beside_the_exact_ones():
     text = "\n".join(calibrate.table({"false alarm": [[]] * 60, "teacher-2step": [[CLIP]] * 60}))
     assert "| false alarm | 0 / 60 | 0.000 | ≤ 0.049 (one-sided) | [0.000, 0.060] |" in text
     assert "| teacher-2step | 60 / 60 | 1.000 | [0.94, 1.00] | [0.940, 1.000] |" in text
+
+
+def test_the_null_statistic_of_an_equivalent_retraining_has_mean_0_and_sd_1(tmp_path):
+    """An honest seed-level se: a retraining that differs from the baseline only by per-clip noise gives t with
+    mean 0 and SD about 1 over trials; one that is worse on every clip moves the mean."""
+    def equivalent(seed: int, shift: float) -> dict:
+        rng = np.random.default_rng(seed)
+        base = 30 + rng.normal(0, 3, 12)[PROMPTS] + rng.normal(0, 1, PROMPTS.size)
+        d = doc({"student": base, "null": base - shift + rng.normal(0, 1, base.size)}, PROMPTS)
+        d["calibration"] = {"trial": seed}
+        return d
+
+    same = calibrate.null_statistics(POLICY, [equivalent(s, 0.0) for s in range(40)], tmp_path)[CLIP]
+    ts = np.array([r["t"] for r in same])
+    assert len(ts) == 40 and abs(ts.mean()) < 0.5 and 0.7 < ts.std(ddof=1) < 1.4
+    worse = calibrate.null_statistics(POLICY, [equivalent(s, 1.0) for s in range(40)], tmp_path)[CLIP]
+    tw = np.array([r["t"] for r in worse])
+    assert tw.mean() > 3  # 1 point worse on every clip against a seed-level se of about 0.2
+    line = calibrate.spread_table({CLIP: same}, 0.05)[2]
+    assert line.startswith(f"| {CLIP} | 40 | ") and line.endswith(" / 40 |")
+    sd = float(line.split("|")[5].split()[0])
+    assert sd == pytest.approx(ts.std(ddof=1), abs=0.006)
