@@ -29,13 +29,15 @@ demo: $(STAMP)
 # The quality gate's calibration (docs/eval.md, "Gate calibration"), after `make demo`: the demo's consistency student
 # against a second training of it (train.seed=1, made here first: 4.5 minutes), 20 tuning and 60 measurement trials
 # of the held-out suite, 5-9 minutes each on two CPU cores. A block of at most MINUTES, then the report of the
-# trials in (interim until all 80 are): run it again to continue where it stopped.
+# trials in (interim until all 80 are): run it again to continue where it stopped. Every trial's eval is also kept
+# gzipped in docs/gate-calibration/ (about 0.1 MB each): commit it after a block, and a machine with an empty runs/
+# continues from it once make demo has retrained the same students (the records' checkpoint hashes decide).
 MINUTES ?= 120
 NULL_RUN := runs/demo-seed1/consistency
 calibrate: $(STAMP) $(NULL_RUN)/export/model_index.json
 	$(BIN)/python scripts/calibrate_gate.py --student runs/demo/consistency/export@4 \
 		--null-student $(NULL_RUN)/export@4 --tune 20 --trials 60 --cache runs/calibrate/cache --out runs/calibrate \
-		--minutes $(MINUTES)
+		--keep docs/gate-calibration --minutes $(MINUTES)
 
 $(NULL_RUN)/export/model_index.json: runs/demo/consistency/export/model_index.json
 	$(BIN)/torchrun --nproc_per_node 2 -m distill.cli train configs/recipes/consistency-tiny.yaml train.steps=300 \

@@ -33,6 +33,11 @@ the trials by construction; a mean above 0 is a real gap between the two trainin
 
 Resumable: each trial's eval is kept in --out/trials/trial-NNN.json (written whole or not at all) and its clips
 in --cache; a rerun evaluates only the trials that are missing. `--gates-only` gates the trials already there.
+`--keep DIR` also keeps every trial's eval gzipped in DIR (trial-NNN.json.gz, byte-identical for the same eval),
+a folder that goes into the repository (`make calibrate` keeps docs/gate-calibration/): a new machine restores the
+trials from it and continues, provided it trained the same two students (a rerun of `make demo` and of the second
+training reproduces them on this machine; the checkpoint hashes in the records decide, and other weights are
+refused by name).
 `--minutes M` runs a block: it starts no trial that the last one's time says would end past M minutes, then gates
 the trials in. Until all are in, the report says it is interim and how many it holds, so the 80 trials can be run a
 block at a time on a machine whose --out and --cache persist.
@@ -42,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gzip
 import json
 import sys
 import time
@@ -144,12 +150,47 @@ def run_trials(args, count: int) -> list[Path]:
         result = harness.run(specs)
         result["calibration"] = {"trial": t, "role": "tune" if t < args.tune else "measure",
                                  "eval_seconds": time.perf_counter() - t0}
+        if paths[0] != path:  # other weights than the trials already in (restored ones, say): refuse after one,
+            check_trials([json.loads(paths[0].read_text()), result], [paths[0], path])  # before it is written
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(result))
         tmp.replace(path)
+        if args.keep:
+            keep_trial(path, args.keep)
         last_s = time.perf_counter() - t0
         print(f"trial {t}: eval in {last_s:.0f} s ({len(harness.items)} clips per model)", file=sys.stderr, flush=True)
     return paths
+
+
+def keep_trial(path: Path, keep: Path) -> Path:
+    """Trial file `path` gzipped into `keep` (written whole or not at all; no timestamp in the gzip header, so the
+    same eval gives the same bytes and a rerun leaves the repository unchanged)."""
+    keep.mkdir(parents=True, exist_ok=True)
+    out = keep / f"{path.name}.gz"
+    tmp = out.with_suffix(".tmp")
+    with open(tmp, "wb") as raw, gzip.GzipFile(filename=path.name, mode="wb", fileobj=raw, mtime=0) as gz:
+        gz.write(path.read_bytes())
+    tmp.replace(out)
+    return out
+
+
+def sync_kept(folder: Path, keep: Path) -> tuple[int, int]:
+    """Restore into `folder` every kept trial it lacks, and keep every trial of `folder` that `keep` lacks; the
+    counts (restored, kept). A record in both is left as it is: the protocol check compares them afterwards."""
+    folder.mkdir(parents=True, exist_ok=True)
+    restored = kept = 0
+    for packed in sorted(keep.glob("trial-*.json.gz")) if keep.is_dir() else []:
+        path = folder / packed.name[:-len(".gz")]
+        if not path.is_file():
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(gzip.decompress(packed.read_bytes()))
+            tmp.replace(path)
+            restored += 1
+    for path in sorted(folder.glob("trial-*.json")):
+        if not (keep / f"{path.name}.gz").is_file():
+            keep_trial(path, keep)
+            kept += 1
+    return restored, kept
 
 
 MODEL_KEYS = ("source", "steps", "sampler", "guidance", "shift", "checkpoint_hash", "decoder")
@@ -403,6 +444,8 @@ def main(argv=None) -> int:
                    "suite's own, 2 for toyworld-held-out)")
     p.add_argument("--cache", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--keep", type=Path, help="also keep every trial's eval gzipped here (a folder for the "
+                   "repository), and restore from it the trials --out lacks: the calibration moves between machines")
     p.add_argument("--gates-only", action="store_true", help="gate the trials already in --out, evaluate none")
     p.add_argument("--per-trial", action="store_true", help="also print each trial's paired checks under --policy")
     p.add_argument("--minutes", type=float, help="a block of at most M minutes: no trial is started that the last "
@@ -412,6 +455,10 @@ def main(argv=None) -> int:
     if args.seeds is None:  # the suite's own design, so that a trial is the eval CI runs
         args.seeds = load(SuiteConfig, SUITE_FILE).seeds_per_prompt
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.keep:
+        restored, kept = sync_kept(args.out / "trials", args.keep)
+        print(f"{args.keep}: restored {restored} trials into {args.out / 'trials'}, kept {kept} of its own",
+              file=sys.stderr, flush=True)
     if args.gates_only:
         paths = sorted((args.out / "trials").glob("trial-*.json"))[:args.tune + args.trials]
     else:

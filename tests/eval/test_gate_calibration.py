@@ -158,3 +158,47 @@ def test_the_null_statistic_of_an_equivalent_retraining_has_mean_0_and_sd_1(tmp_
     assert line.startswith(f"| {CLIP} | 40 | ") and line.endswith(" / 40 |")
     sd = float(line.split("|")[5].split()[0])
     assert sd == pytest.approx(ts.std(ddof=1), abs=0.006)
+
+
+def test_kept_trials_travel_with_the_repository_and_restore_byte_for_byte(tmp_path):
+    out, keep = tmp_path / "out" / "trials", tmp_path / "keep"
+    out.mkdir(parents=True)
+    for t in range(2):
+        (out / f"trial-{t:03d}.json").write_text(calibrate.json.dumps(trial(t)))
+    assert calibrate.sync_kept(out, keep) == (0, 2)  # an older run's trials are kept too
+    packed = (keep / "trial-001.json.gz").read_bytes()
+    calibrate.keep_trial(out / "trial-001.json", keep)
+    assert (keep / "trial-001.json.gz").read_bytes() == packed  # no timestamp: a rerun changes nothing in git
+    fresh = tmp_path / "new-machine" / "trials"  # an empty runs/: every kept trial comes back as it was
+    assert calibrate.sync_kept(fresh, keep) == (2, 0)
+    assert (fresh / "trial-000.json").read_bytes() == (out / "trial-000.json").read_bytes()
+    (fresh / "trial-001.json").write_text("{}")  # a record in both is left alone: the protocol check judges it
+    assert calibrate.sync_kept(fresh, keep) == (0, 0) and (fresh / "trial-001.json").read_text() == "{}"
+
+
+def test_a_new_trial_with_other_weights_than_the_kept_ones_is_refused_before_it_is_written(tmp_path, monkeypatch):
+    first = trial(0)
+    first["models"]["student"]["checkpoint_hash"] = "aaaa"  # a restored trial, made with the first training
+    (tmp_path / "trials").mkdir()
+    (tmp_path / "trials" / "trial-000.json").write_text(calibrate.json.dumps(first))
+
+    class Retrained:  # this machine's student came out with other weights
+        items = ()
+
+        def __init__(self, *a, **k):
+            pass
+
+        def run(self, specs):
+            d = trial(1)
+            d["models"]["student"]["checkpoint_hash"] = "bbbb"
+            return d
+
+    monkeypatch.setattr(calibrate, "CollapsingHarness", Retrained)
+    monkeypatch.setattr(calibrate, "suite_prompts", lambda *a: [])
+    monkeypatch.setattr(calibrate, "real_clips_for", lambda *a: None)
+    args = calibrate.argparse.Namespace(student="teacher@4", null_student=None, below_steps=None, seeds=2, tune=1,
+                                        prompts=None, out=tmp_path, cache=tmp_path / "cache", minutes=None,
+                                        keep=tmp_path / "keep")
+    with pytest.raises(SystemExit, match=r"trial-001.json: not the protocol of trial-000.json.*'aaaa'.*'bbbb'"):
+        calibrate.run_trials(args, 2)
+    assert not (tmp_path / "trials" / "trial-001.json").exists() and not (tmp_path / "keep").exists()
