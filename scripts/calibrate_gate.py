@@ -125,7 +125,7 @@ def run_trials(args, count: int) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     specs = model_specs(args)
     step = max(args.seeds, load(SuiteConfig, suite_file).diversity.seeds)
-    paths = []
+    paths, first = [], None  # first: the earliest trial's eval, read once, that every new trial must match
     started, last_s = time.time(), None
     for t in range(count):
         path = folder / f"trial-{t:03d}.json"
@@ -151,7 +151,8 @@ def run_trials(args, count: int) -> list[Path]:
         result["calibration"] = {"trial": t, "role": "tune" if t < args.tune else "measure",
                                  "eval_seconds": time.perf_counter() - t0}
         if paths[0] != path:  # other weights than the trials already in (restored ones, say): refuse after one,
-            check_trials([json.loads(paths[0].read_text()), result], [paths[0], path])  # before it is written
+            first = first or json.loads(paths[0].read_text())  # before it is written
+            check_trials([first, result], [paths[0], path])
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(result))
         tmp.replace(path)
