@@ -98,14 +98,20 @@ def decode_for_training(vae, z: torch.Tensor) -> torch.Tensor:
     return torch.cat(frames, dim=2)
 
 
-def reconstruction_loss(rec: torch.Tensor, x: torch.Tensor, object_weight: float) -> torch.Tensor:
+def reconstruction_loss(rec: torch.Tensor, x: torch.Tensor, object_weight: float,
+                        temporal_weight: float = 0.0) -> torch.Tensor:
     """L1 + MSE with the shape's pixels weighted up: the shape covers ~5% of a frame, and an unweighted loss is
-    content to paint the background alone."""
+    content to paint the background alone. With `temporal_weight`, plus that times the L1 distance between the
+    frame-to-frame changes of `rec` and of `x` (on [B, 3, T, H, W]): an edge that wobbles where the clip stands
+    still costs there even when each frame alone is close."""
     border = torch.cat([x[..., 0, :], x[..., -1, :], x[..., :, 0], x[..., :, -1]], dim=-1)  # [B, 3, T, 4W]
     background = border.median(dim=-1).values[..., None, None]
     is_object = ((x - background).abs().sum(dim=1, keepdim=True) > 0.1).float()
     weight = 1 + (object_weight - 1) * is_object
-    return ((rec - x).abs() * weight).mean() + ((rec - x).pow(2) * weight).mean()
+    loss = ((rec - x).abs() * weight).mean() + ((rec - x).pow(2) * weight).mean()
+    if temporal_weight:
+        loss = loss + temporal_weight * (rec.diff(dim=2) - x.diff(dim=2)).abs().mean()
+    return loss
 
 
 def batch_of_clips(rng: np.random.Generator, n: int, frames: int, crop: int = 0) -> np.ndarray:
@@ -190,7 +196,7 @@ def finetune_decoder(vae, args, work: Path) -> None:
         with torch.no_grad():
             z = vae.encode(x).latent_dist.mode()
         rec = decode_for_training(vae, z)
-        loss = reconstruction_loss(rec, x, args.object_weight)
+        loss = reconstruction_loss(rec, x, args.object_weight, args.decoder_temporal_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -386,7 +392,8 @@ def export(parts: dict, data: dict, spec: TinyWanSpec, out: Path, made_by: str, 
     os.replace(tmp, out)
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """This script's options (scripts/decoder_trial.py reads stage 2's defaults from here)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("teachers/builtin/tiny-wan"))
     p.add_argument("--work", type=Path, default=Path("runs/tiny-teacher-work"), help="checkpoints for resume")
@@ -405,6 +412,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--decoder-steps", type=int, default=200)
     p.add_argument("--decoder-batch", type=int, default=4)
     p.add_argument("--decoder-lr", type=float, default=5e-4)
+    p.add_argument("--decoder-temporal-weight", type=float, default=0.0,
+                   help="weight of the frame-to-frame L1 term in stage 2 (0: the shipped recipe)")
     p.add_argument("--n-clips", type=int, default=2400)
     spec_defaults = TinyWanSpec()
     p.add_argument("--dit-patch", type=int, default=spec_defaults.dit_patch[-1],
@@ -425,7 +434,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--docs", type=Path, default=Path("docs"), help="where the report stage writes")
     p.add_argument("--skip-report", action="store_true")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)

@@ -77,3 +77,19 @@ def test_reuse_vae_takes_the_teachers_vae_and_its_latent_statistics(tmp_path, ca
     assert mean.tolist() == pytest.approx(config["latents_mean"]) and std.tolist() == pytest.approx(config["latents_std"])
     with pytest.raises(SystemExit, match=r"--reuse-vae .*nowhere: no vae/diffusion_pytorch_model.safetensors"):
         reuse_vae(parts, tmp_path / "nowhere")
+
+
+def test_the_decoders_temporal_term_costs_shimmer_not_a_steady_error():
+    from scripts.train_tiny_teacher import build_parser, reconstruction_loss
+
+    x = torch.full((1, 3, 9, 16, 16), -0.9)
+    x[..., 6:10, 6:10] = 0.8  # a still subject on a dark background: [B, 3, T, H, W]
+    steady = x + 0.05  # the same error in every frame
+    shimmer = x + 0.05 * torch.tensor([1.0, -1.0] * 4 + [1.0]).view(1, 1, 9, 1, 1)  # as large, alternating
+    for rec in (steady, shimmer):  # the per-frame loss cannot tell the two apart
+        assert reconstruction_loss(rec, x, 10.0) == pytest.approx(reconstruction_loss(steady, x, 10.0))
+    assert reconstruction_loss(steady, x, 10.0, temporal_weight=5.0) == pytest.approx(
+        reconstruction_loss(steady, x, 10.0))  # a steady error has no frame-to-frame part
+    extra = reconstruction_loss(shimmer, x, 10.0, temporal_weight=5.0) - reconstruction_loss(shimmer, x, 10.0)
+    assert extra.item() == pytest.approx(5.0 * 0.1)  # each change is 0.1 off the still clip's 0
+    assert build_parser().parse_args([]).decoder_temporal_weight == 0.0  # the shipped recipe keeps its loss

@@ -1,0 +1,120 @@
+#!/usr/bin/env python
+"""What a VAE decoder trained further does to the tiny teacher's still subjects, measured side by side.
+
+    python scripts/decoder_trial.py --steps 400 --work runs/decoder-trial                  # stage 2, trained longer
+    python scripts/decoder_trial.py --steps 400 --temporal-weight 10 --work runs/decoder-trial-t10
+
+docs/tiny-teacher.md: the shipped teacher's still subjects shimmer (VBench's static filter keeps 4 of the 9 held-out
+still prompts' clips at 50 steps) and the VAE caps it (its own round trip of the still renders keeps 6 of 9). The
+shipped decoder (stage 2 of scripts/train_tiny_teacher.py: 200 steps on whole 17-frame clips, encoder frozen) trains
+`--steps` more here, from where it shipped, with that stage's own loop and loss (`--temporal-weight` adds its
+frame-to-frame term); the encoder stays frozen, so the latents, and with them the DiT, are the shipped ones. Then the
+same latents are decoded by both decoders: the VAE round trip of the 87 held-out renders, and the teacher's 50-step
+UniPC clips of the 87 held-out prompts (seed i for prompt i, CFG and shift of its config, as
+scripts/tiny_teacher_report.py samples them). Every clip is read back with the toy-world reader, and the 9 still
+prompts' clips go through VBench's static filter (Farnebäck flow in place of RAFT). The shipped decoder's row must
+repeat the report's figures (docs/tiny-teacher.json): it is printed beside them.
+
+The teacher in teachers/builtin/ is not changed. A new decoder is a new teacher: every student, eval baseline and
+gate-calibration trial measured on this one would be measured again. Resumable (re-run the command; the decoder's
+checkpoints are under --work). Writes --work/report.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from distill import toyworld  # noqa: E402
+from distill.eval.flicker import static_clips  # noqa: E402
+from distill.teachers.config import load_teacher_config  # noqa: E402
+from distill.teachers.wan import WanTeacher  # noqa: E402
+from scripts.train_tiny_teacher import build_parser, finetune_decoder  # noqa: E402
+
+
+def score(clips: np.ndarray, prompts: list[str], still: list[int]) -> dict:
+    """The reader's shares over every clip, and the static filter over the still prompts' clips."""
+    is_static, motion = static_clips(torch.from_numpy(clips[still]), flow="farneback")
+    return {**toyworld.attribute_accuracy(clips, prompts),
+            "still_subjects_static": float(is_static.double().mean()),
+            "still_subjects_motion_px": [round(float(m), 3) for m in motion]}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--teacher", default="builtin:tiny-wan")
+    p.add_argument("--steps", type=int, default=400, help="decoder steps beyond the shipped ones")
+    p.add_argument("--temporal-weight", type=float, default=0.0,
+                   help="stage 2's frame-to-frame L1 term (0: the shipped loss)")
+    p.add_argument("--lr", type=float, default=None, help="decoder learning rate (default: stage 2's)")
+    p.add_argument("--seed", type=int, default=1, help="the training clips' seed (stage 2 shipped with 0: the same "
+                                                       "clips again)")
+    p.add_argument("--work", type=Path, default=Path("runs/decoder-trial"))
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch", type=int, default=14, help="clips sampled at once")
+    a = p.parse_args(argv)
+    started = time.time()
+    cfg = load_teacher_config(a.teacher)
+    teacher = WanTeacher.from_pretrained(cfg.source, dtype=cfg.dtype, device=a.device,
+                                         max_sequence_length=cfg.max_sequence_length)
+    shipped = teacher.vae
+    trained = copy.deepcopy(shipped)
+    stage = build_parser().parse_args([])  # stage 2's defaults: batch, learning rate, object weight
+    stage.decoder_steps, stage.decoder_temporal_weight = a.steps, a.temporal_weight
+    stage.seed, stage.device = a.seed, a.device
+    if a.lr is not None:
+        stage.decoder_lr = a.lr
+    a.work.mkdir(parents=True, exist_ok=True)
+    finetune_decoder(trained, stage, a.work)
+    train_minutes = (time.time() - started) / 60
+
+    prompts = toyworld.prompt_suite("held_out").prompts
+    seeds = list(range(len(prompts)))
+    still = [i for i, q in enumerate(prompts) if toyworld.STILL in q.split()]
+    truth = np.stack([toyworld.render(toyworld.parse_caption(q), s) for q, s in zip(prompts, seeds)])
+    z_truth = teacher.encode_video(torch.from_numpy(truth))  # the encoder is frozen: one encoding serves both
+    v = cfg.video
+    latents = torch.cat([
+        teacher.sample(prompts[i:i + a.batch], steps=50, sampler="unipc", guidance=cfg.sampler.guidance,
+                       shift=cfg.sampler.shift, seed=seeds[i:i + a.batch], negative=cfg.negative_prompt,
+                       frames=v.frames, height=v.height, width=v.width)
+        for i in range(0, len(prompts), a.batch)])
+    label = f"decoder +{a.steps} steps" + (f", temporal weight {a.temporal_weight:g}" if a.temporal_weight else "")
+    results = {}
+    for name, vae in (("shipped decoder", shipped), (label, trained)):
+        teacher.vae = vae.eval()
+        results[name] = {"VAE round trip of the renders": score(teacher.decode(z_truth).numpy(), prompts, still),
+                         "teacher@50 unipc cfg": score(teacher.decode(latents).numpy(), prompts, still)}
+    teacher.vae = shipped
+    report = {"teacher": a.teacher, "suite": "toyworld/held_out", "n_clips": len(prompts), "n_still": len(still),
+              "seeds": seeds, "decoder_steps_added": a.steps, "temporal_weight": a.temporal_weight,
+              "decoder_lr": stage.decoder_lr, "decoder_batch": stage.decoder_batch, "training_seed": a.seed,
+              "train_minutes": round(train_minutes, 1), "torch_threads": torch.get_num_threads(),
+              "results": results}
+    (a.work / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    shipped_report = Path("docs/tiny-teacher.json")
+    if a.teacher == "builtin:tiny-wan" and shipped_report.exists():
+        r = json.loads(shipped_report.read_text())["results"]
+        print(f"docs/tiny-teacher.json (the report): round trip still kept still "
+              f"{r['VAE round trip of the renders']['still_subjects_static']:.2f}, 50 steps all "
+              f"{r['teacher@50 unipc cfg']['all']:.3f} still {r['teacher@50 unipc cfg']['still_subjects_static']:.2f}")
+    for name, rows in results.items():
+        for what, s in rows.items():
+            print(f"{name:40s} {what:31s} all {s['all']:.3f} shape {s['shape']:.2f} colour {s['colour']:.2f} "
+                  f"dir {s['direction']:.2f} speed {s['speed']:.2f} palette error {s['palette_error']:.1f} "
+                  f"still kept still {round(s['still_subjects_static'] * len(still))}/{len(still)} "
+                  f"motion px {s['still_subjects_motion_px']}")
+    print(f"decoder trained {train_minutes:.1f} min; all done in {(time.time() - started) / 60:.1f} min")
+    return report
+
+
+if __name__ == "__main__":
+    main()
