@@ -3,6 +3,7 @@
 
     python scripts/decoder_trial.py --steps 400 --work runs/decoder-trial                  # stage 2, trained longer
     python scripts/decoder_trial.py --steps 400 --temporal-weight 10 --work runs/decoder-trial-t10
+    python scripts/decoder_trial.py --steps 400 --work runs/decoder-trial --still-guidance 1.5 2 3 4  # resumed: sweep
 
 docs/tiny-teacher.md: the shipped teacher's still subjects shimmer (VBench's static filter keeps 4 of the 9 held-out
 still prompts' clips at 50 steps) and the VAE caps it (its own round trip of the still renders keeps 6 of 9). The
@@ -13,7 +14,8 @@ same latents are decoded by both decoders: the VAE round trip of the 87 held-out
 UniPC clips of the 87 held-out prompts (seed i for prompt i, CFG and shift of its config, as
 scripts/tiny_teacher_report.py samples them). Every clip is read back with the toy-world reader, and the 9 still
 prompts' clips go through VBench's static filter (Farnebäck flow in place of RAFT). The shipped decoder's row must
-repeat the report's figures (docs/tiny-teacher.json): it is printed beside them.
+repeat the report's figures (docs/tiny-teacher.json): it is printed beside them. `--still-guidance` adds the still
+prompts alone at other CFG scales and seeds, through both decoders: is the shimmer the decoder's or the DiT's?
 
 The teacher in teachers/builtin/ is not changed. A new decoder is a new teacher: every student, eval baseline and
 gate-calibration trial measured on this one would be measured again. Resumable (re-run the command; the decoder's
@@ -40,12 +42,39 @@ from distill.teachers.wan import WanTeacher  # noqa: E402
 from scripts.train_tiny_teacher import build_parser, finetune_decoder  # noqa: E402
 
 
+def subject_track(clips: np.ndarray) -> dict:
+    """Where the subject of each clip [B, T, H, W, 3] is, frame by frame: its pixels are those more than 60 RGB
+    units (summed) from the frame border's median. Returns, per clip, how far its centroid strays from its mean
+    position (max over frames, px) and how much its area breathes (max / min over frames): a still subject that
+    drifts or swells moves VBench's flow score without any shimmer of its edges."""
+    x = torch.from_numpy(clips).float()
+    border = torch.cat([x[:, :, 0], x[:, :, -1], x[:, :, :, 0], x[:, :, :, -1]], dim=2)  # [B, T, 4W, 3]
+    mask = ((x - border.median(dim=2).values[:, :, None, None]).abs().sum(-1) > 60).float()  # [B, T, H, W]
+    area = mask.sum((2, 3)).clamp(min=1)
+    ys = torch.arange(x.shape[2], dtype=torch.float32)[:, None]
+    xs = torch.arange(x.shape[3], dtype=torch.float32)[None, :]
+    centre = torch.stack([(mask * ys).sum((2, 3)) / area, (mask * xs).sum((2, 3)) / area], dim=-1)  # [B, T, 2]
+    drift = (centre - centre.mean(dim=1, keepdim=True)).norm(dim=-1).max(dim=1).values
+    return {"subject_drift_px": [round(float(d), 2) for d in drift],
+            "subject_area_ratio": [round(float(r), 2) for r in area.max(dim=1).values / area.min(dim=1).values]}
+
+
+def by_shape(is_static: torch.Tensor, prompts: list[str]) -> dict:
+    """{prompted shape: [clips the static filter keeps, clips]}."""
+    out: dict = {}
+    for keep, prompt in zip(is_static.tolist(), prompts):
+        row = out.setdefault(toyworld.parse_caption(prompt).shape, [0, 0])
+        row[0], row[1] = row[0] + int(keep), row[1] + 1
+    return out
+
+
 def score(clips: np.ndarray, prompts: list[str], still: list[int]) -> dict:
-    """The reader's shares over every clip, and the static filter over the still prompts' clips."""
+    """The reader's shares over every clip, and the static filter and the subject's track over the still
+    prompts' clips."""
     is_static, motion = static_clips(torch.from_numpy(clips[still]), flow="farneback")
     return {**toyworld.attribute_accuracy(clips, prompts),
             "still_subjects_static": float(is_static.double().mean()),
-            "still_subjects_motion_px": [round(float(m), 3) for m in motion]}
+            "still_subjects_motion_px": [round(float(m), 3) for m in motion], **subject_track(clips[still])}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -60,6 +89,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--work", type=Path, default=Path("runs/decoder-trial"))
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch", type=int, default=14, help="clips sampled at once")
+    p.add_argument("--still-guidance", type=float, nargs="*", default=[],
+                   help="also sample the still prompts at these CFG scales, --still-seeds seeds each (seed "
+                        "1000 s + i for prompt i), and put both decoders' clips through the static filter")
+    p.add_argument("--still-seeds", type=int, default=4)
     a = p.parse_args(argv)
     started = time.time()
     cfg = load_teacher_config(a.teacher)
@@ -82,20 +115,35 @@ def main(argv: list[str] | None = None) -> dict:
     truth = np.stack([toyworld.render(toyworld.parse_caption(q), s) for q, s in zip(prompts, seeds)])
     z_truth = teacher.encode_video(torch.from_numpy(truth))  # the encoder is frozen: one encoding serves both
     v = cfg.video
-    latents = torch.cat([
-        teacher.sample(prompts[i:i + a.batch], steps=50, sampler="unipc", guidance=cfg.sampler.guidance,
-                       shift=cfg.sampler.shift, seed=seeds[i:i + a.batch], negative=cfg.negative_prompt,
-                       frames=v.frames, height=v.height, width=v.width)
-        for i in range(0, len(prompts), a.batch)])
+
+    def sample(suite: list[str], suite_seeds: list[int], guidance: float) -> torch.Tensor:
+        return torch.cat([
+            teacher.sample(suite[i:i + a.batch], steps=50, sampler="unipc", guidance=guidance,
+                           shift=cfg.sampler.shift, seed=suite_seeds[i:i + a.batch], negative=cfg.negative_prompt,
+                           frames=v.frames, height=v.height, width=v.width)
+            for i in range(0, len(suite), a.batch)])
+
+    latents = sample(prompts, seeds, cfg.sampler.guidance)
+    still_prompts = [prompts[i] for i in still for _ in range(a.still_seeds)]
+    still_seeds = [1000 * s + i for i in still for s in range(a.still_seeds)]
+    still_latents = {g: sample(still_prompts, still_seeds, g) for g in a.still_guidance}
     label = f"decoder +{a.steps} steps" + (f", temporal weight {a.temporal_weight:g}" if a.temporal_weight else "")
     results = {}
     for name, vae in (("shipped decoder", shipped), (label, trained)):
         teacher.vae = vae.eval()
         results[name] = {"VAE round trip of the renders": score(teacher.decode(z_truth).numpy(), prompts, still),
                          "teacher@50 unipc cfg": score(teacher.decode(latents).numpy(), prompts, still)}
+        for g, lat in still_latents.items():
+            clips = teacher.decode(lat)
+            is_static, motion = static_clips(clips, flow="farneback")
+            results[name][f"still prompts x {a.still_seeds} seeds, 50 unipc steps, guidance {g:g}"] = {
+                "still_subjects_static": float(is_static.double().mean()), "n": len(still_prompts),
+                "still_subjects_motion_px": [round(float(m), 3) for m in motion],
+                "static": [bool(k) for k in is_static], **subject_track(clips.numpy()),
+                "static_by_shape": by_shape(is_static, still_prompts)}
     teacher.vae = shipped
     report = {"teacher": a.teacher, "suite": "toyworld/held_out", "n_clips": len(prompts), "n_still": len(still),
-              "seeds": seeds, "decoder_steps_added": a.steps, "temporal_weight": a.temporal_weight,
+              "seeds": seeds, "still_seeds": still_seeds, "decoder_steps_added": a.steps, "temporal_weight": a.temporal_weight,
               "decoder_lr": stage.decoder_lr, "decoder_batch": stage.decoder_batch, "training_seed": a.seed,
               "train_minutes": round(train_minutes, 1), "torch_threads": torch.get_num_threads(),
               "results": results}
@@ -108,10 +156,14 @@ def main(argv: list[str] | None = None) -> dict:
               f"{r['teacher@50 unipc cfg']['all']:.3f} still {r['teacher@50 unipc cfg']['still_subjects_static']:.2f}")
     for name, rows in results.items():
         for what, s in rows.items():
+            if "all" not in s:  # a still-prompt sweep row
+                print(f"{name:40s} {what:60s} still kept still {round(s['still_subjects_static'] * s['n'])}/{s['n']} "
+                      f"by shape {s['static_by_shape']}")
+                continue
             print(f"{name:40s} {what:31s} all {s['all']:.3f} shape {s['shape']:.2f} colour {s['colour']:.2f} "
                   f"dir {s['direction']:.2f} speed {s['speed']:.2f} palette error {s['palette_error']:.1f} "
                   f"still kept still {round(s['still_subjects_static'] * len(still))}/{len(still)} "
-                  f"motion px {s['still_subjects_motion_px']}")
+                  f"fastest pair px {s['still_subjects_motion_px']} subject drift px {s['subject_drift_px']}")
     print(f"decoder trained {train_minutes:.1f} min; all done in {(time.time() - started) / 60:.1f} min")
     return report
 
