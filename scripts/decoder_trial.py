@@ -143,8 +143,8 @@ def main(argv: list[str] | None = None) -> dict:
                 "static_by_shape": by_shape(is_static, still_prompts)}
     teacher.vae = shipped
     report = {"teacher": a.teacher, "suite": "toyworld/held_out", "n_clips": len(prompts), "n_still": len(still),
-              "seeds": seeds, "still_seeds": still_seeds, "decoder_steps_added": a.steps, "temporal_weight": a.temporal_weight,
-              "decoder_lr": stage.decoder_lr, "decoder_batch": stage.decoder_batch, "training_seed": a.seed,
+              "seeds": seeds, "still_seeds": still_seeds, "decoder_steps_added": a.steps,
+              "temporal_weight": a.temporal_weight, "decoder_lr": stage.decoder_lr, "decoder_batch": stage.decoder_batch, "training_seed": a.seed,
               "train_minutes": round(train_minutes, 1), "torch_threads": torch.get_num_threads(),
               "results": results}
     (a.work / "report.json").write_text(json.dumps(report, indent=2) + "\n")
