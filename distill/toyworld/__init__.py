@@ -6,10 +6,10 @@ imports only the core."""
 from distill.toyworld.domain import (BACKGROUNDS, COLOURS, DIRECTIONS, EXTENTS, FIELDS, FRAMES, HEIGHT, MOTIONS,
                                      SHAPES, SPEEDS, STILL, SUPERSAMPLE, VALUES, WIDTH, Attributes, PromptSuite,
                                      all_attributes, attribute_accuracy, dataset, held_out_attributes, parse_caption,
-                                     prompt_suite, read_clip, render, render_pool, sample_examples, train_attributes,
-                                     vocabulary)
+                                     prompt_suite, read_clip, render, render_pool, sample_examples, subject_track,
+                                     train_attributes, vocabulary)
 
 __all__ = ["BACKGROUNDS", "COLOURS", "DIRECTIONS", "EXTENTS", "FIELDS", "FRAMES", "HEIGHT", "MOTIONS", "SHAPES",
            "SPEEDS", "STILL", "SUPERSAMPLE", "VALUES", "WIDTH", "Attributes", "PromptSuite", "all_attributes",
            "attribute_accuracy", "dataset", "held_out_attributes", "parse_caption", "prompt_suite", "read_clip",
-           "render", "render_pool", "sample_examples", "train_attributes", "vocabulary"]
+           "render", "render_pool", "sample_examples", "subject_track", "train_attributes", "vocabulary"]

@@ -265,33 +265,61 @@ def _read_shape(weight: np.ndarray, unit: float) -> str | None:
     return "dot" if area / unit**2 < DOT_BELOW else "disc"
 
 
+def _subject(v: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, str | None, np.ndarray | None]:
+    """(background colour, subject colour, its palette name, its share of each pixel [T, H, W]) of a float clip
+    [T, H, W, 3]; the last three None where no subject stands out from the background."""
+    border = np.concatenate([v[:, 0], v[:, -1], v[:, :, 0], v[:, :, -1]], axis=1).reshape(-1, 3)
+    bg = np.median(border, axis=0)
+    dist = np.abs(v - bg).sum(-1)  # [T, H, W]
+    mask = dist > 90
+    if mask.sum() < 10:
+        return bg, None, None, None
+    strong = dist >= 0.8 * np.quantile(dist[mask], 0.99)  # the subject's purest pixels: its edges mix
+    obj = np.median(v[strong], axis=0)
+    colour = _unmix(obj, bg)
+    contrast = max(float(np.abs(np.array(COLOURS[colour], np.float32) - bg).sum()), 1.0)
+    return bg, obj, colour, dist * (dist > 30) / contrast  # not clipped: area survives blur
+
+
+def _centroids(weight: np.ndarray) -> tuple[list[int], np.ndarray]:
+    """The frames where the subject is seen (share >= 3 px) and its centroid (x, y) in each of them."""
+    ys, xs = np.mgrid[0:weight.shape[1], 0:weight.shape[2]] + 0.5
+    seen = [i for i, o in enumerate(weight) if o.sum() >= 3]
+    return seen, np.array([((xs * weight[i]).sum() / weight[i].sum(), (ys * weight[i]).sum() / weight[i].sum())
+                           for i in seen]).reshape(len(seen), 2)
+
+
+def subject_track(video: np.ndarray) -> dict:
+    """How far a clip's [T, H, W, 3] subject strays from its mean position (`drift_px`: the largest centroid
+    distance over the frames it is seen in) and how much its area breathes (`area_ratio`: largest over smallest),
+    with the reader's own subject weights; NaN where no subject is seen in two frames. A still subject that drifts
+    or swells moves a flow score without any shimmer of its edges."""
+    _, _, _, weight = _subject(video.astype(np.float32))
+    seen, centroids = _centroids(weight) if weight is not None else ([], np.zeros((0, 2)))
+    if len(seen) < 2:
+        return {"drift_px": float("nan"), "area_ratio": float("nan")}
+    area = weight[seen].sum(axis=(1, 2))
+    return {"drift_px": float(np.linalg.norm(centroids - centroids.mean(0), axis=1).max()),
+            "area_ratio": float(area.max() / area.min())}
+
+
 def read_clip(video: np.ndarray) -> dict:
     """Attributes read off a uint8 clip [T, H, W, 3], plus `palette_error`: the mean distance (RGB units, 0-255)
     of each pixel to the nearer of the clip's background and subject colours (a clean render scores near 0)."""
     v = video.astype(np.float32)
     unit = min(v.shape[1], v.shape[2]) / 64.0
-    border = np.concatenate([v[:, 0], v[:, -1], v[:, :, 0], v[:, :, -1]], axis=1).reshape(-1, 3)
-    bg = np.median(border, axis=0)
-    dist = np.abs(v - bg).sum(-1)  # [T, H, W]
+    bg, obj, colour, weight = _subject(v)
     out: dict = {"background": _nearest(bg, BACKGROUNDS)}
-    mask = dist > 90
-    if mask.sum() < 10:
+    if weight is None:
         out.update(colour=None, shape=None, direction=None, speed=None, palette_error=float(np.abs(v - bg).mean()))
         return out
-    strong = dist >= 0.8 * np.quantile(dist[mask], 0.99)  # the subject's purest pixels: its edges mix
-    obj = np.median(v[strong], axis=0)
-    out["colour"] = _unmix(obj, bg)
+    out["colour"] = colour
     out["palette_error"] = float(np.minimum(np.abs(v - bg).mean(-1), np.abs(v - obj).mean(-1)).mean())
-    contrast = max(float(np.abs(np.array(COLOURS[out["colour"]], np.float32) - bg).sum()), 1.0)
-    weight = dist * (dist > 30) / contrast  # the subject's share of each pixel (not clipped: area survives blur)
 
-    ys, xs = np.mgrid[0:v.shape[1], 0:v.shape[2]] + 0.5
-    seen = [i for i, o in enumerate(weight) if o.sum() >= 3]
+    seen, centroids = _centroids(weight)
     if len(seen) < 2:
         out.update(direction=None, speed=None, shape=_read_shape(weight, unit))
         return out
-    centroids = np.array([((xs * weight[i]).sum() / weight[i].sum(), (ys * weight[i]).sum() / weight[i].sum())
-                          for i in seen])
     slope = np.polyfit(np.array(seen, float), centroids, 1)[0]  # px per frame, (x, y)
     per_frame = np.abs(slope) / unit
     axis = int(np.argmax(per_frame))

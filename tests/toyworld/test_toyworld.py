@@ -85,3 +85,15 @@ def test_reader_credits_no_shape_or_motion_it_does_not_see():
     frozen = [np.repeat(c[8:9], len(c), axis=0) for c in clips]
     assert {toyworld.read_clip(c)["speed"] for c in frozen} == {STILL}
     assert toyworld.read_clip(np.full((17, 64, 64, 3), 120, np.uint8))["shape"] is None
+
+
+def test_the_subject_track_sees_a_drift_that_a_still_render_does_not_have():
+    still = toyworld.render(toyworld.parse_caption("a green disc standing still on a black background"), 3)
+    moving = toyworld.render(toyworld.parse_caption("a green disc moving left quickly on a black background"), 3)
+    swollen = still.copy()
+    swollen[8:] = np.maximum(swollen[8:], np.roll(swollen[8:], 4, axis=2))  # wider from frame 8 on, and off-centre
+    track = [toyworld.subject_track(clip) for clip in (still, moving, swollen)]
+    assert track[0]["drift_px"] < 0.05
+    assert track[0]["area_ratio"] == pytest.approx(1.0, abs=0.02)
+    assert track[1]["drift_px"] > 5  # two px a frame, at least, over 17 frames
+    assert 0.6 < track[2]["drift_px"] < 1.5 and track[2]["area_ratio"] > 1.1
